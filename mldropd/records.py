@@ -1,0 +1,141 @@
+"""Database tables (SQLModel). One row type per noun of the data flow."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True)
+    is_admin: bool = False
+    token_hash: str = Field(unique=True, index=True)
+    quota: int | None = None  # active models; None: the configured default
+    disabled: bool = False
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Model(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    name: str
+    email: str
+    schedule: str = "daily"
+    status: str = "active"
+    version: int = 1  # the version that is scored
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    version: int
+    artifact_key: str
+    sha256: str
+    size: int
+    features: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    contract: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # summary of the object
+    dry_run: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    scan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    uploaded_by: str = ""
+    uploaded_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class BatchRun(SQLModel, table=True):
+    """One execution of the scoring job for one date (it may cover several models)."""
+
+    __tablename__ = "batch_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    date: dt.date = Field(index=True)
+    trigger: str
+    force: bool = False  # rescore even if the model already succeeded for the date
+    status: str = "pending"
+    pid: int | None = None
+    heartbeat_at: dt.datetime | None = None
+    error: str | None = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class ModelRun(SQLModel, table=True):
+    """One model scored on one date in one attempt: what the API calls a run."""
+
+    __tablename__ = "model_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch_run.id", index=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    model_version: int
+    date: dt.date = Field(index=True)
+    trigger: str
+    status: str = "pending"
+    attempt: int = 1
+    rows: int | None = None
+    seconds: float | None = None
+    error: str | None = None
+    slice_date: dt.date | None = None  # the feature partition actually used
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class DQResult(SQLModel, table=True):
+    __tablename__ = "dq_result"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_run_id: int = Field(foreign_key="model_run.id", index=True)
+    model_id: int = Field(index=True)
+    date: dt.date = Field(index=True)
+    reference_date: dt.date | None = None
+    psi: float | None = None
+    psi_noise: float | None = None
+    auc: float | None = None
+    ks: float | None = None
+    status: str = "ok"
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    to: str
+    subject: str
+    body_text: str
+    body_html: str = ""
+    status: str = "pending"  # pending -> sent | kept (written to the outbox folder) | failed
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: dt.datetime = Field(default_factory=utcnow)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    sent_at: dt.datetime | None = None
+    path: str | None = None  # the .eml file, when kept in the outbox folder
+
+
+class SweepLog(SQLModel, table=True):
+    """Dates the sweep has handled: catch-up after downtime starts from the last one."""
+
+    __tablename__ = "sweep_log"
+
+    date: dt.date = Field(primary_key=True)
+    status: str = "planned"  # planned | skipped
+    reason: str = ""
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -1,0 +1,311 @@
+"""Typed settings: defaults < TOML file < MLDROPD_<SECTION>__<KEY> environment < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from mldropd.errors import ConfigError
+
+ENV_PREFIX = "MLDROPD_"
+
+
+def _opt(default: Any, help: str, *, path: bool = False, secret: bool = False) -> Any:
+    meta = {"help": help, "path": path, "secret": secret}
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ServerSettings:
+    host: str = _opt("127.0.0.1", "Address the web server binds to.")
+    port: int = _opt(8080, "TCP port of the web server.")
+    secret_key_file: str = _opt(
+        "secret.key", "File holding the session-signing key; created (mode 0600) if missing.",
+        path=True,
+    )
+    log_format: str = _opt("text", "Log line format: text or json.")
+    log_level: str = _opt("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+    base_url: str = _opt("", "Public URL of the daemon, used in report links (default http://host:port).")
+    work_dir: str = _opt("work", "Scratch space for uploads and batch runs.", path=True)
+
+
+@dataclass
+class DatabaseSettings:
+    path: str = _opt("mldropd.db", "SQLite database file.", path=True)
+
+
+@dataclass
+class StorageSettings:
+    kind: str = _opt("local", "Artifact store: local (a folder) or s3 (S3/MinIO).")
+    path: str = _opt("artifacts", "Folder of the local artifact store.", path=True)
+    bucket: str = _opt("", "S3 bucket (kind = s3).")
+    prefix: str = _opt("mldropd", "Key prefix inside the bucket (kind = s3).")
+    endpoint_url: str = _opt("", "S3 endpoint, e.g. http://minio:9000 (empty: AWS).")
+    region: str = _opt("us-east-1", "S3 region.")
+    access_key_file: str = _opt("", "File with the S3 access key (else the boto3 chain).", path=True)
+    secret_key_file: str = _opt(
+        "", "File with the S3 secret key (else the boto3 chain).", path=True, secret=True
+    )
+
+
+@dataclass
+class FeatureSettings:
+    kind: str = _opt("parquet", "Feature source: parquet (hive dt=YYYY-MM-DD folders) or duckdb.")
+    path: str = _opt("features", "Parquet dataset folder, or DuckDB database file.", path=True)
+    table: str = _opt("features", "Table name (kind = duckdb).")
+    entity_key: str = _opt("entity_id", "Entity key column, unless a model names its own.")
+    date_column: str = _opt("dt", "Date column or hive partition key of the feature slices.")
+    max_staleness_days: int = _opt(
+        3, "Use the latest slice at most this many days older than the run date."
+    )
+
+
+@dataclass
+class ScoresSettings:
+    path: str = _opt("scores", "Root of the partitioned scores table (Parquet).", path=True)
+
+
+@dataclass
+class SchedulerSettings:
+    sweep: str = _opt("0 6 * * *", "Cron expression (5 fields) of the daily sweep.")
+    timezone: str = _opt("UTC", "Time zone of the sweep and of run dates.")
+    retry_delay: int = _opt(1800, "Seconds before a failed model is retried.")
+    max_attempts: int = _opt(3, "Attempts per model and date, the first included.")
+    catchup_days: int = _opt(3, "After downtime, missed sweep dates this many days back are run.")
+    misfire_grace_s: int = _opt(
+        21600, "A sweep late by at most this many seconds (daemon was down) still fires once."
+    )
+
+
+@dataclass
+class EngineSettings:
+    default: str = _opt("auto", "Scoring engine: auto, local or spark.")
+    spark_master: str = _opt("local[*]", "Spark master URL for the spark engine.")
+    spark_min_rows: int = _opt(5_000_000, "engine = auto uses Spark from this many rows (if installed).")
+    batch_rows: int = _opt(100_000, "Rows per record batch streamed through the models.")
+    model_timeout_s: int = _opt(1800, "Wall-clock limit of one model's scoring, unless it sets its own.")
+    model_memory_mb: int = _opt(8192, "Address-space limit of a scoring or validation process.")
+    validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
+    validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
+
+
+@dataclass
+class DQSettings:
+    psi_warn: float = _opt(0.1, "PSI at or above this is warn.")
+    psi_alert: float = _opt(0.25, "PSI at or above this is alert.")
+    auc_warn: float = _opt(0.6, "Adversarial-validation AUC at or above this is warn.")
+    auc_alert: float = _opt(0.75, "Adversarial-validation AUC at or above this is alert.")
+    av_max_rows: int = _opt(50_000, "Rows sampled per side for adversarial validation.")
+
+
+@dataclass
+class EmailSettings:
+    smtp_host: str = _opt("", "SMTP server; empty keeps messages in the outbox folder.")
+    smtp_port: int = _opt(587, "SMTP port.")
+    starttls: bool = _opt(True, "Use STARTTLS.")
+    ssl: bool = _opt(False, "Use implicit TLS (SMTPS).")
+    username: str = _opt("", "SMTP user name.")
+    password_file: str = _opt("", "File with the SMTP password.", path=True, secret=True)
+    sender: str = _opt("mldropd@localhost", "From address of reports.")
+    outbox: str = _opt("outbox", "Folder where messages are written as .eml files.", path=True)
+
+
+@dataclass
+class LimitsSettings:
+    max_upload_mb: int = _opt(512, "Largest accepted model file.")
+    active_models_per_user: int = _opt(20, "Active models a user may have, unless set per user.")
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    scores: ScoresSettings = field(default_factory=ScoresSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    dq: DQSettings = field(default_factory=DQSettings)
+    email: EmailSettings = field(default_factory=EmailSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    config_file: str = ""  # where the file layer came from; "" when none
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url or f"http://{self.server.host}:{self.server.port}"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict of every section (for the batch job and check-config)."""
+        return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _sections()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> Settings:
+        """Rebuild settings from to_dict() output; paths are taken as they are."""
+        settings = cls()
+        for section in _sections():
+            for key, value in data.get(section.name, {}).items():
+                setattr(getattr(settings, section.name), key, value)
+        return settings
+
+
+def _sections() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if f.name != "config_file"]
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """Every setting as (section, key, default, help): used by docs, tests and check-config."""
+    rows = []
+    for section in _sections():
+        instance = section.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(instance):
+            rows.append((section.name, f.name, getattr(instance, f.name), f.metadata["help"]))
+    return rows
+
+
+def _coerce(section: str, key: str, kind: type, value: Any, source: str) -> Any:
+    where = f"[{section}] {key} (from {source})"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("MLDROPD_CONFIG") or "config.toml")
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    require_file: bool = False,
+) -> Settings:
+    """Build settings from defaults, the TOML file, MLDROPD_* variables and flags, then validate."""
+    env = dict(os.environ) if env is None else env
+    path = Path(config) if config else default_config_path()
+    settings = Settings()
+    layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    if path.is_file():
+        try:
+            layers.append((str(path), tomllib.loads(path.read_text())))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}. Fix the file and start again.") from None
+        settings.config_file = str(path.resolve())
+    elif require_file or config:
+        raise ConfigError(f"config file {path} does not exist. Create it (see config.example.toml).")
+    layers.append(("environment", _env_layer(env)))
+    if overrides:
+        layers.append(("command line", overrides))
+
+    sections = {s.name: s for s in _sections()}
+    for source, layer in layers:
+        for section_name, values in layer.items():
+            if section_name not in sections:
+                raise ConfigError(
+                    f"unknown section [{section_name}] in {source}; "
+                    f"known sections: {', '.join(sections)}"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section_name}] in {source} must be a table of keys")
+            target = getattr(settings, section_name)
+            hints = get_type_hints(type(target))
+            for key, value in values.items():
+                if key not in hints:
+                    raise ConfigError(
+                        f"unknown key '{key}' in [{section_name}] ({source}); "
+                        f"known keys: {', '.join(hints)}"
+                    )
+                setattr(target, key, _coerce(section_name, key, hints[key], value, source))
+
+    base = path.resolve().parent if settings.config_file else Path.cwd()
+    _resolve_paths(settings, base)
+    validate(settings)
+    return settings
+
+
+def _env_layer(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "MLDROPD_CONFIG":
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        layer.setdefault(section.lower(), {})[key.lower()] = value
+    return layer
+
+
+def _resolve_paths(settings: Settings, base: Path) -> None:
+    for section in _sections():
+        target = getattr(settings, section.name)
+        for f in dataclasses.fields(target):
+            value = getattr(target, f.name)
+            if f.metadata.get("path") and value:
+                setattr(target, f.name, str((base / Path(value).expanduser()).resolve()))
+
+
+_CHOICES = {
+    ("server", "log_format"): {"text", "json"},
+    ("storage", "kind"): {"local", "s3"},
+    ("features", "kind"): {"parquet", "duckdb"},
+    ("engine", "default"): {"auto", "local", "spark"},
+}
+
+
+def validate(settings: Settings) -> None:
+    """Check values that types alone cannot; raise ConfigError naming the key."""
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(settings, section), key)
+        if value not in allowed:
+            raise ConfigError(
+                f"[{section}] {key} = {value!r} is not one of: {', '.join(sorted(allowed))}"
+            )
+    from mldropd.scheduling.schedules import ScheduleError, parse_cron
+
+    try:
+        parse_cron(settings.scheduler.sweep)
+    except ScheduleError as exc:
+        raise ConfigError(f"[scheduler] sweep: {exc}") from None
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(settings.scheduler.timezone)
+    except Exception:
+        raise ConfigError(
+            f"[scheduler] timezone = {settings.scheduler.timezone!r} is not a known time zone "
+            "(use an IANA name such as Europe/Berlin)"
+        ) from None
+    if settings.storage.kind == "s3" and not settings.storage.bucket:
+        raise ConfigError("[storage] bucket must be set when kind = 's3'")
+    positive = [
+        ("server", "port"), ("engine", "batch_rows"), ("engine", "model_timeout_s"),
+        ("engine", "model_memory_mb"), ("scheduler", "max_attempts"), ("limits", "max_upload_mb"),
+        ("dq", "av_max_rows"),
+    ]
+    for section, key in positive:
+        if getattr(getattr(settings, section), key) <= 0:
+            raise ConfigError(f"[{section}] {key} must be greater than 0")
+    if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
+        raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")

@@ -1,0 +1,82 @@
+"""Run and model-run states, and the transitions allowed between them (one place)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    """State of one batch run (one date, one or more models)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every model of the batch succeeded
+    FAILED = "failed"  # at least one model failed
+
+
+class ModelRunStatus(StrEnum):
+    """State of one model scored on one date in one attempt."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not attempted, with a reason (e.g. beyond the catch-up window)
+
+
+class Trigger(StrEnum):
+    """Who asked for a run."""
+
+    SCHEDULE = "schedule"
+    RETRY = "retry"
+    CATCHUP = "catchup"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+
+
+class ModelStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class DQStatus(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    ALERT = "alert"
+
+
+_RUN_TRANSITIONS: dict[RunStatus, set[RunStatus]] = {
+    RunStatus.PENDING: {RunStatus.RUNNING, RunStatus.FAILED},
+    # RUNNING -> PENDING: the worker died and the run is re-queued.
+    RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PENDING},
+    RunStatus.SUCCEEDED: set(),
+    RunStatus.FAILED: set(),
+}
+
+_MODEL_RUN_TRANSITIONS: dict[ModelRunStatus, set[ModelRunStatus]] = {
+    ModelRunStatus.PENDING: {ModelRunStatus.RUNNING, ModelRunStatus.FAILED, ModelRunStatus.SKIPPED},
+    ModelRunStatus.RUNNING: {
+        ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED, ModelRunStatus.PENDING,
+    },
+    ModelRunStatus.SUCCEEDED: set(),
+    ModelRunStatus.FAILED: set(),
+    ModelRunStatus.SKIPPED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+def check_run_transition(old: str, new: str) -> RunStatus:
+    """Return the new run status, or raise if the move is not allowed."""
+    if RunStatus(new) not in _RUN_TRANSITIONS[RunStatus(old)]:
+        raise IllegalTransition(f"run cannot go from {old} to {new}")
+    return RunStatus(new)
+
+
+def check_model_run_transition(old: str, new: str) -> ModelRunStatus:
+    """Return the new model-run status, or raise if the move is not allowed."""
+    if ModelRunStatus(new) not in _MODEL_RUN_TRANSITIONS[ModelRunStatus(old)]:
+        raise IllegalTransition(f"model run cannot go from {old} to {new}")
+    return ModelRunStatus(new)
