@@ -1,0 +1,103 @@
+"""Plan a batch: which models to score for a date, as pending model runs of one batch run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from sqlmodel import Session, col, func, select
+
+from mldropd.records import BatchRun, Model, ModelRun
+from mldropd.scheduling.schedules import ScheduleError, parse_schedule
+from mldropd.states import ModelRunStatus, ModelStatus, RunStatus, Trigger
+
+_IN_PROGRESS = (ModelRunStatus.PENDING, ModelRunStatus.RUNNING)
+
+
+def due_models(session: Session, day: dt.date) -> list[Model]:
+    """Active models whose schedule makes them due on day."""
+    models = session.exec(select(Model).where(Model.status == ModelStatus.ACTIVE)).all()
+    due = []
+    for model in models:
+        try:
+            if parse_schedule(model.schedule).is_due(day):
+                due.append(model)
+        except ScheduleError:
+            continue  # cannot happen for a validated schedule; never block the others
+    return due
+
+
+def _latest_runs(session: Session, day: dt.date, model_ids: Iterable[int]) -> dict[int, ModelRun]:
+    """The newest model run of each model for day."""
+    ids = list(model_ids)
+    if not ids:
+        return {}
+    newest = (
+        select(ModelRun.model_id, func.max(ModelRun.id).label("id"))
+        .where(ModelRun.date == day, col(ModelRun.model_id).in_(ids))
+        .group_by(ModelRun.model_id)
+        .subquery()
+    )
+    rows = session.exec(select(ModelRun).join(newest, col(ModelRun.id) == newest.c.id)).all()
+    return {r.model_id: r for r in rows}
+
+
+def attempts_so_far(session: Session, day: dt.date, model_id: int) -> int:
+    """How many attempts the model already had for day (any trigger)."""
+    return session.exec(
+        select(func.count()).select_from(ModelRun).where(
+            ModelRun.date == day, ModelRun.model_id == model_id,
+            col(ModelRun.status).in_([ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED]),
+        )
+    ).one()
+
+
+def plan_batch(
+    session: Session,
+    day: dt.date,
+    trigger: Trigger,
+    models: list[Model],
+    *,
+    force: bool = False,
+) -> tuple[BatchRun | None, dict[int, ModelRun]]:
+    """Create a pending batch run with one pending model run per model that needs scoring.
+
+    Returns the batch (None when nothing is left to do) and, for every requested model, the
+    model run that covers it: the new one, the one already in progress (a concurrent request
+    joins it) or, without force, the one that already succeeded.
+    """
+    latest = _latest_runs(session, day, [m.id for m in models if m.id is not None])
+    covered: dict[int, ModelRun] = {}
+    todo: list[Model] = []
+    for model in models:
+        assert model.id is not None
+        last = latest.get(model.id)
+        if last is not None and (last.status in _IN_PROGRESS or
+                                 (last.status == ModelRunStatus.SUCCEEDED and not force)):
+            covered[model.id] = last
+        else:
+            todo.append(model)
+    if not todo:
+        return None, covered
+    batch = BatchRun(date=day, trigger=trigger, force=force, status=RunStatus.PENDING)
+    session.add(batch)
+    session.flush()
+    assert batch.id is not None
+    for model in todo:
+        assert model.id is not None
+        run = ModelRun(
+            batch_id=batch.id, model_id=model.id, model_version=model.version, date=day,
+            trigger=trigger, attempt=attempts_so_far(session, day, model.id) + 1,
+        )
+        session.add(run)
+        covered[model.id] = run
+    session.flush()
+    return batch, covered
+
+
+def retry_at(attempt: int, max_attempts: int, retry_delay_s: int, now: dt.datetime
+             ) -> dt.datetime | None:
+    """When a model that failed its attempt-th try is tried again (None: no more tries)."""
+    if attempt >= max_attempts:
+        return None
+    return now + dt.timedelta(seconds=retry_delay_s)

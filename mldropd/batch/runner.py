@@ -1,0 +1,165 @@
+"""Daemon side of batch runs: a worker thread runs pending batches, one at a time, each in a
+batch job subprocess (jobs/score_batch.py); crashed batches are found and re-queued at start."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from mldropd.batch import write
+from mldropd.batch.plan import retry_at
+from mldropd.batch.run import BatchJob
+from mldropd.db import session_scope
+from mldropd.notify.outbox import deliver_pending
+from mldropd.records import BatchRun, ModelRun, utcnow
+from mldropd.settings import Settings
+from mldropd.states import ModelRunStatus, RunStatus
+
+log = logging.getLogger(__name__)
+
+RetryHook = Callable[[dt.date, list[int], dt.datetime], None]
+
+
+def _is_batch_job(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"jobs.score_batch" in cmdline
+
+
+class Runner:
+    """Runs batch runs in order; one batch at a time (2 cores: batches would only compete)."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, on_retry: RetryHook | None = None
+                 ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.on_retry = on_retry
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._current: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self.settings_file = Path(settings.server.work_dir) / "batch-settings.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover from a crash, then run every pending batch in the background."""
+        self._write_settings()
+        for batch_id in self.recover():
+            self._queue.put(batch_id)
+        self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking batches; give the running one grace_s, then stop it (resumed at start)."""
+        self._stopping = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=grace_s)
+        proc = self._current
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def submit(self, batch_id: int) -> None:
+        self._queue.put(batch_id)
+
+    def _write_settings(self) -> None:
+        self.settings_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.settings.to_dict()))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.settings_file)
+
+    def recover(self) -> list[int]:
+        """Re-queue batches whose job died with the daemon; return every pending batch id."""
+        write.recover(self.settings.scores.path)
+        with session_scope(self.engine) as s:
+            for batch in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING)):
+                if batch.pid and _is_batch_job(batch.pid):
+                    os.killpg(batch.pid, signal.SIGKILL)  # an orphan of the old daemon
+                runs = s.exec(select(ModelRun).where(
+                    ModelRun.batch_id == batch.id, col(ModelRun.status).in_(
+                        [ModelRunStatus.RUNNING, ModelRunStatus.PENDING]))).all()
+                for run in runs:
+                    run.status, run.started_at = ModelRunStatus.PENDING, None
+                batch.status, batch.pid = RunStatus.PENDING, None
+                log.warning("re-queued a batch interrupted by a stop", extra={
+                    "run_id": batch.id, "date": batch.date.isoformat()})
+            return list(s.exec(select(BatchRun.id).where(BatchRun.status == RunStatus.PENDING)
+                               .order_by(BatchRun.date, BatchRun.id)))
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            batch_id = self._queue.get()
+            if batch_id is None or self._stopping:
+                break
+            try:
+                self.run(batch_id)
+            except Exception:
+                log.exception("batch could not be run", extra={"run_id": batch_id})
+
+    # -- one batch ---------------------------------------------------------------------------
+    def run(self, batch_id: int, *, retries: bool = True) -> RunStatus:
+        """Run one batch in a job subprocess and wait; then deliver reports, schedule retries."""
+        with session_scope(self.engine) as s:
+            batch = s.get(BatchRun, batch_id)
+            if batch is None or batch.status != RunStatus.PENDING:
+                return RunStatus(batch.status) if batch else RunStatus.FAILED
+        if not self.settings_file.exists():
+            self._write_settings()
+        argv = [sys.executable, "-m", "jobs.score_batch", str(self.settings_file), str(batch_id)]
+        if not retries:
+            argv.append("--no-retries")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, process_group=0)
+        self._current = proc
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):  # the job's log joins the daemon's log
+            sys.stderr.write(line.decode("utf-8", "replace"))
+        proc.wait()
+        self._current = None
+        if self._stopping and proc.returncode != 0:
+            return RunStatus.RUNNING  # recover() resumes it at the next start
+        with session_scope(self.engine) as s:
+            batch = s.get(BatchRun, batch_id)
+            assert batch is not None
+            still_open = batch.status in (RunStatus.RUNNING, RunStatus.PENDING)
+        if still_open:
+            BatchJob(self.settings, batch_id, engine=self.engine).close(
+                f"the batch job died (exit code {proc.returncode}); see the daemon log")
+        self._after(batch_id, retries)
+        with session_scope(self.engine) as s:
+            return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]
+
+    def _after(self, batch_id: int, retries: bool) -> None:
+        deliver_pending(self.engine, self.settings.email)
+        if not retries or self.on_retry is None:
+            return
+        now = utcnow()
+        by_time: dict[tuple[dt.date, dt.datetime], list[int]] = {}
+        with session_scope(self.engine) as s:
+            failed = s.exec(select(ModelRun).where(ModelRun.batch_id == batch_id,
+                                                   ModelRun.status == ModelRunStatus.FAILED))
+            for run in failed:
+                when = retry_at(run.attempt, self.settings.scheduler.max_attempts,
+                                self.settings.scheduler.retry_delay, now)
+                if when is not None:
+                    by_time.setdefault((run.date, when), []).append(run.model_id)
+        for (day, when), model_ids in by_time.items():
+            self.on_retry(day, model_ids, when)

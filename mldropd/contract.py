@@ -1,0 +1,241 @@
+"""Model object contract, version 1: check a loaded dict and report every problem at once.
+
+Runs wherever the object is loaded: in the validation child process and in a notebook
+(save_model). Never in the daemon process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mldropd.errors import FieldError
+from mldropd.scheduling.schedules import ScheduleError, parse_schedule
+
+CONTRACT_VERSION = 1
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+INPUT_KINDS = ("pandas", "numpy", "polars")
+ENGINES = ("auto", "local", "spark")
+DQ_KEYS = ("psi_warn", "psi_alert", "auc_warn", "auc_alert")
+KNOWN_KEYS = (
+    "pipeline", "features", "name", "owner_email", "schedule", "output", "input",
+    "entity_key", "params", "dq", "meta",
+)
+
+
+@dataclass
+class ContractSummary:
+    """What the daemon keeps of a valid model object (JSON-serialisable, no model code)."""
+
+    features: list[str]
+    output: str  # "proba", "proba:<k>" or "predict"
+    input: str
+    call: str  # how the pipeline is called: predict_proba | predict | callable
+    pipeline_type: str
+    name: str | None = None
+    owner_email: str | None = None
+    schedule: str | None = None
+    entity_key: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    dq: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    importance: dict[str, float] = field(default_factory=dict)
+    ignored_keys: list[str] = field(default_factory=list)
+    contract_version: int = CONTRACT_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_probability(self) -> bool:
+        return self.output.startswith("proba")
+
+
+def check_name(name: Any, field_name: str = "name") -> list[FieldError]:
+    """Problems with a model name (empty list when it is valid)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return [FieldError(field_name, f"`name` {name!r} is not valid: use 1-64 characters of "
+                           "a-z, 0-9, '_' and '-', starting with a letter or digit")]
+    return []
+
+
+def check_email(email: Any, field_name: str = "owner_email") -> list[FieldError]:
+    """Problems with a report address."""
+    if not isinstance(email, str) or not EMAIL_RE.match(email):
+        return [FieldError(field_name, f"{email!r} is not an email address")]
+    return []
+
+
+def check_schedule(text: Any, field_name: str = "schedule") -> list[FieldError]:
+    """Problems with a schedule string."""
+    if not isinstance(text, str):
+        return [FieldError(field_name, "`schedule` must be a string such as 'daily'")]
+    try:
+        parse_schedule(text)
+    except ScheduleError as exc:
+        return [FieldError(field_name, str(exc))]
+    return []
+
+
+def _call_kind(pipeline: Any) -> str | None:
+    if callable(getattr(pipeline, "predict_proba", None)):
+        return "predict_proba"
+    if callable(getattr(pipeline, "predict", None)):
+        return "predict"
+    if callable(pipeline):
+        return "callable"
+    return None
+
+
+def _check_output(output: Any, call: str | None) -> tuple[str, list[FieldError]]:
+    default = "proba" if call == "predict_proba" else "predict"
+    if output is None:
+        return default, []
+    bad = FieldError("output", f"`output` {output!r} is not valid: use 'proba', 'predict' or "
+                     "'proba:<k>' (column k of predict_proba)")
+    if not isinstance(output, str):
+        return default, [bad]
+    if output == "predict":
+        return output, []
+    if output == "proba" or re.fullmatch(r"proba:\d+", output):
+        if call not in (None, "predict_proba"):
+            return default, [FieldError("output", f"`output` is {output!r} but the pipeline has "
+                                        "no predict_proba; use 'predict'")]
+        return output, []
+    return default, [bad]
+
+
+def _check_params(params: Any) -> list[FieldError]:
+    if not isinstance(params, dict):
+        return [FieldError("params", "`params` must be a dict")]
+    problems = []
+    for key in ("batch_size", "timeout_s"):
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            problems.append(FieldError(f"params.{key}", f"`params.{key}` must be a positive whole "
+                                       f"number, got {value!r}"))
+    engine = params.get("engine")
+    if engine is not None and engine not in ENGINES:
+        problems.append(FieldError("params.engine", f"`params.engine` {engine!r} is not one of "
+                                   f"{', '.join(ENGINES)}"))
+    return problems
+
+
+def _check_dq(dq: Any) -> list[FieldError]:
+    if not isinstance(dq, dict):
+        return [FieldError("dq", "`dq` must be a dict of thresholds")]
+    return [
+        FieldError(f"dq.{key}", f"`dq.{key}` must be a number, got {dq[key]!r}")
+        for key in DQ_KEYS
+        if key in dq and (isinstance(dq[key], bool) or not isinstance(dq[key], int | float))
+    ]
+
+
+def _check_features(features: Any) -> list[FieldError]:
+    if features is None:
+        return [FieldError("features", "`features` is missing: add the list of input columns, "
+                           "in the order the pipeline expects")]
+    if not isinstance(features, list | tuple) or not features:
+        return [FieldError("features", "`features` must be a non-empty list of column names")]
+    bad = [f for f in features if not isinstance(f, str) or not f]
+    if bad:
+        return [FieldError("features", f"`features` must hold only column names (strings); "
+                           f"found {bad[:5]!r}")]
+    dupes = sorted({f for f in features if list(features).count(f) > 1})
+    if dupes:
+        return [FieldError("features", f"`features` lists {', '.join(dupes)} more than once")]
+    return []
+
+
+def feature_importance(pipeline: Any, features: list[str]) -> dict[str, float]:
+    """Importance per feature from feature_importances_ or coef_, when the pipeline exposes them."""
+    import numpy as np
+
+    estimator = pipeline
+    steps = getattr(pipeline, "steps", None)
+    if steps:  # a scikit-learn Pipeline: the last step is the predictor
+        estimator = steps[-1][1]
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None:
+        coef = getattr(estimator, "coef_", None)
+        if coef is not None:
+            values = np.abs(np.atleast_2d(np.asarray(coef, dtype=float))).sum(axis=0)
+    try:
+        values = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return {}
+    if values.ndim != 1 or len(values) != len(features):
+        return {}
+    return {name: float(v) for name, v in zip(features, values, strict=True)}
+
+
+def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldError]]:
+    """Check a loaded model object against contract v1; return its summary and every problem."""
+    if not isinstance(obj, dict):
+        return None, [FieldError("file", f"the file holds a {type(obj).__name__}, not a model "
+                                 "object (a dict with at least 'pipeline' and 'features')")]
+    problems: list[FieldError] = []
+    pipeline = obj.get("pipeline")
+    call = None
+    if pipeline is None:
+        problems.append(FieldError("pipeline", "`pipeline` is missing: add the fitted model or "
+                                   "pipeline under the key 'pipeline'"))
+    else:
+        call = _call_kind(pipeline)
+        if call is None:
+            problems.append(FieldError("pipeline", f"`pipeline` is a {type(pipeline).__name__}, "
+                                       "which has no predict_proba or predict and is not callable"))
+    problems += _check_features(obj.get("features"))
+    output, output_problems = _check_output(obj.get("output"), call)
+    problems += output_problems
+    input_kind = obj.get("input", "pandas")
+    if input_kind not in INPUT_KINDS:
+        problems.append(FieldError("input", f"`input` {input_kind!r} is not one of "
+                                   f"{', '.join(INPUT_KINDS)}"))
+    for key, check in (("name", check_name), ("owner_email", check_email),
+                       ("schedule", check_schedule)):
+        if obj.get(key) is not None:
+            problems += check(obj[key], key)
+    entity_key = obj.get("entity_key")
+    if entity_key is not None and (not isinstance(entity_key, str) or not entity_key):
+        problems.append(FieldError("entity_key", "`entity_key` must be a column name"))
+    params = obj.get("params", {}) or {}
+    problems += _check_params(params)
+    dq = obj.get("dq", {}) or {}
+    problems += _check_dq(dq)
+    meta = obj.get("meta", {}) or {}
+    if not isinstance(meta, dict):
+        problems.append(FieldError("meta", "`meta` must be a dict"))
+    if problems:
+        return None, problems
+    features = list(obj["features"])
+    summary = ContractSummary(
+        features=features,
+        output=output,
+        input=input_kind,
+        call=call or "callable",
+        pipeline_type=f"{type(pipeline).__module__}.{type(pipeline).__qualname__}",
+        name=obj.get("name"),
+        owner_email=obj.get("owner_email"),
+        schedule=parse_schedule(obj["schedule"]).text if obj.get("schedule") else None,
+        entity_key=entity_key,
+        params={k: params[k] for k in ("batch_size", "engine", "timeout_s") if k in params},
+        dq={k: float(dq[k]) for k in DQ_KEYS if k in dq},
+        meta=_jsonable(meta),
+        importance=feature_importance(pipeline, features),
+        ignored_keys=sorted(str(k) for k in obj if k not in KNOWN_KEYS),
+    )
+    return summary, []
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy of free-form metadata (unknown types become their repr)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)

@@ -1,0 +1,72 @@
+"""Call a loaded model on a batch of features and check what it returns.
+
+Used only in child processes (validation dry run and scoring), never in the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+
+class ModelOutputError(Exception):
+    """The model ran but returned something that is not one finite score per row."""
+
+
+def to_input(batch: pa.Table | pa.RecordBatch, features: list[str], input_kind: str) -> Any:
+    """The model's input for one batch: columns in the model's order, as the model asked."""
+    columns = batch.select(features)
+    if input_kind == "polars":
+        import polars as pl
+
+        return pl.from_arrow(columns)
+    if input_kind == "numpy":
+        return np.column_stack(
+            [np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+             for col in columns.columns]
+        ) if columns.num_columns else np.empty((columns.num_rows, 0))
+    return columns.to_pandas()
+
+
+def predict(pipeline: Any, x: Any, call: str, output: str) -> np.ndarray:
+    """Scores for one batch as float64, exactly as the model returns them."""
+    if call == "callable":
+        raw = pipeline(x)
+    elif output == "predict" or call == "predict":
+        raw = pipeline.predict(x)
+    else:
+        proba = np.asarray(pipeline.predict_proba(x))
+        column = int(output.split(":", 1)[1]) if ":" in output else 1
+        if proba.ndim != 2 or proba.shape[1] <= column:
+            raise ModelOutputError(
+                f"predict_proba returned shape {proba.shape}; output {output!r} needs column "
+                f"{column}. Set `output` to an existing column or 'predict'."
+            )
+        raw = proba[:, column]
+    return _as_scores(raw)
+
+
+def _as_scores(raw: Any) -> np.ndarray:
+    if hasattr(raw, "to_numpy"):  # pandas/polars Series
+        raw = raw.to_numpy()
+    try:
+        scores = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelOutputError(f"the model returned values that are not numbers ({exc})") from None
+    if scores.ndim == 2 and scores.shape[1] == 1:
+        scores = scores[:, 0]
+    if scores.ndim != 1:
+        raise ModelOutputError(f"the model returned an array of shape {scores.shape}; "
+                               "expected one score per row (1-D)")
+    return scores
+
+
+def check_scores(scores: np.ndarray, rows: int) -> None:
+    """Raise ModelOutputError unless there is exactly one finite score per input row."""
+    if len(scores) != rows:
+        raise ModelOutputError(f"the model returned {len(scores)} scores for {rows} rows")
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise ModelOutputError(f"the model returned {bad} NaN or infinite scores out of {rows}")
