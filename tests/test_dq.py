@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -15,37 +14,44 @@ from scipy import stats
 
 from mldropd.dq.adversarial import adversarial_auc
 from mldropd.dq.checks import basic_checks, ks
-from mldropd.dq.evaluate import FIRST_DATE, Thresholds, evaluate, json_safe
+from mldropd.dq.evaluate import FIRST_DATE, DQReport, Thresholds, evaluate, json_safe
 from mldropd.dq.psi import psi, psi_with_edges
 
 FLOOR = 1e-4
 
 
-# --- an independent PSI: exact quantiles with Fractions, bins by explicit comparison -------------
+# --- an independent PSI: pure-Python loops, edges by numpy's linear method re-done by hand -------
 
 
-def brute_quantile(values: list[float], p: Fraction) -> Fraction:
-    """Linear-interpolation quantile (numpy's default) computed exactly."""
-    xs = sorted(Fraction(v) for v in values)
+def brute_quantile(values: list[float], p: float) -> float:
+    """Quantile by numpy's default linear method, replicated step by step in plain floats.
+
+    The float steps matter: numpy interpolates from the upper neighbour when the weight is
+    >= 0.5, so e.g. the 0.8 quantile of [-4, 1] is 2.2e-16, not 0, and a current value of
+    exactly 0 falls below that edge. Exact arithmetic would bin it differently.
+    """
+    xs = sorted(values)
     h = (len(xs) - 1) * p
-    lo = math.floor(h)
-    if lo + 1 >= len(xs):
+    if h >= len(xs) - 1:
         return xs[-1]
-    return xs[lo] + (h - lo) * (xs[lo + 1] - xs[lo])
+    lo = math.floor(h)
+    t = h - lo
+    a, b = xs[lo], xs[lo + 1]
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def brute_psi(reference: list[float], current: list[float], bins: int = 10) -> tuple[float, int]:
     """PSI by the written definition, with loops; returns (psi, bins used)."""
     ref = [v for v in reference if not math.isnan(v)]
     cur = [v for v in current if not math.isnan(v)]
-    edges = sorted({brute_quantile(ref, Fraction(i, bins)) for i in range(1, bins)})
+    edges = sorted({brute_quantile(ref, i / bins) for i in range(1, bins)})
     n_bins = len(edges) + 1
 
     def shares(values: list[float]) -> list[float]:
         counts = [0] * n_bins
         for v in values:
             k = 0
-            while k < len(edges) and Fraction(v) >= edges[k]:  # left-closed: v == edge goes up
+            while k < len(edges) and v >= edges[k]:  # left-closed: v == edge goes up
                 k += 1
             counts[k] += 1
         return [max(c / len(values), FLOOR) for c in counts]
@@ -151,9 +157,9 @@ def test_empty_side_gives_no_psi(reference: list[float], current: list[float], w
 
 def test_within_noise_on_a_small_sample() -> None:
     ref = np.arange(20.0) / 20
-    result = psi(ref, ref + 0.03)
+    result = psi(ref, ref + 0.1)
     assert result.psi is not None and result.noise is not None
-    assert 0.1 <= result.psi <= result.noise == pytest.approx(0.9)
+    assert 0.25 <= result.psi <= result.noise == pytest.approx(0.9)
     assert result.within_noise
     assert "within sampling noise" in result.note
 
@@ -249,6 +255,7 @@ def test_adversarial_auc_needs_rows_on_both_sides() -> None:
 
 
 def messages(checks: dict, severity: str) -> list[str]:
+    """Messages of the problems of one severity."""
     return [p["message"] for p in checks["problems"] if p["severity"] == severity]
 
 
@@ -267,7 +274,7 @@ def test_clean_scores_have_no_problems() -> None:
 
 
 def test_null_scores_warn_then_alert() -> None:
-    few = basic_checks([0.5] * 99 + [None], None, is_probability=True, slice_rows=None)
+    few = basic_checks([0.5, 0.6, 0.7] * 33 + [None], None, is_probability=True, slice_rows=None)
     assert few["null_share"] == pytest.approx(0.01)
     assert messages(few, "warn") == ["1.0% of scores are null/NaN"]
     many = basic_checks([0.5, 0.2] * 45 + [np.nan] * 10, None, is_probability=True, slice_rows=None)
@@ -342,8 +349,10 @@ def test_thresholds_merge_overrides_and_ignore_unknown_keys() -> None:
         Thresholds.merged(Thresholds(), {"auc_warn": 0.8})
 
 
-def run(current: pd.DataFrame, reference: pd.DataFrame | None, thresholds: Thresholds = Thresholds(),
-        **kwargs: object):
+def run(current: pd.DataFrame, reference: pd.DataFrame | None,
+        thresholds: Thresholds | None = None, **kwargs: object) -> DQReport:
+    """Evaluate with the test frames' feature list and probability scores."""
+    thresholds = thresholds or Thresholds()
     return evaluate(current, reference, features=["f0", "f1", "f2", "f3", "f4", "colour"],
                     thresholds=thresholds, is_probability=True, **kwargs)
 
@@ -406,16 +415,18 @@ def test_evaluate_with_overridden_thresholds() -> None:
 
 def test_psi_within_noise_cannot_raise_the_status() -> None:
     ref = pd.DataFrame({"score": np.arange(20.0) / 20})
-    cur = pd.DataFrame({"score": np.arange(20.0) / 20 + 0.03})
-    report = evaluate(cur, ref, features=[], thresholds=Thresholds(), is_probability=True)
+    cur = pd.DataFrame({"score": np.arange(20.0) / 20 + 0.1})
+    report = evaluate(cur, ref, features=[], thresholds=Thresholds(), is_probability=False)
     assert report.psi is not None and report.psi_noise is not None
-    assert report.psi >= 0.1 and report.psi <= report.psi_noise
+    assert 0.25 <= report.psi <= report.psi_noise
     assert report.details["psi"]["status"] == "ok" and report.details["psi"]["within_noise"]
-    assert "within sampling noise 0.90 (n_ref=20, n_cur=20): counted as ok" in report.reason
+    assert report.reason.startswith(f"PSI {report.psi:.2f} ≥ alert 0.25, but within sampling "
+                                    "noise 0.90 (n_ref=20, n_cur=20): counted as ok; AUC ")
     assert report.status == "ok"
-    strict = evaluate(cur, ref, features=[], thresholds=Thresholds(psi_warn=0.01, psi_alert=0.02),
-                      is_probability=True)
-    assert strict.details["psi"]["status"] == "ok"  # still within noise: thresholds don't matter
+    bigger = evaluate(pd.concat([cur] * 10), pd.concat([ref] * 10), features=[],
+                      thresholds=Thresholds(), is_probability=False)
+    assert bigger.psi == pytest.approx(report.psi)  # same shares, 10x the rows: now it counts
+    assert bigger.details["psi"]["status"] == "alert" and bigger.status == "alert"
 
 
 def test_evaluate_details_are_strict_json_with_inf_and_nan_scores() -> None:
@@ -429,5 +440,6 @@ def test_evaluate_details_are_strict_json_with_inf_and_nan_scores() -> None:
     assert report.status == "alert"  # 1% out of range (inf) is an alert; 3.3% null is a warn
     assert "1.0% of scores are outside [0, 1]" in report.reason
     assert json.loads(text)["checks"]["max"] <= 1.0
+    assert "3 infinite values treated as missing" in report.details["av"]["note"]
     assert json_safe([np.float64(np.inf), -np.inf, np.nan, np.int64(3), np.bool_(True)]) == [
         "inf", "-inf", None, 3, True]

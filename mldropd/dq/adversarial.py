@@ -58,6 +58,14 @@ def _design(ref: pd.DataFrame, cur: pd.DataFrame,
     return out, categorical
 
 
+def _infinite_to_nan(x: NDArray[np.float64]) -> int:
+    """Turn ±inf into NaN in place (the binner's quantiles break on inf); return how many."""
+    infinite = np.isinf(x)
+    count = int(infinite.sum())
+    x[infinite] = np.nan
+    return count
+
+
 def adversarial_auc(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -87,6 +95,9 @@ def adversarial_auc(
         return AVResult(None, n_ref, n_cur, [], "; ".join(notes))
 
     x, categorical = _design(ref, cur, columns)
+    infinite = _infinite_to_nan(x)
+    if infinite:
+        notes.append(f"{infinite:,} infinite values treated as missing")
     y = np.concatenate([np.zeros(n_ref, dtype=int), np.ones(n_cur, dtype=int)])
     oof = np.empty(len(y), dtype=float)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

@@ -37,6 +37,15 @@ def _pct(share: float) -> str:
     return f"{pct:.1f}%"
 
 
+def _std(values: np.ndarray) -> float | None:
+    """Population std; exactly 0 for equal values (np.std can leave 1e-17 from the mean)."""
+    if values.size == 0:
+        return None
+    if values.min() == values.max():
+        return 0.0
+    return float(values.std())
+
+
 def _problem(severity: str, message: str) -> dict[str, str]:
     """Build one problem entry."""
     return {"severity": severity, "message": message}
@@ -125,6 +134,6 @@ def basic_checks(
         "min": float(finite.min()) if finite.size else None,
         "mean": float(finite.mean()) if finite.size else None,
         "max": float(finite.max()) if finite.size else None,
-        "std": float(finite.std()) if finite.size else None,
+        "std": _std(finite),
         "problems": problems,
     }

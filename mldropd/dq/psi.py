@@ -50,7 +50,11 @@ def drop_nan(values: ArrayLike | Any) -> NDArray[np.float64]:
 def reference_edges(reference: NDArray[np.float64], bins: int) -> NDArray[np.float64]:
     """Return the raw inner edges: reference quantiles at i/bins for i in 1..bins-1."""
     # Python floats i/bins, as written in the definition; numpy's default (linear) method.
-    return np.asarray(np.quantile(reference, [i / bins for i in range(1, bins)]), dtype=float)
+    # Its float steps are part of the definition: it interpolates from the upper neighbour when
+    # the weight is >= 0.5, so the 0.8 quantile of [-4, 1] is 2.2e-16, not 0. Recompute with
+    # numpy.quantile itself, not exact arithmetic, or values lying on an edge may change bins.
+    with np.errstate(invalid="ignore"):  # inf - inf between two infinite neighbours -> NaN
+        return np.asarray(np.quantile(reference, [i / bins for i in range(1, bins)]), dtype=float)
 
 
 def bin_shares(values: NDArray[np.float64], edges: ArrayLike) -> NDArray[np.float64]:

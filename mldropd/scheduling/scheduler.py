@@ -80,3 +80,9 @@ def sweep_dates_between(settings: Settings, start: dt.date, now: dt.datetime) ->
             dates.append(day)
         day += dt.timedelta(days=1)
     return dates
+
+
+def sweep_fire_time(settings: Settings, now: dt.datetime) -> dt.datetime | None:
+    """The next time the sweep fires at or after now."""
+    return parse_cron(settings.scheduler.sweep, settings.scheduler.timezone).get_next_fire_time(
+        None, now)

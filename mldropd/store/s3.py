@@ -21,11 +21,13 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from mldropd.errors import ConfigError, NotFound, Unavailable
@@ -220,7 +222,7 @@ class S3Store(ArtifactStore):
             )
         return Unavailable(message)
 
-    def _missing(self, key: str, exc: BaseException, action: str) -> NoReturn:
+    def _missing(self, key: str, action: str) -> NoReturn:
         """A 404 on an object: NotFound, unless it is the bucket that is missing.
 
         HEAD answers carry no body, so a missing bucket and a missing key look alike.
@@ -269,7 +271,7 @@ class S3Store(ArtifactStore):
                 self.client.download_file(self.bucket, full, tmp, Config=self._transfer)
             except _S3_ERRORS as exc:
                 if _error_code(_root_cause(exc)) in _MISSING_KEY_CODES:
-                    self._missing(key, exc, f"get {key}")
+                    self._missing(key, f"get {key}")
                 raise self._unavailable(exc, f"get {key}") from None
             os.replace(tmp, dest)
         except BaseException:
@@ -284,7 +286,7 @@ class S3Store(ArtifactStore):
                 return body.read()
         except _S3_ERRORS as exc:
             if _error_code(exc) in _MISSING_KEY_CODES:
-                self._missing(key, exc, f"get {key}")
+                self._missing(key, f"get {key}")
             raise self._unavailable(exc, f"get {key}") from None
 
     def exists(self, key: str) -> bool:

@@ -1,0 +1,5 @@
+"""python -m mldropd"""
+
+from mldropd.cli import main
+
+main()

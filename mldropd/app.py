@@ -1,0 +1,119 @@
+"""create_app(settings): routes, templates, sessions, CSRF, error mapping, and the daemon's
+lifespan (database, runner, scheduler)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+import web
+from mldropd import __version__, metrics
+from mldropd.api.routes import ROUTES as API_ROUTES
+from mldropd.api.routes import bearer_user
+from mldropd.auth import load_secret_key
+from mldropd.daemon import Daemon
+from mldropd.errors import MldropdError, Unauthorized
+from mldropd.pages.routes import ROUTES as PAGE_ROUTES
+from mldropd.pages.routes import session_user
+from mldropd.settings import Settings
+
+WEB_DIR = Path(web.__file__).parent
+_NO_CSRF = ["/api/", "/healthz", "/readyz", "/metrics", "/schema"]
+
+
+def _errors_response(status: int, errors: list[dict[str, str]]) -> Response[Any]:
+    return Response({"errors": errors}, status_code=status, media_type=MediaType.JSON)
+
+
+def _is_page(request: Request[Any, Any, Any]) -> bool:
+    return not any(request.url.path.startswith(p) for p in _NO_CSRF)
+
+
+def on_domain_error(request: Request[Any, Any, Any], exc: MldropdError) -> Response[Any]:
+    """Every domain error becomes {"errors": [...]} with its status; pages redirect to sign-in."""
+    if isinstance(exc, Unauthorized) and _is_page(request):
+        return Redirect(f"/login?next={request.url.path}")
+    return _errors_response(exc.status_code, [e.as_dict() for e in exc.errors])
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    detail = exc.detail
+    if exc.status_code == 413:
+        limit = request.app.state.settings.limits.max_upload_mb
+        detail = f"the file is larger than the limit of {limit} MB ([limits] max_upload_mb)"
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [{"field": str(e.get("key", "")), "message": str(e.get("message", detail))}
+              for e in extra if isinstance(e, dict)] or [{"field": "", "message": detail}]
+    return _errors_response(exc.status_code, errors)
+
+
+@get("/healthz", sync_to_thread=False, include_in_schema=True, summary="Liveness")
+def healthz() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@get("/readyz", summary="Readiness: database, store, scheduler")
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    checks = await anyio.to_thread.run_sync(state.daemon.readiness)
+    ok = all(v == "ok" for v in checks.values())
+    return Response({"status": "ok" if ok else "unavailable", "checks": checks},
+                    status_code=200 if ok else 503)
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=True,
+     summary="Prometheus metrics")
+def metrics_route(state: State) -> str:
+    return metrics.render(state.daemon)
+
+
+def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
+    """The web app; the daemon starts with the app and stops with it."""
+    daemon = daemon or Daemon(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(daemon.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(daemon.stop)
+
+    secret = load_secret_key(settings.server.secret_key_file)
+    sessions = CookieBackendConfig(secret=secret, httponly=True, samesite="lax",
+                                   max_age=12 * 3600, exclude=_NO_CSRF)
+    api = Router(path="/", route_handlers=API_ROUTES,
+                 dependencies={"user": Provide(bearer_user, sync_to_thread=True)})
+    pages = Router(path="/", route_handlers=PAGE_ROUTES,
+                   dependencies={"user": Provide(session_user, sync_to_thread=True)},
+                   include_in_schema=False)
+    return Litestar(
+        route_handlers=[api, pages, healthz, readyz, metrics_route,
+                        create_static_files_router(path="/static",
+                                                   directories=[WEB_DIR / "static"],
+                                                   include_in_schema=False)],
+        lifespan=[lifespan],
+        state=State({"daemon": daemon, "settings": settings}),
+        middleware=[sessions.middleware],
+        csrf_config=CSRFConfig(secret=secret.hex(), exclude=_NO_CSRF + ["/static"],
+                               cookie_httponly=False, cookie_samesite="lax"),
+        template_config=TemplateConfig(directory=WEB_DIR / "templates",
+                                       engine=JinjaTemplateEngine),
+        exception_handlers={MldropdError: on_domain_error, HTTPException: on_http_error},
+        openapi_config=OpenAPIConfig(title="mldropd", version=__version__),
+        request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),
+    )

@@ -1,0 +1,263 @@
+"""Command line: serve, demo, users add, models check, run, check-config."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mldropd import logs
+from mldropd.errors import MldropdError
+from mldropd.settings import Settings, describe, load_settings
+
+CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
+
+
+def _load(config: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    try:
+        settings = load_settings(config, overrides=overrides)
+    except MldropdError as exc:
+        raise click.ClickException(f"configuration error: {exc.message}") from None
+    logs.configure(settings.server.log_format, settings.server.log_level)
+    return settings
+
+
+def _server_overrides(host: str | None, port: int | None) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {}
+    if host:
+        server["host"] = host
+    if port:
+        server["port"] = port
+    return {"server": server} if server else {}
+
+
+@click.group()
+@click.version_option(package_name="mldropd")
+def main() -> None:
+    """mldropd: drop a model file, get it scored on schedule."""
+
+
+def _serve(settings: Settings, banner: list[str] | None = None) -> None:
+    import uvicorn
+
+    from mldropd.app import create_app
+
+    app = create_app(settings)
+    for line in banner or []:
+        click.echo(line)
+    click.echo(f"mldropd listening on {settings.base_url}", err=True)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=30)
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--host", help="Bind address (overrides [server] host).")
+@click.option("--port", type=int, help="Port (overrides [server] port).")
+def serve(config: str | None, host: str | None, port: int | None) -> None:
+    """Run the daemon (web, API, scheduler) in the foreground."""
+    _serve(_load(config, _server_overrides(host, port)))
+
+
+@main.command()
+@click.option("--dir", "home", default=".mldropd-demo", show_default=True,
+              type=click.Path(file_okay=False), help="Demo home folder.")
+@click.option("--host", help="Bind address.")
+@click.option("--port", type=int, help="Port.")
+@click.option("--no-serve", is_flag=True, help="Only write the demo home and print the token.")
+def demo(home: str, host: str | None, port: int | None, no_serve: bool) -> None:
+    """Write a demo home (config, feature data, demo models) under DIR, then serve it."""
+    from mldropd.demo import write_demo_home
+
+    home_path = Path(home).resolve()
+    email = "admin@example.com"
+    click.echo(f"Preparing the demo home in {home_path} (features and models, once) ...", err=True)
+    model_files = write_demo_home(home_path, port=port or 8080, email=email)
+    settings = _load(str(home_path / "config.toml"), _server_overrides(host, port))
+    token = _demo_admin(settings, email, model_files)
+    banner = [
+        "",
+        f"  mldropd demo is starting at {settings.base_url}",
+        f"  sign in with this token ({email}):",
+        f"  {token}",
+        "",
+    ]
+    if no_serve:
+        click.echo("\n".join(banner))
+        return
+    _serve(settings, banner)
+
+
+def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
+    """Create the demo admin (or give it a fresh token) and register the demo models once."""
+    from sqlmodel import Session, select
+
+    from mldropd.auth import create_user, rotate_token
+    from mldropd.daemon import Daemon
+    from mldropd.records import Model, User
+    from mldropd.registry import UploadForm, register_upload
+
+    daemon = Daemon(settings, with_scheduler=False)
+    with Session(daemon.engine) as s:
+        user = s.exec(select(User).where(User.email == email)).first()
+    if user is None:
+        user, token = create_user(daemon.engine, email, admin=True)
+    else:
+        token = rotate_token(daemon.engine, email)
+    for path in model_files:
+        with Session(daemon.engine) as s:
+            exists = s.exec(select(Model).where(Model.owner_id == user.id,
+                                                Model.name == path.stem)).first()
+        if exists is None:
+            click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...",
+                       err=True)
+            register_upload(daemon.engine, daemon.store, settings, user, path,
+                            UploadForm(filename=path.name))
+    daemon.engine.dispose()
+    return token
+
+
+@main.group()
+def users() -> None:
+    """Manage users and their API tokens."""
+
+
+@users.command("add")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="Give admin rights (sees every model).")
+@click.option("--quota", type=int, help="Active models allowed (default from [limits]).")
+@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def users_add(email: str, admin: bool, quota: int | None, config: str | None) -> None:
+    """Create a user; prints the API token as the last line (shown only once)."""
+    from mldropd.auth import create_user
+    from mldropd.db import init_db, make_engine
+
+    settings = _load(config)
+    engine = make_engine(settings.database.path)
+    init_db(engine)
+    try:
+        user, token = create_user(engine, email, admin=admin, quota=quota)
+    except MldropdError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"created {'admin ' if admin else ''}user {user.email}; API token (shown once):")
+    click.echo(token)
+
+
+@main.group()
+def models() -> None:
+    """Work with model files."""
+
+
+@models.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def models_check(file: str, config: str | None, as_json: bool) -> None:
+    """Inspect and validate a model file as the upload would; print every problem."""
+    from mldropd.inspect import inspect_file
+
+    settings = _load(config)
+    result = inspect_file(Path(file), settings)
+    if as_json:
+        click.echo(json.dumps({"ok": result.ok, "errors": [e.as_dict() for e in result.errors],
+                               "scan": result.scan, "summary": result.summary,
+                               "dry_run": result.dry_run}, indent=2))
+    else:
+        scan = result.scan
+        if scan.get("globals"):
+            click.echo("imports: " + ", ".join(scan["globals"]))
+        if scan.get("has_functions"):
+            click.echo("contains serialized Python functions (lambdas or notebook functions)")
+        if result.summary:
+            s = result.summary
+            click.echo(f"features: {len(s['features'])} ({', '.join(s['features'][:8])}"
+                       f"{', ...' if len(s['features']) > 8 else ''}); output: {s['output']}; "
+                       f"input: {s['input']}; pipeline: {s['pipeline_type']}")
+        if result.dry_run:
+            d = result.dry_run
+            click.echo(f"dry run: {d['rows']} rows of {d['slice_date']} in {d['seconds']} s; "
+                       f"scores {d['min']:.4g} .. {d['max']:.4g} (mean {d['mean']:.4g})")
+        for e in result.errors:
+            click.echo(f"problem: {e.field}: {e.message}", err=True)
+        click.echo("OK: the model can be deployed" if result.ok else
+                   f"NOT OK: {len(result.errors)} problem(s)")
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.option("--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's "
+              "time zone).")
+@click.option("--model", "model_ids", type=int, multiple=True,
+              help="Model id to score (repeatable). Default: every active model due on the date.")
+@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None:
+    """Score now in the foreground, as the sweep would; exits 1 if a model failed."""
+    from sqlmodel import Session, col, select
+
+    from mldropd.batch.plan import due_models
+    from mldropd.daemon import Daemon
+    from mldropd.records import Model, ModelRun
+    from mldropd.states import Trigger
+
+    settings = _load(config)
+    daemon = Daemon(settings, with_scheduler=False)
+    try:
+        run_date = dt.date.fromisoformat(day) if day else daemon.today()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date (YYYY-MM-DD)", param_hint="--date") \
+            from None
+    with Session(daemon.engine) as s:
+        if model_ids:
+            chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
+            unknown = set(model_ids) - {m.id for m in chosen}
+            if unknown:
+                raise click.ClickException(f"no model with id {sorted(unknown)}")
+        else:
+            chosen = due_models(s, run_date)
+    if not chosen:
+        click.echo(f"no model is due on {run_date}")
+        return
+    trigger = Trigger.MANUAL if model_ids else Trigger.SCHEDULE
+    batch_id, covered = daemon.run_models(run_date, chosen, trigger, force=bool(model_ids),
+                                          submit=False)
+    if batch_id is not None:
+        daemon.runner.run(batch_id, retries=False)
+    failed = 0
+    with Session(daemon.engine) as s:
+        for model in chosen:
+            mr = s.get(ModelRun, covered[model.id or 0].id)
+            assert mr is not None
+            failed += mr.status != "succeeded"
+            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}"
+                       + (f", {mr.rows} rows in {mr.seconds:.2f} s" if mr.rows is not None
+                          and mr.seconds is not None else "")
+                       + (f"\n  error: {mr.error}" if mr.error else ""))
+    daemon.engine.dispose()
+    sys.exit(1 if failed else 0)
+
+
+@main.command("check-config")
+@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def check_config(config: str | None) -> None:
+    """Load and validate the configuration; print the effective values."""
+    settings = _load(config)
+    click.echo(f"# config file: {settings.config_file or '(none: defaults and environment)'}")
+    values = settings.to_dict()
+    secrets = {(s, k) for s, k, _, _ in describe() if k.endswith(("password_file",))}
+    current = None
+    for section, key, _, help_text in describe():
+        if section != current:
+            click.echo(f"\n[{section}]")
+            current = section
+        value = values[section][key]
+        shown = "<redacted>" if (section, key) in secrets and value else value
+        click.echo(f"{key} = {json.dumps(shown)}  # {help_text}")
+    click.echo("\nOK: the configuration is valid")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The model registry: register uploads as models and versions; read, change and delete them.
+
+Only this module writes models. The caller (API, page or CLI) has already authenticated the
+user; every lookup here is scoped to the user (admins see everyone's)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from mldropd.contract import check_email, check_name, check_schedule
+from mldropd.db import session_scope
+from mldropd.errors import Conflict, FieldError, NotFound, QuotaExceeded, ValidationFailed
+from mldropd.inspect import Inspection, inspect_file
+from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User, utcnow
+from mldropd.scheduling.schedules import parse_schedule
+from mldropd.settings import Settings
+from mldropd.states import ModelRunStatus, ModelStatus
+from mldropd.store.base import ArtifactStore, artifact_key, manifest_key, model_prefix, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UploadForm:
+    """What the user typed next to the file; each wins over the model object's own value."""
+
+    filename: str
+    email: str | None = None
+    schedule: str | None = None
+    name: str | None = None
+
+
+def name_from_filename(filename: str) -> str:
+    """Default model name: the file name stem, lower-cased, unsafe characters replaced."""
+    stem = Path(filename.replace("\\", "/")).name.rsplit(".", 1)[0].lower()
+    return re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")[:64]
+
+
+def quota_of(user: User, settings: Settings) -> int:
+    return user.quota if user.quota is not None else settings.limits.active_models_per_user
+
+
+def get_model(session: Session, user: User, model_id: int) -> Model:
+    """The user's model (any model for an admin); another user's model is not found."""
+    model = session.get(Model, model_id)
+    if model is None or (model.owner_id != user.id and not user.is_admin):
+        raise NotFound(f"model {model_id} not found")
+    return model
+
+
+def _resolve(form: UploadForm, inspection: Inspection, user: User
+             ) -> tuple[str, str, str, list[FieldError]]:
+    summary = inspection.summary or {}
+    name = form.name or summary.get("name") or name_from_filename(form.filename)
+    email = form.email or summary.get("owner_email") or user.email
+    schedule = form.schedule or summary.get("schedule") or "daily"
+    problems = check_name(name) + check_email(email, "email") + check_schedule(schedule)
+    return name, email, schedule, problems
+
+
+def register_upload(engine: Engine, store: ArtifactStore, settings: Settings, user: User,
+                    upload: Path, form: UploadForm) -> tuple[Model, ModelVersion]:
+    """Inspect, validate, store and register an uploaded model file (a new model or version).
+
+    Nothing is stored or recorded unless every check passes; a failed database write removes
+    the object it had stored.
+    """
+    inspection = inspect_file(upload, settings)
+    name, email, schedule, problems = _resolve(form, inspection, user)
+    problems = inspection.errors + problems
+    if problems or inspection.summary is None:
+        raise ValidationFailed(problems or [FieldError("file", "the model could not be checked")])
+    summary = inspection.summary
+    with session_scope(engine) as s:
+        model = s.exec(select(Model).where(Model.owner_id == user.id, Model.name == name)).first()
+        if model is None:
+            _check_quota(s, user, settings)
+            version = 1
+        else:
+            version = (s.exec(select(func.max(ModelVersion.version))
+                              .where(ModelVersion.model_id == model.id)).one() or 0) + 1
+    key = artifact_key(user.email, name, version)
+    digest, size = sha256_file(upload), upload.stat().st_size
+    store.put_file(key, upload)  # the object exists before the row that points at it
+    manifest = {"sha256": digest, "size": size, "uploaded_by": user.email,
+                "uploaded_at": utcnow().isoformat(), "contract": summary}
+    try:
+        store.put_bytes(manifest_key(key), json.dumps(manifest, indent=2).encode())
+        with session_scope(engine) as s:
+            if model is None:
+                model = Model(owner_id=user.id or 0, name=name, email=email, schedule=schedule)
+                s.add(model)
+                s.flush()
+            else:
+                model = s.get(Model, model.id)
+                assert model is not None
+                model.email, model.schedule, model.updated_at = email, schedule, utcnow()
+                model.status = ModelStatus.ACTIVE if model.status == ModelStatus.ACTIVE \
+                    else model.status
+            model.version = version
+            row = ModelVersion(
+                model_id=model.id or 0, version=version, artifact_key=key, sha256=digest,
+                size=size, features=summary["features"], contract=summary,
+                dry_run=inspection.dry_run, scan=inspection.scan, uploaded_by=user.email)
+            s.add(row)
+    except BaseException:
+        store.delete_prefix(key.rsplit("/", 1)[0] + "/")
+        raise
+    log.info("model uploaded: %s v%d (%d bytes)", name, version, size,
+             extra={"model_id": model.id, "user": user.email})
+    return model, row
+
+
+def _check_quota(session: Session, user: User, settings: Settings) -> None:
+    active = session.exec(select(Model.name).where(
+        Model.owner_id == user.id, Model.status == ModelStatus.ACTIVE)).all()
+    quota = quota_of(user, settings)
+    if len(active) >= quota:
+        raise QuotaExceeded(
+            f"you have {len(active)} active models, your quota is {quota} "
+            f"({', '.join(sorted(active))}); pause or delete one, or ask an admin for more",
+            field="quota")
+
+
+def update_model(engine: Engine, settings: Settings, user: User, model_id: int,
+                 changes: dict[str, Any]) -> Model:
+    """Apply a PATCH: schedule, email, status (active/paused), version (roll back)."""
+    allowed = {"schedule", "email", "status", "version"}
+    problems = [FieldError(k, f"`{k}` cannot be changed; use one of {', '.join(sorted(allowed))}")
+                for k in changes if k not in allowed]
+    if "schedule" in changes:
+        problems += check_schedule(changes["schedule"])
+    if "email" in changes:
+        problems += check_email(changes["email"], "email")
+    if "status" in changes and changes["status"] not in (ModelStatus.ACTIVE, ModelStatus.PAUSED):
+        problems.append(FieldError("status", "`status` must be 'active' or 'paused'"))
+    if problems:
+        raise ValidationFailed(problems)
+    with session_scope(engine) as s:
+        model = get_model(s, user, model_id)
+        if "version" in changes:
+            exists = s.exec(select(ModelVersion).where(
+                ModelVersion.model_id == model.id,
+                ModelVersion.version == changes["version"])).first()
+            if exists is None:
+                raise ValidationFailed([FieldError("version", (
+                    f"model {model.name} has no version {changes['version']!r}"))])
+            model.version = exists.version
+        if changes.get("status") == ModelStatus.ACTIVE and model.status != ModelStatus.ACTIVE:
+            owner = s.get(User, model.owner_id)
+            assert owner is not None
+            _check_quota(s, owner, settings)
+        if "schedule" in changes:
+            model.schedule = parse_schedule(changes["schedule"]).text
+        for key in ("email", "status"):
+            if key in changes:
+                setattr(model, key, changes[key])
+        model.updated_at = utcnow()
+    log.info("model changed: %s", ", ".join(sorted(changes)),
+             extra={"model_id": model_id, "user": user.email})
+    return model
+
+
+def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int) -> None:
+    """Stop scheduling and remove the artifacts and records; the scores table keeps its scores."""
+    with session_scope(engine) as s:
+        model = get_model(s, user, model_id)
+        busy = s.exec(select(ModelRun.id).where(
+            ModelRun.model_id == model.id,
+            col(ModelRun.status).in_([ModelRunStatus.PENDING, ModelRunStatus.RUNNING]))).first()
+        if busy is not None:
+            raise Conflict(f"model {model.name} is being scored (run {busy}); delete it when the "
+                           "run has finished")
+        owner = s.get(User, model.owner_id)
+        assert owner is not None
+        prefix = model_prefix(owner.email, model.name)
+        for row in s.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)):
+            s.delete(row)
+        for table in (DQResult, ModelRun):
+            for row in s.exec(select(table).where(table.model_id == model.id)):
+                s.delete(row)
+        s.delete(model)
+    store.delete_prefix(prefix)
+    log.info("model deleted", extra={"model_id": model_id, "user": user.email})
+
+
+def list_models(session: Session, user: User, owner: str | None = None) -> list[Model]:
+    """The user's models; an admin sees all, or one owner's with owner=<email>."""
+    query = select(Model).order_by(Model.name)
+    if not user.is_admin:
+        query = query.where(Model.owner_id == user.id)
+    elif owner:
+        query = query.join(User, User.id == Model.owner_id).where(User.email == owner.lower())
+    return list(session.exec(query))
+
+
+def versions(session: Session, model_id: int) -> list[ModelVersion]:
+    return list(session.exec(select(ModelVersion).where(ModelVersion.model_id == model_id)
+                             .order_by(col(ModelVersion.version).desc())))

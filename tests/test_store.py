@@ -1,0 +1,507 @@
+"""One store test-suite, run against the local-folder store and the S3 store on a real S3 server.
+
+The S3 server is moto's ``ThreadedMotoServer``. The shared one runs in a child process: an
+in-process server would allocate every uploaded byte in this process, and the streaming test
+measures this process's memory with tracemalloc. The outage tests start their own server
+(in-process, as the brief of issue 6 says) and stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from mldropd.errors import ConfigError, NotFound, Unavailable
+from mldropd.settings import StorageSettings
+from mldropd.store import make_store
+from mldropd.store.base import (
+    ArtifactStore,
+    artifact_key,
+    manifest_key,
+    model_prefix,
+    sha256_file,
+    user_folder,
+)
+from mldropd.store.local import LocalStore
+from mldropd.store.s3 import S3Store
+
+MB = 1024 * 1024
+BUCKET = "models"
+KEY_ID = "testing"
+SECRET = "testing"
+OUTAGE_LIMIT_S = 15.0
+
+_CHILD_SERVER = r"""
+import logging, os, sys, threading
+from moto.server import ThreadedMotoServer
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+threading.excepthook = lambda args: os._exit(3)  # e.g. the port was taken: fail fast
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
+server.start()
+print("ready", flush=True)
+sys.stdin.read()  # serve until the test closes our stdin
+server.stop()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_child_server(log: Path, timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+    """ThreadedMotoServer in a child process; (process, endpoint URL)."""
+    for _ in range(3):  # a freshly chosen port can be taken by someone else meanwhile
+        port = _free_port()
+        with open(log, "a") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_SERVER, str(port)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready and proc.stdout.readline().strip() == "ready":
+                return proc, f"http://127.0.0.1:{port}"
+        _stop_child(proc)
+    raise RuntimeError(f"moto server did not start; see {log}")
+
+
+def _stop_child(proc: subprocess.Popen[str]) -> None:
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _start_inprocess_server(timeout: float = 10.0) -> tuple[ThreadedMotoServer, str]:
+    """ThreadedMotoServer in this process (start() itself waits without a timeout)."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    starter = threading.Thread(target=server.start, daemon=True)
+    starter.start()
+    starter.join(timeout)
+    if starter.is_alive():
+        raise RuntimeError(f"in-process moto server did not start on port {port}")
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _stop_inprocess_server(server: ThreadedMotoServer, timeout: float = 10.0) -> None:
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    assert not stopper.is_alive(), "moto server did not stop"
+
+
+def _admin_client(url: str):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+    )
+
+
+def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Leave boto3's standard credential chain empty."""
+    for name in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def _env_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+
+
+def _key_files(tmp_path: Path) -> tuple[str, str]:
+    access, secret = tmp_path / "s3-access-key", tmp_path / "s3-secret-key"
+    access.write_text(f"  {KEY_ID}\n")  # surrounding blanks and the newline are stripped
+    secret.write_text(f"{SECRET}\n\n")
+    return str(access), str(secret)
+
+
+def _s3_settings(url: str, **overrides: str) -> StorageSettings:
+    values = {"kind": "s3", "bucket": BUCKET, "prefix": "mldropd", "endpoint_url": url}
+    values.update(overrides)
+    return StorageSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    proc, url = _start_child_server(log)
+    try:
+        _admin_client(url).create_bucket(Bucket=BUCKET)
+        yield url
+    finally:
+        _stop_child(proc)
+
+
+def _make_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ArtifactStore:
+    if kind == "local":
+        return LocalStore(tmp_path / "artifacts")
+    url = request.getfixturevalue("moto_url")
+    prefix = f"run-{uuid.uuid4().hex[:8]}/mldropd"  # tests share the bucket, not the objects
+    if kind == "s3-env-credentials":
+        _env_credentials(monkeypatch, tmp_path)
+        return S3Store(_s3_settings(url, prefix=prefix))
+    _no_ambient_credentials(monkeypatch, tmp_path)  # so only the key files can work
+    access, secret = _key_files(tmp_path)
+    return S3Store(
+        _s3_settings(url, prefix=prefix, access_key_file=access, secret_key_file=secret)
+    )
+
+
+@pytest.fixture(params=["local", "s3-env-credentials", "s3-key-files"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ArtifactStore:
+    return _make_store(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["local", "s3-env-credentials"])
+def big_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ArtifactStore:
+    """For the slow cases: the credential variant does not change them."""
+    return _make_store(request.param, request, tmp_path, monkeypatch)
+
+
+def _random_file(path: Path, size_mb: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(MB))
+    return path
+
+
+USER = "Ann.Lee+scoring@Example.com"  # folder keeps '@' and '+'
+OTHER = "bob+test@y.org"
+
+
+# ---- the shared suite ----------------------------------------------------------------------
+
+
+def test_put_file_get_file_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
+    src = tmp_path / "upload.dill"
+    src.write_bytes(os.urandom(300_000))
+    key = artifact_key(USER, "churn", 1)
+    assert key == "ann.lee+scoring@example.com/churn/v1/model.dill"
+
+    store.put_file(key, src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dest = out_dir / "model.dill"
+    store.get_file(key, dest)
+
+    assert sha256_file(dest) == sha256_file(src)
+    assert store.exists(key)
+    assert store.list() == [key]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.dill"]  # no temp files left
+
+
+def test_put_file_replaces(store: ArtifactStore, tmp_path: Path) -> None:
+    key = artifact_key(USER, "churn", 2)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second version")
+    store.put_file(key, first)
+    store.put_file(key, second)
+    dest = tmp_path / "got"
+    dest.write_bytes(b"stale")  # get_file overwrites an existing file
+    store.get_file(key, dest)
+    assert dest.read_bytes() == b"second version"
+
+
+def test_put_bytes_get_bytes(store: ArtifactStore) -> None:
+    key = manifest_key(artifact_key(USER, "churn", 1))
+    assert key == "ann.lee+scoring@example.com/churn/v1/manifest.json"
+    manifest = json.dumps({"sha256": "ab" * 32, "uploaded_by": USER}).encode()
+    store.put_bytes(key, manifest)
+    assert store.get_bytes(key) == manifest
+    store.put_bytes(key, b"{}")
+    assert store.get_bytes(key) == b"{}"
+    store.put_bytes("empty/object", b"")
+    assert store.get_bytes("empty/object") == b""
+
+
+def test_exists(store: ArtifactStore) -> None:
+    key = artifact_key(OTHER, "m", 3)
+    assert not store.exists(key)
+    store.put_bytes(key, b"x")
+    assert store.exists(key)
+    assert not store.exists(model_prefix(OTHER, "m").rstrip("/"))  # a folder is not an object
+    assert not store.exists(artifact_key(OTHER, "m", 4))
+
+
+def _fill(store: ArtifactStore) -> list[str]:
+    keys = [
+        artifact_key(USER, "m1", 1),
+        manifest_key(artifact_key(USER, "m1", 1)),
+        artifact_key(USER, "m1", 2),
+        artifact_key(USER, "m10", 1),  # shares the text prefix "m1" but is another model
+        artifact_key(OTHER, "m1", 1),
+    ]
+    for key in keys:
+        store.put_bytes(key, key.encode())
+    return sorted(keys)
+
+
+def test_list_with_prefixes_and_relative_keys(store: ArtifactStore) -> None:
+    keys = _fill(store)
+    ann, bob = user_folder(USER), user_folder(OTHER)
+    assert store.list() == keys
+    assert store.list("") == keys
+    assert store.list(f"{ann}/m1/") == [
+        f"{ann}/m1/v1/manifest.json", f"{ann}/m1/v1/model.dill", f"{ann}/m1/v2/model.dill",
+    ]
+    assert store.list(f"{ann}/m1") == store.list(f"{ann}/m1/")  # a folder, not a text prefix
+    assert store.list(model_prefix(USER, "m10")) == [f"{ann}/m10/v1/model.dill"]
+    assert store.list(f"{ann}/") == [k for k in keys if k.startswith(f"{ann}/")]
+    assert store.list(bob) == [f"{bob}/m1/v1/model.dill"]
+    assert store.list("nobody@nowhere/") == []
+    for key in keys:  # every listed key can be read back as it is
+        assert store.get_bytes(key) == key.encode()
+
+
+def test_delete_prefix_removes_only_that_prefix(store: ArtifactStore) -> None:
+    keys = _fill(store)
+    ann = user_folder(USER)
+    store.delete_prefix(model_prefix(USER, "m1"))
+    remaining = [k for k in keys if not k.startswith(f"{ann}/m1/")]
+    assert store.list() == remaining
+    assert store.exists(artifact_key(USER, "m10", 1))
+
+    store.delete_prefix(f"{ann}/m10/v1/model.dill")  # one object
+    assert store.list() == [artifact_key(OTHER, "m1", 1)]
+    store.delete_prefix("nobody@nowhere/")  # nothing there: no error
+    store.delete_prefix(user_folder(OTHER))
+    assert store.list() == []
+
+
+def test_delete_prefix_more_than_one_batch(big_store: ArtifactStore) -> None:
+    """More than 1000 objects: listing pages and delete batches both roll over."""
+    store = big_store
+    many = [f"{user_folder(USER)}/big/v1/part-{i:04d}" for i in range(1010)]
+    keep = artifact_key(USER, "keep", 1)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: store.put_bytes(k, b"."), [*many, keep]))
+    assert len(store.list(model_prefix(USER, "big"))) == 1010
+    store.delete_prefix(model_prefix(USER, "big"))
+    assert store.list() == [keep]
+
+
+def test_get_missing_key_raises_not_found(store: ArtifactStore, tmp_path: Path) -> None:
+    key = artifact_key(USER, "ghost", 1)
+    dest = tmp_path / "out" / "model.dill"
+    dest.parent.mkdir()
+    with pytest.raises(NotFound, match="ghost/v1/model.dill"):
+        store.get_file(key, dest)
+    with pytest.raises(NotFound):
+        store.get_bytes(key)
+    assert list(dest.parent.iterdir()) == []  # neither the file nor a temp file
+
+
+def test_key_escaping_the_store_is_refused(store: ArtifactStore) -> None:
+    with pytest.raises(ValueError):
+        store.put_bytes("../outside", b"x")
+
+
+def test_streaming_large_file_keeps_memory_flat(big_store: ArtifactStore, tmp_path: Path) -> None:
+    store = big_store
+    src = _random_file(tmp_path / "big.dill", 60)
+    dest = tmp_path / "big-copy.dill"
+    key = artifact_key(USER, "big", 1)
+    was_tracing = tracemalloc.is_tracing()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        store.put_file(key, src)
+        put_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        store.get_file(key, dest)
+        get_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    assert put_peak < 20 * MB, f"put_file peaked at {put_peak / MB:.1f} MB"
+    assert get_peak < 20 * MB, f"get_file peaked at {get_peak / MB:.1f} MB"
+    assert dest.stat().st_size == 60 * MB
+    assert sha256_file(dest) == sha256_file(src)
+    if isinstance(store, S3Store):  # 60 MB went up as multipart: 8 parts of 8 MB
+        head = store.client.head_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")
+        assert head["ETag"].strip('"').endswith("-8")
+
+
+# ---- S3 only -------------------------------------------------------------------------------
+
+
+def test_s3_objects_live_under_the_prefix(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _env_credentials(monkeypatch, tmp_path)
+    prefix = f"run-{uuid.uuid4().hex[:8]}/deep/"  # slashes around the prefix are ignored
+    store = S3Store(_s3_settings(moto_url, prefix=prefix))
+    key = artifact_key(USER, "churn", 1)
+    store.put_bytes(key, b"x")
+    listed = _admin_client(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=prefix.rstrip("/"))
+    assert [o["Key"] for o in listed["Contents"]] == [f"{prefix}{key}"]
+    assert store.list() == [key]
+    assert store.describe() == f"S3 {moto_url} bucket {BUCKET}/{prefix.strip('/')}"
+
+
+def test_s3_empty_prefix_uses_bucket_root(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _env_credentials(monkeypatch, tmp_path)
+    bucket = f"bare-{uuid.uuid4().hex[:8]}"
+    _admin_client(moto_url).create_bucket(Bucket=bucket)
+    store = S3Store(_s3_settings(moto_url, bucket=bucket, prefix=""))
+    key = artifact_key(USER, "churn", 1)
+    store.put_bytes(key, b"x")
+    assert [o["Key"] for o in _admin_client(moto_url).list_objects_v2(Bucket=bucket)["Contents"]] \
+        == [key]
+    assert store.list() == [key]
+    store.delete_prefix("")
+    assert store.list() == []
+    assert store.describe() == f"S3 {moto_url} bucket {bucket}/"
+
+
+def test_make_store_builds_s3_store(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _env_credentials(monkeypatch, tmp_path)
+    store = make_store(_s3_settings(moto_url))
+    assert isinstance(store, S3Store)
+    store.check()
+
+
+def test_s3_without_credentials_is_unavailable(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_ambient_credentials(monkeypatch, tmp_path)
+    store = S3Store(_s3_settings(moto_url))
+    with pytest.raises(Unavailable, match="refused access") as caught:
+        store.check()
+    assert moto_url in caught.value.message
+    assert "credentials" in caught.value.message
+
+
+def test_s3_key_file_problems_are_config_errors(moto_url: str, tmp_path: Path) -> None:
+    access, secret = _key_files(tmp_path)
+    with pytest.raises(ConfigError, match="access_key_file"):
+        S3Store(_s3_settings(moto_url, access_key_file=str(tmp_path / "missing"),
+                             secret_key_file=secret))
+    with pytest.raises(ConfigError, match="set together"):
+        S3Store(_s3_settings(moto_url, access_key_file=access))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="secret_key_file .* is empty"):
+        S3Store(_s3_settings(moto_url, access_key_file=access, secret_key_file=str(empty)))
+
+
+def test_s3_missing_bucket_is_unavailable_not_not_found(
+    moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _env_credentials(monkeypatch, tmp_path)
+    store = S3Store(_s3_settings(moto_url, bucket="no-such-bucket"))
+    for call in (
+        store.check,
+        lambda: store.get_file("u/m/v1/model.dill", tmp_path / "x"),
+        lambda: store.get_bytes("u/m/v1/manifest.json"),
+        lambda: store.exists("u/m/v1/model.dill"),
+        lambda: store.put_bytes("u/m/v1/manifest.json", b"{}"),
+        lambda: store.list(),
+    ):
+        with pytest.raises(Unavailable, match="no-such-bucket' does not exist") as caught:
+            call()
+        assert moto_url in caught.value.message
+        assert "[storage] bucket" in caught.value.message
+    assert not (tmp_path / "x").exists()
+
+
+def test_s3_outage_is_reported_quickly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stop the server mid-test: every call answers Unavailable naming the endpoint, fast."""
+    _env_credentials(monkeypatch, tmp_path)
+    server, url = _start_inprocess_server()
+    try:
+        _admin_client(url).create_bucket(Bucket="outage")
+        store = S3Store(_s3_settings(url, bucket="outage"))
+        src = tmp_path / "model.dill"
+        src.write_bytes(os.urandom(100_000))
+        store.put_file("u/m/v1/model.dill", src)  # works while the server is up
+        store.check()
+    finally:
+        _stop_inprocess_server(server)
+
+    calls = {
+        "check": store.check,
+        "put_file": lambda: store.put_file("u/m/v2/model.dill", src),
+        "put_bytes": lambda: store.put_bytes("u/m/v2/manifest.json", b"{}"),
+        "get_file": lambda: store.get_file("u/m/v1/model.dill", tmp_path / "back.dill"),
+        "get_bytes": lambda: store.get_bytes("u/m/v1/model.dill"),
+        "exists": lambda: store.exists("u/m/v1/model.dill"),
+        "list": store.list,
+        "delete_prefix": lambda: store.delete_prefix("u/"),
+    }
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            call()
+        elapsed = time.monotonic() - started
+        assert elapsed < OUTAGE_LIMIT_S, f"{name} took {elapsed:.1f} s to report the outage"
+        message = caught.value.message
+        assert f"S3 store {url} bucket 'outage' is unreachable" in message, (name, message)
+        assert "Check [storage] endpoint_url and that the server is running." in message
+        assert caught.value.status_code == 503
+    assert not (tmp_path / "back.dill").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dill"]  # no temp files
+
+
+def test_s3_hung_server_is_reported_within_the_timeouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that accepts connections but never answers: the read timeout ends the wait."""
+    _env_credentials(monkeypatch, tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # connections queue in the backlog and are never served
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        store = S3Store(_s3_settings(url))
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="is unreachable") as caught:
+            store.check()
+        elapsed = time.monotonic() - started
+    assert elapsed < OUTAGE_LIMIT_S, f"check took {elapsed:.1f} s"
+    assert url in caught.value.message
+
