@@ -1,38 +1,25 @@
 """Static scan of a pickle: list what it imports and refuse the dangerous, without loading it.
 
 We walk the opcodes with the standard library's `pickletools.genops` and emulate the
-unpickler's stack symbolically (strings, tuples, imported names; everything else is opaque).
-Nothing is imported and no pickle code runs.
+unpickler's stack symbolically (strings, tuples and imported names; all else is opaque): nothing
+is imported, no pickle code runs. Not picklescan (on PyPI) or fickling: picklescan pairs
+STACK_GLOBAL with the nearest string opcodes instead of the real stack, cannot tell "not a
+pickle" from "truncated" and knows nothing of dill's `_import_module`/`getattr` calls, which
+reach any module without a GLOBAL opcode; fickling decompiles to an AST, more than we need.
 
-Why not `picklescan` (1.0.5 is on PyPI) or `fickling`: picklescan pairs STACK_GLOBAL with the
-nearest preceding string opcodes rather than the real stack, reports "not a pickle" and
-"truncated" alike, and its deny list is not tuned to what dill emits (it has no notion of
-dill's `_import_module`/`getattr` pairs, which reach any module without a GLOBAL opcode).
-fickling decompiles to a Python AST: more than we need. Our own ~300 lines with an exact stack
-keep one dependency fewer and let us vet dill's helpers by their arguments.
-
-What dill 0.4.1 emits (measured; `dill.dumps(obj, recurse=True)`, protocol 4):
-- dict with a lambda: `dill._dill._create_function`, `dill._dill._create_code`; a lambda that
-  uses a module adds `dill._dill._import_module('numpy')`, reported here as `numpy`.
-- a closure: also `dill._dill._create_cell`, `dill._dill` (module) and
-  `builtins.getattr(dill._dill, '_setattr', builtins.setattr)`, reported as
-  `dill._dill._setattr`.
-- sklearn Pipeline with FunctionTransformer(lambda): the sklearn classes,
-  `numpy._core.multiarray._reconstruct`/`scalar`, `numpy.ndarray`, `numpy.dtype`,
-  `dill._dill._create_array`, `_create_function`, `_create_code`, `_import_module`.
-- LightGBM LGBMClassifier: `lightgbm.basic.Booster`, `lightgbm.sklearn.LGBMClassifier`,
-  `collections.OrderedDict`/`defaultdict`, the numpy names above, `_create_array`, and
-  `sklearn.preprocessing._label.LabelEncoder`; a bound method adds `_load_type('MethodType')`
-  and `lightgbm.sklearn.LGBMClassifier.predict_proba`.
-- classes defined in a notebook: `_create_type`, `_load_type`, `builtins.setattr`.
-- `...`: `dill._dill._eval_repr('Ellipsis')`; method descriptors such as `str.lower`:
-  `dill._dill._getattr(str, 'lower', "<method 'lower' of 'str' objects>")`, which dill
-  evaluates as `str.__dict__["lower"]`.
-So `builtins.getattr`, `builtins.setattr` and those dill helpers are allowed, but the helpers
-that reach other objects by name are followed: `_import_module(m)` counts as importing `m`,
-`getattr(x, 'a')` on an imported `x` as importing `x.a`, `_getattr` and `_eval_repr` must carry
-plain literals. A helper we cannot follow (arguments computed at load time, or the helper
-passed around instead of called) is refused as `<unresolved>` or by its own name.
+What dill 0.4.1 emits with `recurse=True` (measured, protocol 4): a lambda ->
+`dill._dill._create_function` + `_create_code` (+ `_import_module('numpy')` for modules it
+uses, reported as `numpy`); a closure -> `_create_cell` and
+`builtins.getattr(dill._dill, '_setattr', builtins.setattr)` (reported as
+`dill._dill._setattr`); notebook classes -> `_create_type`, `_load_type`, `builtins.setattr`;
+arrays -> `_create_array`; a bound method -> `_load_type('MethodType')` + `pkg.Class.method`;
+`...` -> `_eval_repr('Ellipsis')`; `str.lower` -> `_getattr(str, 'lower', "<method 'lower' of
+'str' objects>")`, evaluated by dill as `str.__dict__["lower"]`. sklearn and LightGBM models
+add only their classes, `collections.OrderedDict`/`defaultdict` and numpy names. So getattr,
+setattr and dill's helpers are allowed, but followed: `_import_module(m)` counts as importing
+`m`, `getattr(x, 'a')` on an imported `x` as importing `x.a`; `_getattr` and `_eval_repr` must
+carry plain literals. A helper we cannot follow (arguments computed at load time, or the
+helper passed around instead of called) is refused.
 
 This scan is a tripwire, not the boundary: a dill function's code is data here and can do
 anything when called. Models load and run only in sandboxed child processes.
@@ -41,6 +28,7 @@ anything when called. Models load and run only in sandboxed child processes.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickle
 import pickletools
@@ -49,114 +37,84 @@ from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from dataclasses import dataclass
 from typing import IO, Any
 
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Entries ending in ".*" refuse a module and everything under it; others are exact names.
-DANGEROUS: frozenset[str] = frozenset(
-    {
-        # processes, shells, signals
-        *("os.*", "posix.*", "nt.*", "subprocess.*", "_posixsubprocess.*", "pty.*"),
-        *("commands.*", "multiprocessing.*", "signal.*", "asyncio.*", "platform.*"),
-        # interpreter, imports, evaluating text as code
-        *("sys.*", "importlib.*", "imp.*", "pkgutil.*", "runpy.*", "code.*", "codeop.*"),
-        *("ctypes.*", "_ctypes.*", "cffi.*", "numpy.ctypeslib.*", "pdb.*", "bdb.*", "timeit.*"),
-        *("profile.*", "cProfile.*", "trace.*", "pydoc.*", "webbrowser.*", "marshal.*"),
-        *("distutils.*", "setuptools.*", "pip.*"),
-        # files and nested (unscanned) pickles
-        *("shutil.*", "shelve.*", "pickle.*", "_pickle.*", "cloudpickle.*", "_pyio.*"),
-        *("io.open", "io.open_code", "io.FileIO", "_io.open", "_io.open_code", "_io.FileIO"),
-        *("codecs.open", "joblib.load", "joblib.numpy_pickle.load", "numpy.load"),
-        *("pandas.read_pickle", "pandas.io.pickle.*", "torch.load", "torch.serialization.*"),
-        # network
-        *("socket.*", "_socket.*", "ssl.*", "socketserver.*", "urllib.*", "urllib3.*"),
-        *("http.*", "requests.*", "httpx.*", "aiohttp.*", "ftplib.*", "smtplib.*", "telnetlib.*"),
-        *("poplib.*", "imaplib.*", "xmlrpc.*"),
-        # builtins that evaluate, import, open or reach globals
-        *("builtins.eval", "builtins.exec", "builtins.compile", "builtins.__import__"),
-        *("builtins.open", "builtins.input", "builtins.breakpoint", "builtins.globals"),
-        *("builtins.locals", "builtins.vars", "builtins.exit", "builtins.quit"),
-        *("builtins.__build_class__", "builtins.help", "builtins.memoryview"),
-        # attribute access by a computed name
-        *("operator.attrgetter", "operator.methodcaller", "types.CapsuleType"),
-    }
+DANGEROUS: frozenset[str] = _names(
+    # processes, shells, signals
+    "os.* posix.* nt.* subprocess.* _posixsubprocess.* pty.* commands.* multiprocessing.* "
+    "signal.* asyncio.* platform.* "
+    # the interpreter, imports, text evaluated as code, native code
+    "sys.* importlib.* imp.* pkgutil.* runpy.* code.* codeop.* pdb.* bdb.* timeit.* "
+    "profile.* cProfile.* trace.* pydoc.* webbrowser.* marshal.* distutils.* setuptools.* "
+    "pip.* ctypes.* _ctypes.* cffi.* numpy.ctypeslib.* "
+    # files, and nested pickles this scan would not see
+    "shutil.* shelve.* pickle.* _pickle.* cloudpickle.* _pyio.* io.open io.open_code "
+    "io.FileIO _io.open _io.open_code _io.FileIO codecs.open joblib.load "
+    "joblib.numpy_pickle.load numpy.load pandas.read_pickle pandas.io.pickle.* torch.load "
+    "torch.serialization.* "
+    # network
+    "socket.* _socket.* ssl.* socketserver.* urllib.* urllib3.* http.* requests.* httpx.* "
+    "aiohttp.* ftplib.* smtplib.* telnetlib.* poplib.* imaplib.* xmlrpc.* "
+    # builtins that evaluate, import, open files or reach globals
+    "builtins.eval builtins.exec builtins.compile builtins.__import__ builtins.open "
+    "builtins.input builtins.breakpoint builtins.globals builtins.locals builtins.vars "
+    "builtins.exit builtins.quit builtins.help builtins.__build_class__ builtins.memoryview "
+    # attribute access or calls by a name computed at load time; raw C pointers
+    "operator.attrgetter operator.methodcaller types.CapsuleType"
 )
 
 # Everything else under `dill` is refused (dill.loads, dill.source, dill.temp, ...).
-DILL_ALLOWED: frozenset[str] = frozenset(
-    {"dill", "dill._dill", "dill._shims"}
-    | {
-        f"dill._dill.{name}"
-        for name in (
-            "_create_function",
-            "_create_code",
-            "_create_cell",
-            "_create_type",
-            "_load_type",
-            "_create_array",
-            "_create_dtypemeta",
-            "_create_namedtuple",
-            "_create_ftype",
-            "_create_typing_tuple",
-            "_create_lock",
-            "_create_rlock",
-            "_create_stringi",
-            "_create_stringo",
-            "_create_weakref",
-            "_create_weakproxy",
-            "_setitems",
-            "_import_module",
-            "_get_attr",
-            "_getattr",
-            "_eval_repr",
-            "_unmarshal",
-            "_setattr",
-            "_delattr",
-            "_dictproxy_helper",
-        )  # fmt: skip
-    }
-    | {"dill._shims._setattr", "dill._shims._delattr"}
+_DILL_HELPERS = (
+    "_create_function _create_code _create_cell _create_type _load_type _create_array "
+    "_create_dtypemeta _create_namedtuple _create_ftype _create_typing_tuple _create_lock "
+    "_create_rlock _create_stringi _create_stringo _create_weakref _create_weakproxy _setitems "
+    "_import_module _get_attr _getattr _eval_repr _unmarshal _setattr _delattr _dictproxy_helper"
 )
+DILL_ALLOWED: frozenset[str] = _names(
+    "dill dill._dill dill._shims dill._shims._setattr dill._shims._delattr"
+) | {f"dill._dill.{name}" for name in _DILL_HELPERS.split()}
 
 # Serialized Python code: its presence means the file carries functions (lambdas, notebook code).
-_CODE = frozenset(
-    {"dill._dill._create_function", "dill._dill._create_code", "dill._dill._unmarshal"}
-    | {"types.FunctionType", "types.LambdaType", "types.CodeType"}
+_CODE = _names(
+    "dill._dill._create_function dill._dill._create_code dill._dill._unmarshal "
+    "types.FunctionType types.LambdaType types.CodeType"
 )
 # Module names that a library may expose as an attribute (`somelib.os.system`).
-_ALIAS_SEGMENTS = frozenset(
-    {"os", "posix", "nt", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket"}
-    | {"shutil", "pty", "runpy", "multiprocessing", "pickle", "marshal", "dill", "_posixsubprocess"}
+_ALIAS_SEGMENTS = _names(
+    "os posix nt sys subprocess builtins importlib ctypes socket shutil pty runpy "
+    "multiprocessing pickle marshal dill _posixsubprocess"
 )
 # Attributes that lead from any object to code, globals or other modules.
-_RISKY_ATTRS = frozenset(
-    {"__globals__", "__builtins__", "__subclasses__", "__getattribute__", "__code__", "__class__"}
-    | {"__import__", "__loader__", "__spec__", "__base__", "__bases__", "__mro__", "__closure__"}
+_RISKY_ATTRS = _names(
+    "__globals__ __builtins__ __subclasses__ __getattribute__ __code__ __class__ __import__ "
+    "__loader__ __spec__ __base__ __bases__ __mro__ __closure__"
 )
-# dill helpers whose effect depends on their arguments; vetted when called directly.
-_FOLLOWED = frozenset(
-    {"builtins.getattr", "builtins.__import__", "importlib.import_module"}
-    | {f"dill._dill.{n}" for n in ("_import_module", "_get_attr", "_getattr", "_eval_repr")}
-    | {"dill._dill._load_type", "dill._dill._create_namedtuple"}
+# Helpers whose effect depends on their arguments; vetted when called directly.
+_FOLLOWED = _names(
+    "builtins.getattr builtins.__import__ importlib.import_module dill._dill._import_module "
+    "dill._dill._get_attr dill._dill._getattr dill._dill._eval_repr dill._dill._load_type "
+    "dill._dill._create_namedtuple"
 )
-# dill's _load_type names that matter: code (flag it) and files/capsules (refuse).
-_LOAD_TYPES = {
-    "CodeType": "types.CodeType",
-    "FunctionType": "types.FunctionType",
-    "LambdaType": "types.FunctionType",
-    "FileType": "io.FileIO",
-    "BufferedReaderType": "io.FileIO",
-    "BufferedWriterType": "io.FileIO",
-    "BufferedRandomType": "io.FileIO",
-    "TextWrapperType": "io.FileIO",
-    "PyBufferedReaderType": "_pyio.FileIO",
-    "PyBufferedWriterType": "_pyio.FileIO",
-    "PyBufferedRandomType": "_pyio.FileIO",
-    "PyTextWrapperType": "_pyio.FileIO",
-    "PyCapsuleType": "types.CapsuleType",
-}
+# dill's _load_type names that matter: code (flagged) and files or capsules (refused).
+_FILE_TYPES = "FileType BufferedReaderType BufferedWriterType BufferedRandomType TextWrapperType"
+_LOAD_TYPES = {"CodeType": "types.CodeType", "FunctionType": "types.FunctionType",
+               "LambdaType": "types.FunctionType", "PyCapsuleType": "types.CapsuleType",
+               **dict.fromkeys(_FILE_TYPES.split(), "io.FileIO"),
+               **{f"Py{name}": "_pyio.FileIO" for name in _FILE_TYPES.split()[1:]}}  # fmt: skip
 _EVAL_LITERALS = frozenset({"Ellipsis", "NotImplemented"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STRINGS = frozenset(
-    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
-    | {"SHORT_BINSTRING", "BINSTRING", "STRING"}
+_STRINGS = _names(
+    "SHORT_BINUNICODE BINUNICODE BINUNICODE8 UNICODE SHORT_BINSTRING BINSTRING STRING"
+)
+_SPECIAL = _STRINGS | _names("MARK EMPTY_TUPLE GET BINGET LONG_BINGET EXT1 EXT2 EXT4 GLOBAL")
+_PUSH_OPAQUE = frozenset(
+    op.name
+    for op in pickletools.opcodes
+    if not op.stack_before and len(op.stack_after) == 1 and op.name not in _SPECIAL
 )
 UNRESOLVED = "<unresolved>"
 
@@ -196,15 +154,11 @@ class _Ref:
     name: str
 
 
-class _Opaque:
-    """Any value the scan does not follow (numbers, containers, objects)."""
-
-
-_OPAQUE, _MARK = _Opaque(), object()
+_OPAQUE, _MARK = object(), object()  # a value the scan does not follow; a MARK
 
 
 class _Corrupt(ValueError):
-    pass
+    """The opcodes do not fit together (e.g. a pop from an empty stack)."""
 
 
 class _Scanner:
@@ -221,7 +175,7 @@ class _Scanner:
         self.found.add(name)
         return _Ref(name)
 
-    def unresolved(self) -> _Opaque:
+    def unresolved(self) -> object:
         self.found.add(UNRESOLVED)
         return _OPAQUE
 
@@ -231,13 +185,11 @@ class _Scanner:
         return self.stack.pop()
 
     def pop_mark(self) -> list[Any]:
-        items: list[Any] = []
-        while self.stack and self.stack[-1] is not _MARK:
-            items.append(self.stack.pop())
-        if not self.stack:
+        if _MARK not in self.stack:
             raise _Corrupt("no MARK on the stack")
-        self.stack.pop()
-        items.reverse()
+        at = len(self.stack) - 1 - self.stack[::-1].index(_MARK)
+        items = self.stack[at + 1 :]
+        del self.stack[at:]
         return items
 
     def consume(self, value: Any) -> None:
@@ -252,8 +204,7 @@ class _Scanner:
         # What Unpickler.find_class imports: dill's special cases, then Python 2 names.
         if (module, name) == ("__builtin__", "__main__"):
             return self.record("__main__.__dict__")
-        if module == "dill.dill":
-            module = "dill._dill"
+        module = "dill._dill" if module == "dill.dill" else module
         module, name = NAME_MAPPING.get((module, name), (module, name))
         module = IMPORT_MAPPING.get(module, module)
         return self.record(f"{module}.{name}")
@@ -268,11 +219,11 @@ class _Scanner:
             self.consume(func)
             return _OPAQUE
         name = func.name
-        first = args[0] if args else None
+        first, second, third = (*args, None, None, None)[:3]
         if name in ("dill._dill._import_module", "builtins.__import__", "importlib.import_module"):
             return self.record(first) if isinstance(first, str) else self.unresolved()
         if name in ("builtins.getattr", "dill._dill._get_attr"):
-            attr = args[1] if len(args) > 1 else None
+            attr = second
             if not isinstance(attr, str):
                 return self.unresolved()
             if name == "dill._dill._get_attr" and is_dangerous(f"builtins.{attr}"):
@@ -284,8 +235,7 @@ class _Scanner:
             return _OPAQUE
         if name == "dill._dill._getattr":
             # dill evaluates  <class name from repr>.__dict__["<name>"]: both must be plain names.
-            attr = args[1] if len(args) > 1 else None
-            text = args[2] if len(args) > 2 else None
+            attr, text = second, third
             owner = text.split("'")[3] if isinstance(text, str) and text.count("'") >= 4 else None
             if not (isinstance(attr, str) and owner and _IDENT.fullmatch(attr)
                     and all(_IDENT.fullmatch(p) for p in owner.split("."))):  # fmt: skip
@@ -303,16 +253,17 @@ class _Scanner:
                 self.record(_LOAD_TYPES[first])
             return _OPAQUE
         # _create_namedtuple(name, fields, module) may return module.name if that exists.
-        owner = args[2] if len(args) > 2 else None
-        if isinstance(first, str) and isinstance(owner, str):
-            return self.record(f"{owner}.{first}")
+        if isinstance(first, str) and isinstance(third, str):
+            return self.record(f"{third}.{first}")
         return self.unresolved()
 
     def step(self, op: pickletools.OpcodeInfo, arg: Any) -> None:
         name = op.name
         self.max_proto = max(self.max_proto, op.proto)
         push = self.stack.append
-        if name in _STRINGS:
+        if name in _PUSH_OPAQUE:  # numbers, bytes, None, empty containers: the bulk of a file
+            push(_OPAQUE)
+        elif name in _STRINGS:
             push(arg)
         elif name == "PROTO":
             self.protocol = arg
@@ -348,8 +299,7 @@ class _Scanner:
         elif name == "EMPTY_TUPLE":
             push(())
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            size = int(name[-1])
-            push(tuple(reversed([self.pop() for _ in range(size)])))
+            push(tuple(reversed([self.pop() for _ in range(int(name[-1]))])))
         elif name == "TUPLE":
             push(tuple(self.pop_mark()))
         else:
@@ -378,61 +328,35 @@ def _split(arg: str) -> tuple[str, str]:
     return module, name
 
 
-class _Bounded:
-    """A file reader that never asks for more than is left (a forged length can't balloon)."""
-
-    def __init__(self, f: IO[bytes], size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
-
-    def readline(self) -> bytes:
-        line = self.f.readline(self.left)
-        self.left -= len(line)
-        return line
-
-    def tell(self) -> int:
-        return self.f.tell()
+_MAGIC = ((b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip-compressed data"),
+          (b"BZh", "bzip2-compressed data"), (b"\xfd7zXZ", "xz-compressed data"),
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed data"), (b"\x89HDF", "an HDF5 file"),
+          (b"PAR1", "a Parquet file"), (b"\x93NUMPY", "a NumPy .npy file"))  # fmt: skip
 
 
 def _what_is_it(head: bytes) -> str:
-    for magic, kind in (
-        (b"PK\x03\x04", "a zip archive"),
-        (b"\x1f\x8b", "gzip-compressed data"),
-        (b"BZh", "bzip2-compressed data"),
-        (b"\xfd7zXZ", "xz-compressed data"),
-        (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
-        (b"\x89HDF", "an HDF5 file"),
-        (b"PAR1", "a Parquet file"),
-        (b"\x93NUMPY", "a NumPy .npy file"),
-    ):
-        if head.startswith(magic):
-            return f"it looks like {kind}"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "its first bytes are not a pickle header"
-    return "it looks like a text file"
+    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return "its first bytes are not a pickle header"
+        kind = "a text file"
+    return f"it looks like {kind}"
 
 
-def _scan(f: IO[bytes], size: int) -> ScanResult:
+def _scan(f: IO[bytes] | mmap.mmap, size: int) -> ScanResult:
     if size == 0:
         return ScanResult([], [], False, "the file is empty", None)
     head = f.read(16)
     f.seek(0)
     if head[:1] == b"\x80" and (len(head) < 2 or head[1] > pickle.HIGHEST_PROTOCOL):
-        version = head[1] if len(head) > 1 else "?"
-        return ScanResult(
-            [], [], False, f"this is not a pickle file (unknown pickle protocol {version})", None
-        )
+        error = f"this is not a pickle file (unknown protocol {head[1] if len(head) > 1 else '?'})"
+        return ScanResult([], [], False, error, None)
     scanner = _Scanner()
     error: str | None = None
     try:
-        for op, arg, _pos in pickletools.genops(_Bounded(f, size)):
+        for op, arg, _pos in pickletools.genops(f):
             scanner.step(op, arg)
             if scanner.done:  # only the first pickle: dill.dump writes one
                 break
@@ -445,24 +369,22 @@ def _scan(f: IO[bytes], size: int) -> ScanResult:
             error = f"this is not a pickle file ({_what_is_it(head)})"
     if error is None and not scanner.done:
         error = "the pickle is truncated or corrupt: it ends before its STOP opcode"
-    found = sorted(scanner.found)
+    found = scanner.found
     refused = sorted({n for n in found if is_dangerous(n)} | scanner.forced)
-    protocol = scanner.protocol if scanner.protocol is not None else scanner.max_proto
-    if head[:1] != b"\x80" and error is not None:
-        protocol = None
-    return ScanResult(
-        globals=sorted(set(found) | scanner.forced),
-        refused=refused,
-        has_functions=bool(_CODE & set(found)),
-        error=error,
-        protocol=protocol,
-    )
+    # Protocol 0/1 pickles have no PROTO opcode: report the highest protocol their opcodes need.
+    protocol = scanner.protocol if head[:1] == b"\x80" else None if error else scanner.max_proto
+    return ScanResult(sorted(found | scanner.forced), refused, bool(_CODE & found), error, protocol)
 
 
 def scan_pickle(path: str | os.PathLike[str]) -> ScanResult:
     """Scan the pickle in a file without loading it."""
     with open(path, "rb") as f:
-        return _scan(f, os.fstat(f.fileno()).st_size)
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return _scan(f, 0)
+        # mmap, like BytesIO, never allocates more than is left for a forged length field.
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _scan(mapped, size)
 
 
 def scan_bytes(data: bytes) -> ScanResult:

@@ -389,6 +389,20 @@ def test_evaluate_ok_without_drift() -> None:
     json.dumps(report.details, allow_nan=False)
 
 
+def test_evaluate_uses_full_score_arrays_when_given() -> None:
+    # The pipeline passes every score of both partitions and samples of (features, score).
+    rng = np.random.default_rng(24)
+    cur, ref = features_frame(rng, 4_000), features_frame(rng, 4_000)
+    report = run(cur.iloc[:500], ref.iloc[:500], current_scores=cur["score"].to_numpy(),
+                 reference_scores=ref["score"].to_numpy())
+    assert report.details["checks"]["rows"] == 4_000
+    assert report.details["checks"]["reference_rows"] == 4_000
+    assert report.psi == psi(ref["score"], cur["score"]).psi
+    assert report.details["psi"]["n_cur"] == 4_000
+    assert (report.details["av"]["n_ref"], report.details["av"]["n_cur"]) == (500, 500)
+    assert sum(report.details["histogram"]["current"]) == 4_000
+
+
 def test_evaluate_alerts_on_a_strong_shift_and_names_the_feature() -> None:
     rng = np.random.default_rng(22)
     report = run(features_frame(rng, 2_000, shift=3.0), features_frame(rng, 2_000))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from mldropd.dq.adversarial import adversarial_auc
 from mldropd.dq.checks import basic_checks, ks
@@ -154,13 +155,24 @@ def evaluate(
     slice_rows: int | None = None,
     av_max_rows: int = 50_000,
     seed: int = 0,
+    current_scores: ArrayLike | None = None,
+    reference_scores: ArrayLike | None = None,
 ) -> DQReport:
-    """Return the data-quality report of current scores against the reference run's scores."""
+    """Return the data-quality report of current scores against the reference run's scores.
+
+    current_scores / reference_scores, when given, are all the scores of each partition: PSI,
+    KS, checks and histograms use them, while the frames (which may be samples) feed the
+    adversarial classifier. Without them the frames' "score" columns serve for everything.
+    """
     for side, frame in (("current", current), ("reference", reference)):
         if frame is not None and "score" not in frame.columns:
             raise ValueError(f"the {side} frame has no 'score' column")
-    cur_scores = as_float_array(current["score"])
-    ref_scores = None if reference is None else as_float_array(reference["score"])
+    cur_scores = as_float_array(current["score"] if current_scores is None else current_scores)
+    ref_scores = None
+    if reference is not None:
+        ref_scores = as_float_array(
+            reference["score"] if reference_scores is None else reference_scores
+        )
     checks = basic_checks(cur_scores, ref_scores, is_probability=is_probability,
                           slice_rows=slice_rows)
     check_statuses = [p["severity"] for p in checks["problems"]]
