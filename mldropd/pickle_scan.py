@@ -27,6 +27,7 @@ anything when called. Models load and run only in sandboxed child processes.
 
 from __future__ import annotations
 
+import builtins
 import io
 import mmap
 import os
@@ -48,7 +49,9 @@ DANGEROUS: frozenset[str] = _names(
     "os.* posix.* nt.* subprocess.* _posixsubprocess.* pty.* commands.* multiprocessing.* "
     "signal.* asyncio.* platform.* "
     # the interpreter, imports, text evaluated as code, native code
-    "sys.* importlib.* imp.* pkgutil.* runpy.* code.* codeop.* pdb.* bdb.* timeit.* "
+    "sys.* importlib.* imp.* pkgutil.* runpy.* code.* codeop.* pdb.* bdb.* timeit.* doctest.* "
+    "zipimport.* logging.config.* typing.get_type_hints typing._eval_type "
+    "inspect.get_annotations dataclasses._create_fn "
     "profile.* cProfile.* trace.* pydoc.* webbrowser.* marshal.* distutils.* setuptools.* "
     "pip.* ctypes.* _ctypes.* cffi.* numpy.ctypeslib.* "
     # files, and nested pickles this scan would not see
@@ -105,6 +108,8 @@ _LOAD_TYPES = {"CodeType": "types.CodeType", "FunctionType": "types.FunctionType
                "LambdaType": "types.FunctionType", "PyCapsuleType": "types.CapsuleType",
                **dict.fromkeys(_FILE_TYPES.split(), "io.FileIO"),
                **{f"Py{name}": "_pyio.FileIO" for name in _FILE_TYPES.split()[1:]}}  # fmt: skip
+# Names in dill._dill's globals that differ from the module they hold.
+_DILL_NAMES = {"__builtin__": "builtins", "_main_module": "__main__", "_shims": "dill._shims"}
 _EVAL_LITERALS = frozenset({"Ellipsis", "NotImplemented"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _STRINGS = _names(
@@ -209,6 +214,13 @@ class _Scanner:
         module = IMPORT_MAPPING.get(module, module)
         return self.record(f"{module}.{name}")
 
+    def attribute(self, base: Any, attr: str) -> Any:
+        if isinstance(base, _Ref):
+            return self.record(f"{base.name}.{attr}")
+        if attr in _RISKY_ATTRS:
+            self.record(f"<object>.{attr}")
+        return _OPAQUE
+
     def call(self, func: Any, args: Any) -> Any:
         if not isinstance(args, tuple):
             self.consume(func)
@@ -223,35 +235,30 @@ class _Scanner:
         if name in ("dill._dill._import_module", "builtins.__import__", "importlib.import_module"):
             return self.record(first) if isinstance(first, str) else self.unresolved()
         if name in ("builtins.getattr", "dill._dill._get_attr"):
-            attr = second
-            if not isinstance(attr, str):
+            if not isinstance(second, str):
                 return self.unresolved()
-            if name == "dill._dill._get_attr" and is_dangerous(f"builtins.{attr}"):
-                self.record(f"builtins.{attr}")  # _get_attr falls back to builtins
-            if isinstance(first, _Ref):
-                return self.record(f"{first.name}.{attr}")
-            if attr in _RISKY_ATTRS:
-                self.record(f"<object>.{attr}")
-            return _OPAQUE
+            if name == "dill._dill._get_attr" and is_dangerous(f"builtins.{second}"):
+                self.record(f"builtins.{second}")  # _get_attr falls back to builtins
+            return self.attribute(first, second)
         if name == "dill._dill._getattr":
-            # dill evaluates  <class name from repr>.__dict__["<name>"]: both must be plain names.
-            attr, text = second, third
-            owner = text.split("'")[3] if isinstance(text, str) and text.count("'") >= 4 else None
-            if not (isinstance(attr, str) and owner and _IDENT.fullmatch(attr)
+            # dill evals <owner from the repr>.__dict__["<name>"], else does getattr(first, name).
+            owner = third.split("'")[3] if isinstance(third, str) and third.count("'") >= 4 else ""
+            if not (isinstance(second, str) and _IDENT.fullmatch(second)
                     and all(_IDENT.fullmatch(p) for p in owner.split("."))):  # fmt: skip
                 return self.unresolved()
-            prefix = "" if "." in owner else "builtins."
-            return self.record(f"{prefix}{owner}.{attr}")
+            self.attribute(first, second)
+            # The owner is looked up in dill._dill's globals: builtins, or modules it imported.
+            head, _, rest = owner.partition(".")
+            head = "builtins." + head if hasattr(builtins, head) else _DILL_NAMES.get(head, head)
+            return self.record(".".join(p for p in (head, rest, second) if p))
         if name == "dill._dill._eval_repr":
             if first not in _EVAL_LITERALS:
                 self.forced.add(name)
             return _OPAQUE
         if name == "dill._dill._load_type":
-            if not isinstance(first, str):
-                return self.unresolved()
-            if first in _LOAD_TYPES:
-                self.record(_LOAD_TYPES[first])
-            return _OPAQUE
+            if isinstance(first, str):
+                return self.record(_LOAD_TYPES[first]) if first in _LOAD_TYPES else _OPAQUE
+            return self.unresolved()
         # _create_namedtuple(name, fields, module) may return module.name if that exists.
         if isinstance(first, str) and isinstance(third, str):
             return self.record(f"{third}.{first}")
@@ -287,10 +294,8 @@ class _Scanner:
             push(self.call(items[0], tuple(items[1:])))
         elif name == "STACK_GLOBAL":
             qualname, module = self.pop(), self.pop()
-            if isinstance(module, str) and isinstance(qualname, str):
-                push(self.global_(module, qualname))
-            else:
-                push(self.unresolved())
+            named = isinstance(module, str) and isinstance(qualname, str)
+            push(self.global_(module, qualname) if named else self.unresolved())
         elif name == "REDUCE":
             args = self.pop()
             push(self.call(self.pop(), args))

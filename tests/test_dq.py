@@ -443,6 +443,21 @@ def test_psi_within_noise_cannot_raise_the_status() -> None:
     assert bigger.details["psi"]["status"] == "alert" and bigger.status == "alert"
 
 
+def test_evaluate_with_an_empty_current_partition() -> None:
+    rng = np.random.default_rng(25)
+    ref = features_frame(rng, 50)
+    report = run(ref.iloc[:0], ref)
+    assert report.status == "alert"
+    assert (report.psi, report.auc, report.ks) == (None, None, None)
+    assert report.reason == (
+        "PSI not computed: the current side is empty (after dropping NaN scores); "
+        "adversarial validation: fewer than 10 rows on a side (50 reference, 0 current): "
+        "AUC not computed; checks: no scores were written; 100.0% fewer rows than the "
+        "reference (0 vs 50)")
+    assert report.details["histogram"] is None
+    json.dumps(report.details, allow_nan=False)
+
+
 def test_evaluate_details_are_strict_json_with_inf_and_nan_scores() -> None:
     rng = np.random.default_rng(23)
     ref = features_frame(rng, 300)

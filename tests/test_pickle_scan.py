@@ -236,6 +236,10 @@ def test_dill_helpers_with_code_in_their_arguments_are_refused() -> None:
     getattr_ = p4(s("dill._dill"), s("_getattr"), SG, s("builtins"), s("object"), SG,
                   s("__init__"), s(injected), T3, REDUCE)  # fmt: skip
     assert scan_bytes(getattr_).refused == ["<unresolved>"]
+    # dill looks the owner up in its own globals, where __builtin__ is the builtins module.
+    via_builtin = p4(s("dill._dill"), s("_getattr"), SG, s("builtins"), s("object"), SG,
+                     s("eval"), s("<x 'y' of '__builtin__' z>"), T3, REDUCE)  # fmt: skip
+    assert scan_bytes(via_builtin).refused == ["builtins.eval"]
 
 
 def test_followed_helper_passed_around_is_refused() -> None:

@@ -193,6 +193,8 @@ def test_schedule_can_be_rebuilt_from_stored_text() -> None:
         ("0 6 30 2 *", ["never fires"]),
         ("0 6 L * *", ["day-of-month 'L'"]),
         ("", ["empty", "daily", "weekly:<mon..sun>", "monthly:<1..28>", "cron"]),
+        ("every tuesday", ["unknown schedule 'every tuesday'", "weekly:<mon..sun>"]),
+        ("mon tue wed thu fri", ["minute 'mon'", "0-59"]),
         (
             "hourly",
             [

@@ -11,8 +11,15 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
+# Cost measured at 50,000 rows a side x 41 columns (40 features + score), 5 folds, 100
+# iterations, on a 2-core machine shared with other jobs: one OpenMP thread 9.7-12.2 s at load
+# ~2-3 and 18-22 s at load ~3-4 (importance 1.5-2 s of it); two threads 6.0 s when the machine
+# was idle but 19-71 s when busy (OpenMP threads spin-wait on contended cores). Hence one thread
+# (AV_THREADS): slower at best, never pathological. The AUC does not depend on the thread count.
 MAX_ITER = 100
+AV_THREADS = 1
 TOP_FEATURES = 5
 IMPORTANCE_ROWS = 5_000  # held-out rows scored per permuted feature; bounds importance cost
 MAX_CATEGORIES = 255  # HistGradientBoosting's limit on categories of a native categorical feature
@@ -94,7 +101,18 @@ def adversarial_auc(
                      "AUC not computed")
         return AVResult(None, n_ref, n_cur, [], "; ".join(notes))
 
+    with threadpool_limits(limits=AV_THREADS, user_api="openmp"):
+        auc, top = _fit_and_score(ref, cur, columns, seed, folds, notes)
+    notes.append(f"{folds}-fold stratified CV on {len(columns)} columns; "
+                 "importance = drop in held-out AUC when the column is permuted (fold 1)")
+    return AVResult(auc, n_ref, n_cur, top, "; ".join(notes))
+
+
+def _fit_and_score(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], seed: int,
+                   folds: int, notes: list[str]) -> tuple[float, list[tuple[str, float]]]:
+    """Return (pooled out-of-fold AUC, top features); appends remarks to notes."""
     x, categorical = _design(ref, cur, columns)
+    n_ref, n_cur = len(ref), len(cur)
     infinite = _infinite_to_nan(x)
     if infinite:
         notes.append(f"{infinite:,} infinite values treated as missing")
@@ -118,10 +136,7 @@ def adversarial_auc(
     auc = float(roc_auc_score(y, oof))
 
     assert first_model is not None and first_test is not None
-    top = _top_features(first_model, x[first_test], y[first_test], columns, seed)
-    notes.append(f"{folds}-fold stratified CV on {len(columns)} columns; "
-                 "importance = drop in held-out AUC when the column is permuted (fold 1)")
-    return AVResult(auc, n_ref, n_cur, top, "; ".join(notes))
+    return auc, _top_features(first_model, x[first_test], y[first_test], columns, seed)
 
 
 def _top_features(model: HistGradientBoostingClassifier, x_test: NDArray[np.float64],
@@ -132,7 +147,7 @@ def _top_features(model: HistGradientBoostingClassifier, x_test: NDArray[np.floa
     # first fold's model on its own held-out fold, n_repeats=1, on at most IMPORTANCE_ROWS
     # rows drawn with the run's seed. It measures what the classifier actually used to separate
     # the runs (unlike gain, which HistGradientBoosting does not expose) and costs one
-    # predict per column on a few thousand rows (< 1 s for 40 columns).
+    # predict per column on a few thousand rows (1.5-2 s for 41 columns on a busy machine).
     if len(np.unique(y_test)) < 2:
         return []
     result = permutation_importance(

@@ -195,7 +195,9 @@ def evaluate(
     p = psi(ref_scores, cur_scores)
     psi_status = None
     if p.psi is None:
-        words.append(f"PSI not computed: {p.note}")
+        side = ("both sides are" if p.n_ref == p.n_cur == 0
+                else "the reference is" if p.n_ref == 0 else "the current side is")
+        words.append(f"PSI not computed: {side} empty (after dropping NaN scores)")
     else:
         psi_status, text = _grade("PSI", p.psi, thresholds.psi_warn, thresholds.psi_alert)
         if p.within_noise and psi_status != "ok":
@@ -213,7 +215,7 @@ def evaluate(
     av_note = av.note + (f"; features missing from a side: {', '.join(missing)}" if missing else "")
     auc_status = None
     if av.auc is None:
-        words.append(f"AUC not computed: {av.note}")
+        words.append(f"adversarial validation: {av.note}")  # ends "AUC not computed"
     else:
         auc_status, text = _grade("AUC", av.auc, thresholds.auc_warn, thresholds.auc_alert)
         statuses.append(auc_status)

@@ -321,8 +321,8 @@ def parse_schedule(text: str) -> Schedule:
                 "(a day that every month has), e.g. monthly:15"
             )
         return Schedule(f"monthly:{int(arg)}", "monthly")
-    # Digits, '*' or several words: the user meant a cron string, so explain cron problems.
-    if low[0].isdigit() or low[0] == "*" or len(raw.split()) > 1:
+    # Digits, "*" or five words: the user meant a cron string, so explain cron problems.
+    if low[0].isdigit() or low[0] == "*" or len(raw.split()) == 5:
         spaced = " ".join(raw.split())
         _parse_spec(spaced)  # errors quote the user's own spelling
         return Schedule(spaced.lower(), "cron")

@@ -1,0 +1,117 @@
+"""A model that raises, hangs, returns NaN or the wrong length, or kills its process fails alone:
+the good models of the same batch are still scored, in the same attempt."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from litestar.testing import TestClient
+
+from mldropd import save_model
+from mldropd.app import create_app
+from mldropd.settings import Settings
+from tests.conftest import today
+
+FEATURES = ["f00", "f01", "f02"]
+
+
+def _bad_models() -> dict[str, Callable[[Any], Any]]:
+    """Callables that behave in the 500-row dry run and misbehave on a 1,000-row batch.
+
+    Built inside a function so dill stores them by value, as a notebook's would be.
+    """
+
+    def raises(frame: Any) -> Any:
+        if len(frame) > 500:
+            raise RuntimeError("feature store schema drifted")
+        return np.full(len(frame), 0.5)
+
+    def hangs(frame: Any) -> Any:
+        import time
+
+        if len(frame) > 500:
+            time.sleep(3600)
+        return np.full(len(frame), 0.5)
+
+    def nan(frame: Any) -> Any:
+        out = np.full(len(frame), 0.5)
+        if len(frame) > 500:
+            out[3] = np.nan
+        return out
+
+    def short(frame: Any) -> Any:
+        return np.full(len(frame) if len(frame) <= 500 else len(frame) - 1, 0.5)
+
+    def exits(frame: Any) -> Any:
+        import os
+
+        if len(frame) > 500:
+            os._exit(3)
+        return np.full(len(frame), 0.5)
+
+    return {"raises": raises, "hangs": hangs, "nan": nan, "short": short, "exits": exits}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient[Any]]:
+    settings.engine.validate_sample_rows = 500
+    with TestClient(create_app(settings), timeout=120) as c:
+        yield c
+
+
+def test_each_bad_model_fails_alone(client: TestClient[Any], settings: Settings, home: Path,
+                                    make_user: Callable[..., str], model_files: dict[str, Path],
+                                    tmp_path: Path) -> None:
+    token = make_user("ann@example.com")
+    headers = {"Authorization": f"Bearer {token}"}
+    paths = [model_files["lgbm"]]
+    for name, fn in _bad_models().items():
+        params = {"timeout_s": 8} if name == "hangs" else None
+        paths.append(save_model(tmp_path / f"{name}.dill", pipeline=fn, features=FEATURES,
+                                name=name, params=params))
+    ids = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            response = client.post("/api/v1/models", headers=headers,
+                                   files={"file": (path.name, f)})
+        assert response.status_code == 201, response.text
+        ids[response.json()["name"]] = response.json()["id"]
+
+    day = today()
+    result = subprocess.run(
+        [sys.executable, "-m", "mldropd", "run", "--config", str(home / "config.toml"),
+         "--date", day.isoformat()],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    runs = {r["model_id"]: r for r in client.get("/api/v1/runs", headers=headers,
+                                                 params={"date": day.isoformat()}).json()}
+    assert len(runs) == 6
+    good = runs[ids["churn_lgbm"]]
+    assert good["status"] == "succeeded" and good["rows"] == 3000, good
+    expected = {
+        "raises": "RuntimeError: feature store schema drifted",
+        "hangs": "did not finish within its time limit of 8 s",
+        "nan": "returned 1 NaN or infinite scores",
+        "short": "returned 999 scores for 1000 rows",
+        "exits": "crashed the scoring process: the process exited with code 3",
+    }
+    for name, message in expected.items():
+        run = runs[ids[name]]
+        assert run["status"] == "failed", (name, run)
+        assert message in run["error"], (name, run["error"])
+        assert run["rows"] is None
+        part = Path(settings.scores.path) / f"dt={day}" / f"model={ids[name]}"
+        assert not part.exists(), f"{name} left a partition"
+    assert (Path(settings.scores.path) / f"dt={day}" / f"model={ids['churn_lgbm']}"
+            / "part-0.parquet").exists()
+    for name in expected:  # every owner is told, in plain words
+        assert name in result.stdout
+    assert dt.date.fromisoformat(good["date"]) == day
