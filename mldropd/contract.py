@@ -126,11 +126,17 @@ def _check_params(params: Any) -> list[FieldError]:
 def _check_dq(dq: Any) -> list[FieldError]:
     if not isinstance(dq, dict):
         return [FieldError("dq", "`dq` must be a dict of thresholds")]
-    return [
+    problems = [
         FieldError(f"dq.{key}", f"`dq.{key}` must be a number, got {dq[key]!r}")
         for key in DQ_KEYS
         if key in dq and (isinstance(dq[key], bool) or not isinstance(dq[key], int | float))
     ]
+    for metric in ("psi", "auc"):
+        warn, alert = dq.get(f"{metric}_warn"), dq.get(f"{metric}_alert")
+        if not problems and warn is not None and alert is not None and warn > alert:
+            problems.append(FieldError(f"dq.{metric}_warn", (
+                f"`dq.{metric}_warn` ({warn}) is above `dq.{metric}_alert` ({alert})")))
+    return problems
 
 
 def _check_features(features: Any) -> list[FieldError]:

@@ -8,7 +8,8 @@ from typing import Any
 import anyio
 from litestar import Request, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
@@ -45,7 +46,7 @@ def _daemon(state: State) -> Daemon:
 
 @post(f"{API}/models", status_code=201,
       summary="Upload a model file (multipart: file, email, schedule, name)")
-async def upload_model(request: Request[Any, Any, Any], state: State, user: User) -> dict[str, Any]:
+async def upload_model(request: Request[Any, Any, Any], state: State, user: NamedDependency[User]) -> dict[str, Any]:
     daemon = _daemon(state)
     model, _ = await receive_upload(request, daemon, user)
     return await anyio.to_thread.run_sync(_model_detail, daemon, user, model.id)
@@ -58,7 +59,7 @@ def _model_detail(daemon: Daemon, user: User, model_id: int | None) -> dict[str,
 
 
 @get(f"{API}/models", sync_to_thread=True, summary="The caller's models (admin: all)")
-def list_models_route(state: State, user: User, owner: str | None = None) -> list[dict[str, Any]]:
+def list_models_route(state: State, user: NamedDependency[User], owner: str | None = None) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         now = daemon.now()
@@ -66,13 +67,13 @@ def list_models_route(state: State, user: User, owner: str | None = None) -> lis
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")
-def get_model_route(state: State, user: User, model_id: int) -> dict[str, Any]:
+def get_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> dict[str, Any]:
     return _model_detail(_daemon(state), user, model_id)
 
 
 @patch(f"{API}/models/{{model_id:int}}", sync_to_thread=True,
        summary="Change schedule, email, status (active/paused) or version (roll back)")
-def patch_model_route(state: State, user: User, model_id: int, data: dict[str, Any]
+def patch_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int], data: dict[str, Any]
                       ) -> dict[str, Any]:
     daemon = _daemon(state)
     update_model(daemon.engine, daemon.settings, user, model_id, data)
@@ -81,7 +82,7 @@ def patch_model_route(state: State, user: User, model_id: int, data: dict[str, A
 
 @delete(f"{API}/models/{{model_id:int}}", sync_to_thread=True, status_code=HTTP_204_NO_CONTENT,
         summary="Stop scheduling and remove the artifacts; scores stay")
-def delete_model_route(state: State, user: User, model_id: int) -> None:
+def delete_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> None:
     daemon = _daemon(state)
     delete_model(daemon.engine, daemon.store, user, model_id)
 
@@ -108,7 +109,7 @@ def request_run(daemon: Daemon, user: User, model_id: int, day: dt.date | None) 
 
 @post(f"{API}/models/{{model_id:int}}/runs", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
       summary="Score now; optional body {\"date\": \"YYYY-MM-DD\"} for a past date")
-def run_model_route(state: State, user: User, model_id: int,
+def run_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int],
                     data: dict[str, Any] | None = None) -> dict[str, Any]:
     daemon = _daemon(state)
     day = parse_date(data["date"]) if data and data.get("date") else None
@@ -124,7 +125,7 @@ def _owned_model_ids(s: Session, user: User) -> list[int] | None:
 
 @get(f"{API}/runs", sync_to_thread=True, summary="Model runs, newest first")
 def list_runs_route(
-    state: State, user: User, model_id: int | None = None,
+    state: State, user: NamedDependency[User], model_id: int | None = None,
     day: str | None = Parameter(query="date", default=None), limit: int = 200,
 ) -> list[dict[str, Any]]:
     daemon = _daemon(state)
@@ -141,7 +142,7 @@ def list_runs_route(
 
 
 @get(f"{API}/runs/{{run_id:int}}", sync_to_thread=True, summary="One model run")
-def get_run_route(state: State, user: User, run_id: int) -> dict[str, Any]:
+def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> dict[str, Any]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         run = s.get(ModelRun, run_id)
@@ -155,7 +156,7 @@ def get_run_route(state: State, user: User, run_id: int) -> dict[str, Any]:
 
 
 @get(f"{API}/models/{{model_id:int}}/dq", sync_to_thread=True, summary="DQ results by date")
-def model_dq_route(state: State, user: User, model_id: int) -> list[dict[str, Any]]:
+def model_dq_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         get_model(s, user, model_id)

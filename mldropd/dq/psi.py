@@ -125,7 +125,7 @@ def psi(reference: ArrayLike, current: ArrayLike, bins: int = 10) -> PSIResult:
     raw = reference_edges(ref, bins)
     notes: list[str] = []
     if np.isnan(raw).any():
-        # Only possible when the reference holds +inf and -inf: inf - inf has no quantile.
+        # Only when the reference holds ±inf: numpy's interpolation can compute inf - inf.
         raw = raw[~np.isnan(raw)]
         notes.append("reference has infinite values; undefined quantiles dropped")
     used = np.unique(raw)  # sorted, duplicates (ties in the reference) merged
