@@ -236,7 +236,7 @@ def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None
                        + (f", {mr.rows} rows in {mr.seconds:.2f} s" if mr.rows is not None
                           and mr.seconds is not None else "")
                        + (f"\n  error: {mr.error}" if mr.error else ""))
-    daemon.engine.dispose()
+    daemon.stop()
     sys.exit(1 if failed else 0)
 
 

@@ -65,7 +65,8 @@ class BatchRun(SQLModel, table=True):
     trigger: str
     force: bool = False  # rescore even if the model already succeeded for the date
     status: str = "pending"
-    pid: int | None = None
+    pid: int | None = None  # the batch job process
+    runner_pid: int | None = None  # the daemon or CLI process that started the job
     heartbeat_at: dt.datetime | None = None
     error: str | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)

@@ -3,6 +3,7 @@ batch job subprocess (jobs/score_batch.py); crashed batches are found and re-que
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,12 +34,34 @@ log = logging.getLogger(__name__)
 RetryHook = Callable[[dt.date, list[int], dt.datetime], None]
 
 
-def _is_batch_job(pid: int) -> bool:
+def _is_batch_job(pid: int | None) -> bool:
+    if not pid:
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     return b"jobs.score_batch" in cmdline
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
 
 
 class Runner:
@@ -52,7 +76,8 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._current: subprocess.Popen[bytes] | None = None
         self._stopping = False
-        self.settings_file = Path(settings.server.work_dir) / "batch-settings.json"
+        # One file per runner process: a CLI run and the daemon may use different overrides.
+        self.settings_file = Path(settings.server.work_dir) / f"batch-settings-{os.getpid()}.json"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,6 +100,7 @@ class Runner:
             proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.settings_file.unlink(missing_ok=True)
 
     def submit(self, batch_id: int) -> None:
         self._queue.put(batch_id)
@@ -87,12 +113,20 @@ class Runner:
         tmp.replace(self.settings_file)
 
     def recover(self) -> list[int]:
-        """Re-queue batches whose job died with the daemon; return every pending batch id."""
-        write.recover(self.settings.scores.path)
+        """Re-queue batches whose runner died; return every pending batch id.
+
+        A batch job whose runner (an earlier daemon, killed) is gone is stopped and run again
+        from the start: its partitions are only ever replaced whole, so nothing is doubled.
+        A job still watched by a live runner (`mldropd run` in a shell) is left alone.
+        """
         with session_scope(self.engine) as s:
             for batch in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING)):
-                if batch.pid and _is_batch_job(batch.pid):
+                if _alive(batch.runner_pid) and batch.runner_pid != os.getpid():
+                    continue
+                if _is_batch_job(batch.pid):
+                    assert batch.pid is not None
                     os.killpg(batch.pid, signal.SIGKILL)  # an orphan of the old daemon
+                    _wait_gone(batch.pid)
                 runs = s.exec(select(ModelRun).where(
                     ModelRun.batch_id == batch.id, col(ModelRun.status).in_(
                         [ModelRunStatus.RUNNING, ModelRunStatus.PENDING]))).all()
@@ -101,6 +135,9 @@ class Runner:
                 batch.status, batch.pid = RunStatus.PENDING, None
                 log.warning("re-queued a batch interrupted by a stop", extra={
                     "run_id": batch.id, "date": batch.date.isoformat()})
+        # Only now that no orphan can still be writing: repair half-swapped partitions.
+        write.recover(self.settings.scores.path)
+        with session_scope(self.engine) as s:
             return list(s.exec(select(BatchRun.id).where(BatchRun.status == RunStatus.PENDING)
                                .order_by(BatchRun.date, BatchRun.id)))
 
@@ -121,6 +158,7 @@ class Runner:
             batch = s.get(BatchRun, batch_id)
             if batch is None or batch.status != RunStatus.PENDING:
                 return RunStatus(batch.status) if batch else RunStatus.FAILED
+            batch.runner_pid = os.getpid()
         if not self.settings_file.exists():
             self._write_settings()
         argv = [sys.executable, "-m", "jobs.score_batch", str(self.settings_file), str(batch_id)]

@@ -52,7 +52,8 @@ def health(model: dict[str, Any]) -> str:
     return "failing" if last and last["status"] == ModelRunStatus.FAILED else "active"
 
 
-def model_rows(s: Session, user: User, settings: Settings, now: dt.datetime) -> list[dict[str, Any]]:
+def model_rows(s: Session, user: User, settings: Settings, now: dt.datetime
+               ) -> list[dict[str, Any]]:
     """The user's models (admin: all) for the models table."""
     models = list_models(s, user)
     busy = busy_model_ids(s, [m.id for m in models if m.id is not None])

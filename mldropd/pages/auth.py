@@ -1,0 +1,61 @@
+"""Sign in with the API token (signed session cookie) and sign out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response import Redirect, Template
+from sqlmodel import Session
+
+from mldropd.auth import user_for_token
+from mldropd.errors import Unauthorized
+from mldropd.pages.web import FORM, safe_next
+from mldropd.records import User
+
+BAD_TOKEN = "That token is not valid. `mldropd users add EMAIL` prints a token."
+
+
+def session_user(request: Request[Any, Any, Any], state: State) -> User:
+    """The signed-in user; the session ends when the user's token is rotated or disabled."""
+    session = request.session or {}
+    uid, token_hash = session.get("uid"), session.get("th")
+    if uid is not None:
+        with Session(state.daemon.engine) as s:
+            user = s.get(User, uid)
+        if user is not None and not user.disabled and user.token_hash == token_hash:
+            return user
+    raise Unauthorized("sign in with your API token")
+
+
+@get("/login", sync_to_thread=True)
+def login_page(request: Request[Any, Any, Any], state: State, next: str | None = None
+               ) -> Template | Redirect:
+    try:
+        session_user(request, state)
+    except Unauthorized:
+        return Template("login.html", context={"next": safe_next(next), "error": None})
+    return Redirect(safe_next(next), status_code=303)
+
+
+@post("/login", sync_to_thread=True)
+def login(request: Request[Any, Any, Any], state: State,
+          data: dict[str, str] = FORM
+          ) -> Template | Redirect:
+    with Session(state.daemon.engine) as s:
+        user = user_for_token(s, (data.get("token") or "").strip())
+    if user is None:
+        return Template("login.html", status_code=401,
+                        context={"next": safe_next(data.get("next")), "error": BAD_TOKEN})
+    request.set_session({"uid": user.id, "th": user.token_hash})
+    return Redirect(safe_next(data.get("next")), status_code=303)
+
+
+@post("/logout", sync_to_thread=False)
+def logout(request: Request[Any, Any, Any]) -> Redirect:
+    request.clear_session()
+    return Redirect("/login", status_code=303)
+
+
+ROUTES = [login_page, login, logout]

@@ -1,0 +1,97 @@
+"""My models (table), model detail, and the actions: run now, pause/resume, roll back, delete.
+
+Each page answers HTMX requests with its partial from the same handler; actions answer HTMX
+with 204 and an event that makes the live regions refresh themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.response import Template
+from sqlmodel import Session
+
+from mldropd.api.routes import request_run
+from mldropd.daemon import Daemon
+from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
+from mldropd.pages.context import detail_context, model_rows
+from mldropd.pages.web import FORM, after_action, error_response, is_htmx
+from mldropd.records import User
+from mldropd.registry import delete_model, update_model
+
+
+@get("/models", sync_to_thread=True)
+def models_page(request: Request[Any, Any, Any], state: State, user: User) -> Template:
+    daemon: Daemon = state.daemon
+    with Session(daemon.engine) as s:
+        rows = model_rows(s, user, daemon.settings, daemon.now())
+    context = {"user": user, "page": "models", "models": rows,
+               "busy": any(r["busy"] for r in rows)}
+    return Template("_models_table.html" if is_htmx(request) else "models.html", context=context)
+
+
+@get("/models/{model_id:int}", sync_to_thread=True)
+def model_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int
+               ) -> Template:
+    daemon: Daemon = state.daemon
+    try:
+        with Session(daemon.engine) as s:
+            context = detail_context(s, user, model_id, daemon.settings, daemon.now())
+    except NotFound as exc:
+        return error_response(request, user, exc, "Model not found", "/models")
+    context.update(user=user, page="models")
+    return Template("_model_detail.html" if is_htmx(request) else "model.html", context=context)
+
+
+def _act(request: Request[Any, Any, Any], user: User, model_id: int, next_: str | None,
+         action: Any, done: str = "") -> Response[Any] | Template:
+    """Run an action; errors become the flash partial (HTMX) or an error page."""
+    back = f"/models/{model_id}"
+    try:
+        action()
+    except MldropdError as exc:
+        return error_response(request, user, exc, "That did not work", next_ or back)
+    return after_action(request, done or back, next_)
+
+
+@post("/models/{model_id:int}/run", sync_to_thread=True)
+def run_now_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
+                 data: dict[str, str] = FORM) -> Response[Any] | Template:
+    return _act(request, user, model_id, data.get("next"),
+                lambda: request_run(state.daemon, user, model_id, None))
+
+
+@post("/models/{model_id:int}/status", sync_to_thread=True)
+def status_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
+                data: dict[str, str] = FORM) -> Response[Any] | Template:
+    daemon: Daemon = state.daemon
+    return _act(request, user, model_id, data.get("next"), lambda: update_model(
+        daemon.engine, daemon.settings, user, model_id, {"status": data.get("status", "")}))
+
+
+def _version(data: dict[str, str]) -> int:
+    value = data.get("version", "")
+    if not value.isdigit():
+        raise ValidationFailed([FieldError("version", "choose a version to roll back to")])
+    return int(value)
+
+
+@post("/models/{model_id:int}/version", sync_to_thread=True)
+def version_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
+                 data: dict[str, str] = FORM) -> Response[Any] | Template:
+    """Roll back (or forward) to a stored version: the registry's update_model({"version"})."""
+    daemon: Daemon = state.daemon
+    return _act(request, user, model_id, data.get("next"), lambda: update_model(
+        daemon.engine, daemon.settings, user, model_id, {"version": _version(data)}))
+
+
+@post("/models/{model_id:int}/delete", sync_to_thread=True)
+def delete_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
+                data: dict[str, str] = FORM) -> Response[Any] | Template:
+    daemon: Daemon = state.daemon
+    return _act(request, user, model_id, data.get("next"),
+                lambda: delete_model(daemon.engine, daemon.store, user, model_id), "/models")
+
+
+ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page]
