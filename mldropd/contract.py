@@ -168,11 +168,13 @@ def feature_importance(pipeline: Any, features: list[str]) -> dict[str, float]:
         coef = getattr(estimator, "coef_", None)
         if coef is not None:
             values = np.abs(np.atleast_2d(np.asarray(coef, dtype=float))).sum(axis=0)
+    if values is None:
+        return {}
     try:
         values = np.asarray(values, dtype=float).ravel()
     except (TypeError, ValueError):
         return {}
-    if values.ndim != 1 or len(values) != len(features):
+    if len(values) != len(features) or not np.isfinite(values).all():
         return {}
     return {name: float(v) for name, v in zip(features, values, strict=True)}
 

@@ -1,0 +1,72 @@
+"""Planning a batch: due models, no double scoring, joining runs in progress, forced reruns."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mldropd.batch.plan import due_models, plan_batch, retry_at
+from mldropd.db import init_db, make_engine
+from mldropd.records import Model, User
+from mldropd.states import ModelRunStatus, Trigger
+
+MONDAY = dt.date(2026, 11, 23)
+
+
+def _engine(tmp_path: Path) -> Engine:
+    engine = make_engine(tmp_path / "db.sqlite")
+    init_db(engine)
+    return engine
+
+
+def _models(s: Session) -> list[Model]:
+    user = User(email="a@b.c", token_hash="h")
+    s.add(user)
+    s.flush()
+    models = [Model(owner_id=user.id, name=n, email="a@b.c", schedule=sch, status=st)
+              for n, sch, st in [("d", "daily", "active"), ("w", "weekly:mon", "active"),
+                                 ("m", "monthly:23", "active"), ("p", "daily", "paused"),
+                                 ("c", "0 6 * * 2-5", "active")]]
+    s.add_all(models)
+    s.flush()
+    return models
+
+
+def test_due_models_by_schedule(tmp_path: Path) -> None:
+    with Session(_engine(tmp_path)) as s:
+        _models(s)
+        assert {m.name for m in due_models(s, MONDAY)} == {"d", "w", "m"}
+        assert {m.name for m in due_models(s, MONDAY + dt.timedelta(days=1))} == {"d", "c"}
+
+
+def test_plan_skips_succeeded_and_joins_in_progress(tmp_path: Path) -> None:
+    with Session(_engine(tmp_path)) as s:
+        models = _models(s)
+        due = due_models(s, MONDAY)
+        batch, covered = plan_batch(s, MONDAY, Trigger.SCHEDULE, due)
+        assert batch is not None and set(covered) == {m.id for m in due}
+        assert all(r.status == ModelRunStatus.PENDING and r.attempt == 1
+                   for r in covered.values())
+        again, joined = plan_batch(s, MONDAY, Trigger.MANUAL, due)
+        assert again is None and joined == covered  # a concurrent request joins the run
+        first = covered[models[0].id]
+        first.status = ModelRunStatus.SUCCEEDED
+        for run in covered.values():
+            if run is not first:
+                run.status = ModelRunStatus.FAILED
+        s.flush()
+        retry, retried = plan_batch(s, MONDAY, Trigger.RETRY, due)
+        assert retry is not None
+        assert retried[models[0].id] is first  # never scored twice
+        assert {r.attempt for m, r in retried.items() if m != models[0].id} == {2}
+        forced, rerun = plan_batch(s, MONDAY, Trigger.MANUAL, [models[0]], force=True)
+        assert forced is not None and rerun[models[0].id] is not first
+
+
+def test_retry_rule() -> None:
+    now = dt.datetime(2026, 11, 27, 6, 0, tzinfo=dt.UTC)
+    assert retry_at(1, 3, 1800, now) == now + dt.timedelta(minutes=30)
+    assert retry_at(3, 3, 1800, now) is None
