@@ -24,23 +24,43 @@ def load_model_file(path: str) -> tuple[Any, list[dict[str, str]]]:
         with open(path, "rb") as f:
             return dill.load(f), []
     except ModuleNotFoundError as exc:
-        return None, [{"field": "file", "message": (
-            f"the model needs the module '{exc.name}', which is not installed where models run. "
-            "Functions from your own modules are stored by reference: define them in the "
-            "notebook and save with dill.dump(obj, f, recurse=True), or ask an admin to install "
-            "the package.")}]
+        return None, [
+            {
+                "field": "file",
+                "message": (
+                    f"the model needs the module '{exc.name}', which is not installed where "
+                    "models run. Functions from your own modules are stored by reference: "
+                    "define them in the notebook and save with dill.dump(obj, f, recurse=True), "
+                    "or ask an admin to install the package."
+                ),
+            }
+        ]
     except NameError as exc:
-        return None, [{"field": "file", "message": (
-            f"loading the model failed with NameError ({exc}): a function uses a notebook global "
-            "that was not saved. Save with dill.dump(obj, f, recurse=True).")}]
+        return None, [
+            {
+                "field": "file",
+                "message": (
+                    f"loading the model failed with NameError ({exc}): a function uses a "
+                    "notebook global that was not saved. Save with "
+                    "dill.dump(obj, f, recurse=True)."
+                ),
+            }
+        ]
     except (EOFError, ValueError, IndexError) as exc:
-        return None, [{"field": "file", "message": (
-            f"the file is truncated or corrupt ({type(exc).__name__}: {exc}); save it again")}]
+        return None, [
+            {
+                "field": "file",
+                "message": (
+                    f"the file is truncated or corrupt ({type(exc).__name__}: {exc}); save it again"
+                ),
+            }
+        ]
     except MemoryError:
         return None, [{"field": "file", "message": "loading the model ran out of memory"}]
     except Exception as exc:  # any other failure of user code during load
-        return None, [{"field": "file", "message": (
-            f"loading the model failed: {type(exc).__name__}: {exc}")}]
+        return None, [
+            {"field": "file", "message": (f"loading the model failed: {type(exc).__name__}: {exc}")}
+        ]
 
 
 def validate(request: dict[str, Any]) -> dict[str, Any]:
@@ -64,37 +84,81 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
     try:
         day = source.latest()
         if day is None:
-            return {"ok": False, "errors": [{"field": "features", "message": (
-                "the feature store has no slice yet, so the model cannot be checked; "
-                "load feature data first")}]}
+            return {
+                "ok": False,
+                "errors": [
+                    {
+                        "field": "features",
+                        "message": (
+                            "the feature store has no slice yet, so the model cannot be checked; "
+                            "load feature data first"
+                        ),
+                    }
+                ],
+            }
         available = set(source.columns(day))
     except (FeatureSourceError, Exception) as exc:
-        return {"ok": False, "errors": [{"field": "features", "message": (
-            f"the feature store cannot be read: {exc}")}]}
+        return {
+            "ok": False,
+            "errors": [
+                {"field": "features", "message": (f"the feature store cannot be read: {exc}")}
+            ],
+        }
     missing = [f for f in summary.features if f not in available]
-    errors = [{"field": "features", "message": (
-        f"`features` lists `{name}`, which the feature store does not have "
-        f"(slice {day})")} for name in missing]
+    errors = [
+        {
+            "field": "features",
+            "message": (
+                f"`features` lists `{name}`, which the feature store does not have (slice {day})"
+            ),
+        }
+        for name in missing
+    ]
     if entity_key not in available:
-        errors.append({"field": "entity_key", "message": (
-            f"the entity key `{entity_key}` is not a column of the feature store")})
+        errors.append(
+            {
+                "field": "entity_key",
+                "message": (f"the entity key `{entity_key}` is not a column of the feature store"),
+            }
+        )
     if errors:
         return {"ok": False, "errors": errors}
 
     sample = source.read(day, summary.features, limit=int(request.get("sample_rows", 1000)))
     started = time.perf_counter()
     try:
-        scores = predict(obj["pipeline"], to_input(sample, summary.features, summary.input),
-                         summary.call, summary.output)
+        scores = predict(
+            obj["pipeline"],
+            to_input(sample, summary.features, summary.input),
+            summary.call,
+            summary.output,
+        )
         check_scores(scores, sample.num_rows)
     except ModelOutputError as exc:
-        return {"ok": False, "errors": [{"field": "pipeline", "message": (
-            f"dry run on {sample.num_rows} rows of {day}: {exc}")}]}
+        return {
+            "ok": False,
+            "errors": [
+                {
+                    "field": "pipeline",
+                    "message": (f"dry run on {sample.num_rows} rows of {day}: {exc}"),
+                }
+            ],
+        }
     except Exception as exc:
         tail = traceback.format_exc(limit=-3)
-        return {"ok": False, "errors": [{"field": "pipeline", "message": (
-            f"dry run on {sample.num_rows} rows of {day} raised {type(exc).__name__}: {exc}")}],
-            "traceback": tail}
+        return {
+            "ok": False,
+            "errors": [
+                {
+                    "field": "pipeline",
+                    "message": (
+                        f"dry run on {sample.num_rows} rows of {day} raised "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
+                }
+            ],
+            "traceback": tail,
+        }
     seconds = time.perf_counter() - started
     counts, edges = np.histogram(scores, bins=20)
     return {
@@ -102,10 +166,12 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
         "errors": [],
         "summary": summary.as_dict(),
         "dry_run": {
-            "slice_date": day.isoformat(), "rows": int(sample.num_rows),
+            "slice_date": day.isoformat(),
+            "rows": int(sample.num_rows),
             "seconds": round(seconds, 4),
             "rows_per_s": round(sample.num_rows / seconds) if seconds > 0 else None,
-            "min": float(scores.min()), "mean": float(scores.mean()),
+            "min": float(scores.min()),
+            "mean": float(scores.mean()),
             "max": float(scores.max()),
             "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
         },
@@ -119,8 +185,12 @@ def main(argv: list[str]) -> int:
     try:
         result = validate(request)
     except MemoryError:
-        result = {"ok": False, "errors": [{"field": "pipeline", "message": (
-            "the model ran out of memory during validation")}]}
+        result = {
+            "ok": False,
+            "errors": [
+                {"field": "pipeline", "message": ("the model ran out of memory during validation")}
+            ],
+        }
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)

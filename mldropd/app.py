@@ -57,8 +57,11 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         limit = request.app.state.settings.limits.max_upload_mb
         detail = f"the file is larger than the limit of {limit} MB ([limits] max_upload_mb)"
     extra = exc.extra if isinstance(exc.extra, list) else []
-    errors = [{"field": str(e.get("key", "")), "message": str(e.get("message", detail))}
-              for e in extra if isinstance(e, dict)] or [{"field": "", "message": detail}]
+    errors = [
+        {"field": str(e.get("key", "")), "message": str(e.get("message", detail))}
+        for e in extra
+        if isinstance(e, dict)
+    ] or [{"field": "", "message": detail}]
     return _errors_response(exc.status_code, errors)
 
 
@@ -71,12 +74,17 @@ def healthz() -> dict[str, str]:
 async def readyz(state: State) -> Response[dict[str, Any]]:
     checks = await anyio.to_thread.run_sync(state.daemon.readiness)
     ok = all(v == "ok" for v in checks.values())
-    return Response({"status": "ok" if ok else "unavailable", "checks": checks},
-                    status_code=200 if ok else 503)
+    return Response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=True,
-     summary="Prometheus metrics")
+@get(
+    "/metrics",
+    media_type="text/plain; version=0.0.4",
+    sync_to_thread=True,
+    summary="Prometheus metrics",
+)
 def metrics_route(state: State) -> str:
     return metrics.render(state.daemon)
 
@@ -94,25 +102,41 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
             await anyio.to_thread.run_sync(daemon.stop)
 
     secret = load_secret_key(settings.server.secret_key_file)
-    sessions = CookieBackendConfig(secret=secret, httponly=True, samesite="lax",
-                                   max_age=12 * 3600, exclude=_NO_CSRF)
-    api = Router(path="/", route_handlers=API_ROUTES,
-                 dependencies={"user": Provide(bearer_user, sync_to_thread=True)})
-    pages = Router(path="/", route_handlers=PAGE_ROUTES,
-                   dependencies={"user": Provide(session_user, sync_to_thread=True)},
-                   include_in_schema=False)
+    sessions = CookieBackendConfig(
+        secret=secret, httponly=True, samesite="lax", max_age=12 * 3600, exclude=_NO_CSRF
+    )
+    api = Router(
+        path="/",
+        route_handlers=API_ROUTES,
+        dependencies={"user": Provide(bearer_user, sync_to_thread=True)},
+    )
+    pages = Router(
+        path="/",
+        route_handlers=PAGE_ROUTES,
+        dependencies={"user": Provide(session_user, sync_to_thread=True)},
+        include_in_schema=False,
+    )
     return Litestar(
-        route_handlers=[api, pages, healthz, readyz, metrics_route,
-                        create_static_files_router(path="/static",
-                                                   directories=[WEB_DIR / "static"],
-                                                   include_in_schema=False)],
+        route_handlers=[
+            api,
+            pages,
+            healthz,
+            readyz,
+            metrics_route,
+            create_static_files_router(
+                path="/static", directories=[WEB_DIR / "static"], include_in_schema=False
+            ),
+        ],
         lifespan=[lifespan],
         state=State({"daemon": daemon, "settings": settings}),
         middleware=[sessions.middleware],
-        csrf_config=CSRFConfig(secret=secret.hex(), exclude=_NO_CSRF + ["/static"],
-                               cookie_httponly=False, cookie_samesite="lax"),
-        template_config=TemplateConfig(directory=WEB_DIR / "templates",
-                                       engine=JinjaTemplateEngine),
+        csrf_config=CSRFConfig(
+            secret=secret.hex(),
+            exclude=_NO_CSRF + ["/static"],
+            cookie_httponly=False,
+            cookie_samesite="lax",
+        ),
+        template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
         exception_handlers={MldropdError: on_domain_error, HTTPException: on_http_error},
         openapi_config=OpenAPIConfig(title="mldropd", version=__version__),
         request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),

@@ -25,8 +25,9 @@ def new_token() -> str:
     return "mld_" + secrets.token_urlsafe(32)
 
 
-def create_user(engine: Engine, email: str, *, admin: bool = False, quota: int | None = None
-                ) -> tuple[User, str]:
+def create_user(
+    engine: Engine, email: str, *, admin: bool = False, quota: int | None = None
+) -> tuple[User, str]:
     """Create a user; return it with its API token (the only time the token is seen)."""
     email = email.strip().lower()
     problems = check_email(email, "email")

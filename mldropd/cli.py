@@ -50,8 +50,14 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
     for line in banner or []:
         click.echo(line)
     click.echo(f"mldropd listening on {settings.base_url}", err=True)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 @main.command()
@@ -64,8 +70,14 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
 
 
 @main.command()
-@click.option("--dir", "home", default=".mldropd-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Demo home folder.")
+@click.option(
+    "--dir",
+    "home",
+    default=".mldropd-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Demo home folder.",
+)
 @click.option("--host", help="Bind address.")
 @click.option("--port", type=int, help="Port.")
 @click.option("--no-serve", is_flag=True, help="Only write the demo home and print the token.")
@@ -110,13 +122,14 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
         token = rotate_token(daemon.engine, email)
     for path in model_files:
         with Session(daemon.engine) as s:
-            exists = s.exec(select(Model).where(Model.owner_id == user.id,
-                                                Model.name == path.stem)).first()
+            exists = s.exec(
+                select(Model).where(Model.owner_id == user.id, Model.name == path.stem)
+            ).first()
         if exists is None:
-            click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...",
-                       err=True)
-            register_upload(daemon.engine, daemon.store, settings, user, path,
-                            UploadForm(filename=path.name))
+            click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...", err=True)
+            register_upload(
+                daemon.engine, daemon.store, settings, user, path, UploadForm(filename=path.name)
+            )
     daemon.engine.dispose()
     return token
 
@@ -163,9 +176,18 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
     settings = _load(config)
     result = inspect_file(Path(file), settings)
     if as_json:
-        click.echo(json.dumps({"ok": result.ok, "errors": [e.as_dict() for e in result.errors],
-                               "scan": result.scan, "summary": result.summary,
-                               "dry_run": result.dry_run}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "errors": [e.as_dict() for e in result.errors],
+                    "scan": result.scan,
+                    "summary": result.summary,
+                    "dry_run": result.dry_run,
+                },
+                indent=2,
+            )
+        )
     else:
         scan = result.scan
         if scan.get("globals"):
@@ -174,25 +196,38 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
             click.echo("contains serialized Python functions (lambdas or notebook functions)")
         if result.summary:
             s = result.summary
-            click.echo(f"features: {len(s['features'])} ({', '.join(s['features'][:8])}"
-                       f"{', ...' if len(s['features']) > 8 else ''}); output: {s['output']}; "
-                       f"input: {s['input']}; pipeline: {s['pipeline_type']}")
+            click.echo(
+                f"features: {len(s['features'])} ({', '.join(s['features'][:8])}"
+                f"{', ...' if len(s['features']) > 8 else ''}); output: {s['output']}; "
+                f"input: {s['input']}; pipeline: {s['pipeline_type']}"
+            )
         if result.dry_run:
             d = result.dry_run
-            click.echo(f"dry run: {d['rows']} rows of {d['slice_date']} in {d['seconds']} s; "
-                       f"scores {d['min']:.4g} .. {d['max']:.4g} (mean {d['mean']:.4g})")
+            click.echo(
+                f"dry run: {d['rows']} rows of {d['slice_date']} in {d['seconds']} s; "
+                f"scores {d['min']:.4g} .. {d['max']:.4g} (mean {d['mean']:.4g})"
+            )
         for e in result.errors:
             click.echo(f"problem: {e.field}: {e.message}", err=True)
-        click.echo("OK: the model can be deployed" if result.ok else
-                   f"NOT OK: {len(result.errors)} problem(s)")
+        click.echo(
+            "OK: the model can be deployed"
+            if result.ok
+            else f"NOT OK: {len(result.errors)} problem(s)"
+        )
     sys.exit(0 if result.ok else 1)
 
 
 @main.command()
-@click.option("--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's "
-              "time zone).")
-@click.option("--model", "model_ids", type=int, multiple=True,
-              help="Model id to score (repeatable). Default: every active model due on the date.")
+@click.option(
+    "--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's time zone)."
+)
+@click.option(
+    "--model",
+    "model_ids",
+    type=int,
+    multiple=True,
+    help="Model id to score (repeatable). Default: every active model due on the date.",
+)
 @click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None:
     """Score now in the foreground, as the sweep would; exits 1 if a model failed."""
@@ -208,8 +243,9 @@ def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None
     try:
         run_date = dt.date.fromisoformat(day) if day else daemon.today()
     except ValueError:
-        raise click.BadParameter(f"{day!r} is not a date (YYYY-MM-DD)", param_hint="--date") \
-            from None
+        raise click.BadParameter(
+            f"{day!r} is not a date (YYYY-MM-DD)", param_hint="--date"
+        ) from None
     with Session(daemon.engine) as s:
         if model_ids:
             chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
@@ -222,8 +258,9 @@ def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None
         click.echo(f"no model is due on {run_date}")
         return
     trigger = Trigger.MANUAL if model_ids else Trigger.SCHEDULE
-    batch_id, covered = daemon.run_models(run_date, chosen, trigger, force=bool(model_ids),
-                                          submit=False)
+    batch_id, covered = daemon.run_models(
+        run_date, chosen, trigger, force=bool(model_ids), submit=False
+    )
     if batch_id is not None:
         daemon.runner.run(batch_id, retries=False)
     failed = 0
@@ -232,10 +269,15 @@ def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None
             mr = s.get(ModelRun, covered[model.id or 0].id)
             assert mr is not None
             failed += mr.status != "succeeded"
-            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}"
-                       + (f", {mr.rows} rows in {mr.seconds:.2f} s" if mr.rows is not None
-                          and mr.seconds is not None else "")
-                       + (f"\n  error: {mr.error}" if mr.error else ""))
+            click.echo(
+                f"{model.name} (id {model.id}) {run_date}: {mr.status}"
+                + (
+                    f", {mr.rows} rows in {mr.seconds:.2f} s"
+                    if mr.rows is not None and mr.seconds is not None
+                    else ""
+                )
+                + (f"\n  error: {mr.error}" if mr.error else "")
+            )
     daemon.stop()
     sys.exit(1 if failed else 0)
 

@@ -20,8 +20,17 @@ INPUT_KINDS = ("pandas", "numpy", "polars")
 ENGINES = ("auto", "local", "spark")
 DQ_KEYS = ("psi_warn", "psi_alert", "auc_warn", "auc_alert")
 KNOWN_KEYS = (
-    "pipeline", "features", "name", "owner_email", "schedule", "output", "input",
-    "entity_key", "params", "dq", "meta",
+    "pipeline",
+    "features",
+    "name",
+    "owner_email",
+    "schedule",
+    "output",
+    "input",
+    "entity_key",
+    "params",
+    "dq",
+    "meta",
 )
 
 
@@ -56,8 +65,13 @@ class ContractSummary:
 def check_name(name: Any, field_name: str = "name") -> list[FieldError]:
     """Problems with a model name (empty list when it is valid)."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        return [FieldError(field_name, f"`name` {name!r} is not valid: use 1-64 characters of "
-                           "a-z, 0-9, '_' and '-', starting with a letter or digit")]
+        return [
+            FieldError(
+                field_name,
+                f"`name` {name!r} is not valid: use 1-64 characters of "
+                "a-z, 0-9, '_' and '-', starting with a letter or digit",
+            )
+        ]
     return []
 
 
@@ -93,16 +107,23 @@ def _check_output(output: Any, call: str | None) -> tuple[str, list[FieldError]]
     default = "proba" if call == "predict_proba" else "predict"
     if output is None:
         return default, []
-    bad = FieldError("output", f"`output` {output!r} is not valid: use 'proba', 'predict' or "
-                     "'proba:<k>' (column k of predict_proba)")
+    bad = FieldError(
+        "output",
+        f"`output` {output!r} is not valid: use 'proba', 'predict' or "
+        "'proba:<k>' (column k of predict_proba)",
+    )
     if not isinstance(output, str):
         return default, [bad]
     if output == "predict":
         return output, []
     if output == "proba" or re.fullmatch(r"proba:\d+", output):
         if call not in (None, "predict_proba"):
-            return default, [FieldError("output", f"`output` is {output!r} but the pipeline has "
-                                        "no predict_proba; use 'predict'")]
+            return default, [
+                FieldError(
+                    "output",
+                    f"`output` is {output!r} but the pipeline has no predict_proba; use 'predict'",
+                )
+            ]
         return output, []
     return default, [bad]
 
@@ -113,13 +134,22 @@ def _check_params(params: Any) -> list[FieldError]:
     problems = []
     for key in ("batch_size", "timeout_s"):
         value = params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            problems.append(FieldError(f"params.{key}", f"`params.{key}` must be a positive whole "
-                                       f"number, got {value!r}"))
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            problems.append(
+                FieldError(
+                    f"params.{key}",
+                    f"`params.{key}` must be a positive whole number, got {value!r}",
+                )
+            )
     engine = params.get("engine")
     if engine is not None and engine not in ENGINES:
-        problems.append(FieldError("params.engine", f"`params.engine` {engine!r} is not one of "
-                                   f"{', '.join(ENGINES)}"))
+        problems.append(
+            FieldError(
+                "params.engine", f"`params.engine` {engine!r} is not one of {', '.join(ENGINES)}"
+            )
+        )
     return problems
 
 
@@ -134,21 +164,33 @@ def _check_dq(dq: Any) -> list[FieldError]:
     for metric in ("psi", "auc"):
         warn, alert = dq.get(f"{metric}_warn"), dq.get(f"{metric}_alert")
         if not problems and warn is not None and alert is not None and warn > alert:
-            problems.append(FieldError(f"dq.{metric}_warn", (
-                f"`dq.{metric}_warn` ({warn}) is above `dq.{metric}_alert` ({alert})")))
+            problems.append(
+                FieldError(
+                    f"dq.{metric}_warn",
+                    (f"`dq.{metric}_warn` ({warn}) is above `dq.{metric}_alert` ({alert})"),
+                )
+            )
     return problems
 
 
 def _check_features(features: Any) -> list[FieldError]:
     if features is None:
-        return [FieldError("features", "`features` is missing: add the list of input columns, "
-                           "in the order the pipeline expects")]
+        return [
+            FieldError(
+                "features",
+                "`features` is missing: add the list of input columns, "
+                "in the order the pipeline expects",
+            )
+        ]
     if not isinstance(features, list | tuple) or not features:
         return [FieldError("features", "`features` must be a non-empty list of column names")]
     bad = [f for f in features if not isinstance(f, str) or not f]
     if bad:
-        return [FieldError("features", f"`features` must hold only column names (strings); "
-                           f"found {bad[:5]!r}")]
+        return [
+            FieldError(
+                "features", f"`features` must hold only column names (strings); found {bad[:5]!r}"
+            )
+        ]
     dupes = sorted({f for f in features if list(features).count(f) > 1})
     if dupes:
         return [FieldError("features", f"`features` lists {', '.join(dupes)} more than once")]
@@ -182,28 +224,46 @@ def feature_importance(pipeline: Any, features: list[str]) -> dict[str, float]:
 def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldError]]:
     """Check a loaded model object against contract v1; return its summary and every problem."""
     if not isinstance(obj, dict):
-        return None, [FieldError("file", f"the file holds a {type(obj).__name__}, not a model "
-                                 "object (a dict with at least 'pipeline' and 'features')")]
+        return None, [
+            FieldError(
+                "file",
+                f"the file holds a {type(obj).__name__}, not a model "
+                "object (a dict with at least 'pipeline' and 'features')",
+            )
+        ]
     problems: list[FieldError] = []
     pipeline = obj.get("pipeline")
     call = None
     if pipeline is None:
-        problems.append(FieldError("pipeline", "`pipeline` is missing: add the fitted model or "
-                                   "pipeline under the key 'pipeline'"))
+        problems.append(
+            FieldError(
+                "pipeline",
+                "`pipeline` is missing: add the fitted model or pipeline under the key 'pipeline'",
+            )
+        )
     else:
         call = _call_kind(pipeline)
         if call is None:
-            problems.append(FieldError("pipeline", f"`pipeline` is a {type(pipeline).__name__}, "
-                                       "which has no predict_proba or predict and is not callable"))
+            problems.append(
+                FieldError(
+                    "pipeline",
+                    f"`pipeline` is a {type(pipeline).__name__}, "
+                    "which has no predict_proba or predict and is not callable",
+                )
+            )
     problems += _check_features(obj.get("features"))
     output, output_problems = _check_output(obj.get("output"), call)
     problems += output_problems
     input_kind = obj.get("input", "pandas")
     if input_kind not in INPUT_KINDS:
-        problems.append(FieldError("input", f"`input` {input_kind!r} is not one of "
-                                   f"{', '.join(INPUT_KINDS)}"))
-    for key, check in (("name", check_name), ("owner_email", check_email),
-                       ("schedule", check_schedule)):
+        problems.append(
+            FieldError("input", f"`input` {input_kind!r} is not one of {', '.join(INPUT_KINDS)}")
+        )
+    for key, check in (
+        ("name", check_name),
+        ("owner_email", check_email),
+        ("schedule", check_schedule),
+    ):
         if obj.get(key) is not None:
             problems += check(obj[key], key)
     entity_key = obj.get("entity_key")

@@ -41,9 +41,11 @@ class Daemon:
         self.store = make_store(settings.storage)
         self.tz = ZoneInfo(settings.scheduler.timezone)
         self.scheduler: BackgroundScheduler | None = (
-            build_scheduler(settings) if with_scheduler else None)
-        self.runner = Runner(settings, self.engine,
-                             on_retry=self.schedule_retry if with_scheduler else None)
+            build_scheduler(settings) if with_scheduler else None
+        )
+        self.runner = Runner(
+            settings, self.engine, on_retry=self.schedule_retry if with_scheduler else None
+        )
         self._sweep_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -72,8 +74,15 @@ class Daemon:
         return self.now().date()
 
     # -- runs --------------------------------------------------------------------------------
-    def run_models(self, day: dt.date, models: list[Model], trigger: Trigger, *,
-                   force: bool = False, submit: bool = True) -> tuple[int | None, dict[int, ModelRun]]:
+    def run_models(
+        self,
+        day: dt.date,
+        models: list[Model],
+        trigger: Trigger,
+        *,
+        force: bool = False,
+        submit: bool = True,
+    ) -> tuple[int | None, dict[int, ModelRun]]:
         """Plan one batch for day over models; queue it. Returns (batch id, model run per model)."""
         with session_scope(self.engine) as s:
             batch, covered = plan_batch(s, day, trigger, models, force=force)
@@ -94,17 +103,25 @@ class Daemon:
             batch_ids = []
             for day in sweep_dates_between(self.settings, first, now):
                 if day < window_start:
-                    self._log_sweep(day, "skipped", (
-                        f"missed while the daemon was down; older than the catch-up window of "
-                        f"{cfg.catchup_days} days (backfill it with `mldropd run --date {day}`)"))
+                    self._log_sweep(
+                        day,
+                        "skipped",
+                        (
+                            f"missed while the daemon was down; older than the catch-up window of "
+                            f"{cfg.catchup_days} days (backfill it with `mldropd run --date {day}`)"
+                        ),
+                    )
                     continue
                 trigger = Trigger.SCHEDULE if day == now.date() else Trigger.CATCHUP
                 with session_scope(self.engine) as s:
                     models = due_models(s, day)
                 batch_id, _ = self.run_models(day, models, trigger)
                 self._log_sweep(day, "planned", f"{len(models)} model(s) due")
-                log.info("sweep planned %d due model(s)", len(models),
-                         extra={"date": day.isoformat(), "run_id": batch_id})
+                log.info(
+                    "sweep planned %d due model(s)",
+                    len(models),
+                    extra={"date": day.isoformat(), "run_id": batch_id},
+                )
                 if batch_id is not None:
                     batch_ids.append(batch_id)
             return batch_ids
@@ -119,8 +136,13 @@ class Daemon:
     def retry(self, day: dt.date, model_ids: list[int]) -> int | None:
         """A retry job fired: re-plan the models of that date that have not succeeded yet."""
         with session_scope(self.engine) as s:
-            models = list(s.exec(select(Model).where(col(Model.id).in_(model_ids),
-                                                     Model.status == ModelStatus.ACTIVE)))
+            models = list(
+                s.exec(
+                    select(Model).where(
+                        col(Model.id).in_(model_ids), Model.status == ModelStatus.ACTIVE
+                    )
+                )
+            )
         batch_id, _ = self.run_models(day, models, Trigger.RETRY)
         log.info("retry planned", extra={"date": day.isoformat(), "run_id": batch_id})
         return batch_id
@@ -128,8 +150,12 @@ class Daemon:
     def schedule_retry(self, day: dt.date, model_ids: list[int], when: dt.datetime) -> None:
         if self.scheduler is not None:
             add_retry(self.scheduler, day, model_ids, when)
-            log.info("retry scheduled at %s for models %s", when.isoformat(), model_ids,
-                     extra={"date": day.isoformat()})
+            log.info(
+                "retry scheduled at %s for models %s",
+                when.isoformat(),
+                model_ids,
+                extra={"date": day.isoformat()},
+            )
 
     def deliver_outbox(self) -> None:
         deliver_pending(self.engine, self.settings.email)

@@ -49,14 +49,16 @@ def make_features(n_entities: int, n_features: int, day_index: int, seed: int = 
     return pa.table(columns)
 
 
-def write_features(root: Path, dates: list[dt.date], n_entities: int, n_features: int,
-                   seed: int = 7) -> None:
+def write_features(
+    root: Path, dates: list[dt.date], n_entities: int, n_features: int, seed: int = 7
+) -> None:
     """Write one Parquet file per date under root/dt=YYYY-MM-DD/."""
     for index, day in enumerate(sorted(dates)):
         folder = root / f"dt={day.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(make_features(n_entities, n_features, index, seed),
-                       folder / "part-0.parquet")
+        pq.write_table(
+            make_features(n_entities, n_features, index, seed), folder / "part-0.parquet"
+        )
 
 
 def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[object, np.ndarray]:
@@ -64,15 +66,19 @@ def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[object,
     import pandas as pd
 
     frame = make_features(n_rows, n_features, 0, seed).to_pandas().drop(columns="entity_id")
-    logit = (1.2 * frame["f00"] - 0.8 * frame["f03"] + 0.5 * frame["f07"] * frame["f01"]
-             + 0.3 * np.abs(frame["f05"]) - 0.4)
+    logit = (
+        1.2 * frame["f00"]
+        - 0.8 * frame["f03"]
+        + 0.5 * frame["f07"] * frame["f01"]
+        + 0.3 * np.abs(frame["f05"])
+        - 0.4
+    )
     rng = np.random.default_rng(seed)
     label = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(int)
     return pd.DataFrame(frame), label
 
 
-def make_demo_models(folder: Path, n_features: int, email: str, n_rows: int = 20_000
-                     ) -> list[Path]:
+def make_demo_models(folder: Path, n_features: int, email: str, n_rows: int = 20_000) -> list[Path]:
     """Fit and save the two demo models; return their paths."""
     import lightgbm as lgb
     from sklearn.linear_model import LogisticRegression
@@ -84,27 +90,50 @@ def make_demo_models(folder: Path, n_features: int, email: str, n_rows: int = 20
     gbm = lgb.LGBMClassifier(n_estimators=60, num_leaves=15, learning_rate=0.1, verbose=-1)
     gbm.fit(x[gbm_features], y)
     lr_features = feature_names(n_features)[: min(10, n_features)]
-    pipeline = Pipeline([
-        ("signed_log", FunctionTransformer(lambda a: np.sign(a) * np.log1p(np.abs(a)))),
-        ("scale", StandardScaler()),
-        ("model", LogisticRegression(max_iter=500)),
-    ])
+    pipeline = Pipeline(
+        [
+            ("signed_log", FunctionTransformer(lambda a: np.sign(a) * np.log1p(np.abs(a)))),
+            ("scale", StandardScaler()),
+            ("model", LogisticRegression(max_iter=500)),
+        ]
+    )
     pipeline.fit(x[lr_features], y)
     folder.mkdir(parents=True, exist_ok=True)
     sample = x.head(200)
     return [
-        save_model(folder / "churn_lgbm.dill", pipeline=gbm, features=gbm_features,
-                   name="churn_lgbm", email=email, schedule="daily", sample=sample,
-                   meta={"description": "demo LightGBM classifier", "library": "lightgbm"}),
-        save_model(folder / "churn_logreg.dill", pipeline=pipeline, features=lr_features,
-                   name="churn_logreg", email=email, schedule="weekly:mon", sample=sample,
-                   meta={"description": "demo Pipeline with a FunctionTransformer lambda"}),
+        save_model(
+            folder / "churn_lgbm.dill",
+            pipeline=gbm,
+            features=gbm_features,
+            name="churn_lgbm",
+            email=email,
+            schedule="daily",
+            sample=sample,
+            meta={"description": "demo LightGBM classifier", "library": "lightgbm"},
+        ),
+        save_model(
+            folder / "churn_logreg.dill",
+            pipeline=pipeline,
+            features=lr_features,
+            name="churn_logreg",
+            email=email,
+            schedule="weekly:mon",
+            sample=sample,
+            meta={"description": "demo Pipeline with a FunctionTransformer lambda"},
+        ),
     ]
 
 
-def write_demo_home(home: Path, *, port: int = 8080, days: int = 5, n_entities: int = 100_000,
-                    n_features: int = 40, email: str = "admin@example.com",
-                    today: dt.date | None = None) -> list[Path]:
+def write_demo_home(
+    home: Path,
+    *,
+    port: int = 8080,
+    days: int = 5,
+    n_entities: int = 100_000,
+    n_features: int = 40,
+    email: str = "admin@example.com",
+    today: dt.date | None = None,
+) -> list[Path]:
     """Create the demo home (idempotent: existing parts are kept); return the model files."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.toml"

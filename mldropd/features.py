@@ -47,11 +47,18 @@ class FeatureSource:
         if s.kind == "parquet":
             root = Path(s.path)
             if not root.is_dir():
-                raise FeatureSourceError(f"feature folder {root} does not exist; set [features] path")
+                raise FeatureSourceError(
+                    f"feature folder {root} does not exist; set [features] path"
+                )
             dates = []
             for child in root.iterdir():
                 m = _PARTITION_RE.match(child.name)
-                if child.is_dir() and m and m["key"] == s.date_column and any(child.glob("*.parquet")):
+                if (
+                    child.is_dir()
+                    and m
+                    and m["key"] == s.date_column
+                    and any(child.glob("*.parquet"))
+                ):
                     dates.append(dt.date.fromisoformat(m["date"]))
             return sorted(dates)
         with self._connect() as con:
@@ -62,7 +69,7 @@ class FeatureSource:
         return [r[0] for r in rows]
 
     def slice_for(self, run_date: dt.date) -> Slice | None:
-        """The slice for run_date: that date's, else the latest older one within max_staleness_days."""
+        """The slice for run_date: its own, else the latest older one within max_staleness_days."""
         oldest = run_date - dt.timedelta(days=self.settings.max_staleness_days)
         candidates = [d for d in self.available_dates() if oldest <= d <= run_date]
         return Slice(run_date, candidates[-1]) if candidates else None
@@ -74,12 +81,17 @@ class FeatureSource:
     def describe_missing(self, run_date: dt.date) -> str:
         """Plain words for a missing slice, naming the partition expected."""
         s = self.settings
-        where = (f"{Path(s.path) / f'{s.date_column}={run_date.isoformat()}'}" if s.kind == "parquet"
-                 else f"{s.table} where {s.date_column} = {run_date.isoformat()}")
+        where = (
+            f"{Path(s.path) / f'{s.date_column}={run_date.isoformat()}'}"
+            if s.kind == "parquet"
+            else f"{s.table} where {s.date_column} = {run_date.isoformat()}"
+        )
         latest = self.latest()
-        return (f"no feature slice for {run_date} (expected {where}); the latest slice is "
-                f"{latest or 'none'} and [features] max_staleness_days is "
-                f"{s.max_staleness_days}")
+        return (
+            f"no feature slice for {run_date} (expected {where}); the latest slice is "
+            f"{latest or 'none'} and [features] max_staleness_days is "
+            f"{s.max_staleness_days}"
+        )
 
     # -- reading -----------------------------------------------------------------------------
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -95,8 +107,11 @@ class FeatureSource:
             pattern = str(Path(s.path) / f"{s.date_column}={day.isoformat()}" / "*.parquet")
             return f"read_parquet({_sql_str(pattern)})", []
         # A date object formatted by isoformat() is safe to inline.
-        return (f"{self.quote(s.table)} WHERE CAST({self.quote(s.date_column)} AS DATE) = "
-                f"DATE '{day.isoformat()}'", [])
+        return (
+            f"{self.quote(s.table)} WHERE CAST({self.quote(s.date_column)} AS DATE) = "
+            f"DATE '{day.isoformat()}'",
+            [],
+        )
 
     def columns(self, day: dt.date) -> list[str]:
         """Column names of the slice of `day` (without the partition key)."""

@@ -36,18 +36,32 @@ class Inspection:
 def scan_file(path: Path) -> tuple[dict[str, Any], list[FieldError]]:
     """The static scan, as JSON-able facts and problems."""
     if path.stat().st_size == 0:
-        return {}, [FieldError("file", "the file is empty; save the model object with "
-                               "dill.dump(obj, f, recurse=True)")]
+        return {}, [
+            FieldError(
+                "file",
+                "the file is empty; save the model object with dill.dump(obj, f, recurse=True)",
+            )
+        ]
     result = scan_pickle(path)
-    facts = {"globals": result.globals, "refused": result.refused,
-             "has_functions": result.has_functions, "protocol": result.protocol}
+    facts = {
+        "globals": result.globals,
+        "refused": result.refused,
+        "has_functions": result.has_functions,
+        "protocol": result.protocol,
+    }
     if result.error:
         return facts, [FieldError("file", result.error)]
     if result.refused:
-        return facts, [FieldError("file", (
-            f"the file imports {', '.join(result.refused)}, which can run commands, open "
-            "connections or evaluate code; such models are refused. Remove them from the "
-            "pipeline or ask an admin"))]
+        return facts, [
+            FieldError(
+                "file",
+                (
+                    f"the file imports {', '.join(result.refused)}, which can run commands, open "
+                    "connections or evaluate code; such models are refused. Remove them from the "
+                    "pipeline or ask an admin"
+                ),
+            )
+        ]
     return facts, []
 
 
@@ -58,26 +72,36 @@ def inspect_file(path: Path, settings: Settings) -> Inspection:
     if problems:
         return inspection
     timeout = settings.engine.validate_timeout_s
-    with tempfile.TemporaryDirectory(prefix="mldropd-validate-",
-                                     dir=_work_dir(settings)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="mldropd-validate-", dir=_work_dir(settings)) as tmp:
         request_path, result_path = Path(tmp, "request.json"), Path(tmp, "result.json")
-        request_path.write_text(json.dumps({
-            "model_path": str(path.resolve()),
-            "features": dataclasses.asdict(settings.features),
-            "sample_rows": settings.engine.validate_sample_rows,
-        }))
+        request_path.write_text(
+            json.dumps(
+                {
+                    "model_path": str(path.resolve()),
+                    "features": dataclasses.asdict(settings.features),
+                    "sample_rows": settings.engine.validate_sample_rows,
+                }
+            )
+        )
         child = sandbox.run(
             sandbox.python_argv("jobs.validate_model", str(request_path), str(result_path)),
-            timeout_s=timeout, memory_mb=settings.engine.model_memory_mb,
+            timeout_s=timeout,
+            memory_mb=settings.engine.model_memory_mb,
             private_dir=Path(tmp, "sandbox"),
         )
         if not result_path.exists():
             how = child.describe(timeout, settings.engine.model_memory_mb)
             log.warning("validation child failed: %s", how)
-            inspection.errors.append(FieldError("file", (
-                f"validating the model failed: {how}. A model must load and score "
-                f"{settings.engine.validate_sample_rows} rows within {timeout} s and "
-                f"{settings.engine.model_memory_mb} MB")))
+            inspection.errors.append(
+                FieldError(
+                    "file",
+                    (
+                        f"validating the model failed: {how}. A model must load and score "
+                        f"{settings.engine.validate_sample_rows} rows within {timeout} s and "
+                        f"{settings.engine.model_memory_mb} MB"
+                    ),
+                )
+            )
             return inspection
         result = json.loads(result_path.read_text())
     inspection.errors += [FieldError(e["field"], e["message"]) for e in result["errors"]]

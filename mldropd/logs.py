@@ -11,8 +11,10 @@ FIELDS = ("run_id", "model_run_id", "model_id", "user", "date")
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = (f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname:<7} "
-                f"{record.name}: {record.getMessage()}")
+        line = (
+            f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname:<7} "
+            f"{record.name}: {record.getMessage()}"
+        )
         extras = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if hasattr(record, k))
         if extras:
             line += f" [{extras}]"
@@ -23,8 +25,12 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                "logger": record.name, "event": record.getMessage()}
+        data = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
         data.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)

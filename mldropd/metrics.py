@@ -20,30 +20,33 @@ class _StateCollector:
 
     def collect(self):  # type: ignore[no-untyped-def]
         with Session(self.daemon.engine) as s:
-            runs = GaugeMetricFamily("mldropd_model_runs", "Model runs by status",
-                                     labels=["status"])
-            for status, count in s.exec(select(ModelRun.status, func.count())
-                                        .group_by(ModelRun.status)):
+            runs = GaugeMetricFamily(
+                "mldropd_model_runs", "Model runs by status", labels=["status"]
+            )
+            for status, count in s.exec(
+                select(ModelRun.status, func.count()).group_by(ModelRun.status)
+            ):
                 runs.add_metric([status], count)
             yield runs
             rows = GaugeMetricFamily("mldropd_rows_scored", "Rows scored by succeeded runs")
             rows.add_metric([], s.exec(select(func.coalesce(func.sum(ModelRun.rows), 0))).one())
             yield rows
             models = GaugeMetricFamily("mldropd_models", "Models by status", labels=["status"])
-            for status, count in s.exec(select(Model.status, func.count())
-                                        .group_by(Model.status)):
+            for status, count in s.exec(select(Model.status, func.count()).group_by(Model.status)):
                 models.add_metric([status], count)
             yield models
-            dq = GaugeMetricFamily("mldropd_dq_results", "DQ results by status",
-                                   labels=["status"])
-            for status, count in s.exec(select(DQResult.status, func.count())
-                                        .group_by(DQResult.status)):
+            dq = GaugeMetricFamily("mldropd_dq_results", "DQ results by status", labels=["status"])
+            for status, count in s.exec(
+                select(DQResult.status, func.count()).group_by(DQResult.status)
+            ):
                 dq.add_metric([status], count)
             yield dq
-            outbox = GaugeMetricFamily("mldropd_outbox_messages", "Report emails by status",
-                                       labels=["status"])
-            for status, count in s.exec(select(OutboxMessage.status, func.count())
-                                        .group_by(OutboxMessage.status)):
+            outbox = GaugeMetricFamily(
+                "mldropd_outbox_messages", "Report emails by status", labels=["status"]
+            )
+            for status, count in s.exec(
+                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
+            ):
                 outbox.add_metric([status], count)
             yield outbox
 

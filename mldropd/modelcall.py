@@ -23,10 +23,16 @@ def to_input(batch: pa.Table | pa.RecordBatch, features: list[str], input_kind: 
 
         return pl.from_arrow(columns)
     if input_kind == "numpy":
-        return np.column_stack(
-            [np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-             for col in columns.columns]
-        ) if columns.num_columns else np.empty((columns.num_rows, 0))
+        return (
+            np.column_stack(
+                [
+                    np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+                    for col in columns.columns
+                ]
+            )
+            if columns.num_columns
+            else np.empty((columns.num_rows, 0))
+        )
     return columns.to_pandas()
 
 
@@ -58,8 +64,9 @@ def _as_scores(raw: Any) -> np.ndarray:
     if scores.ndim == 2 and scores.shape[1] == 1:
         scores = scores[:, 0]
     if scores.ndim != 1:
-        raise ModelOutputError(f"the model returned an array of shape {scores.shape}; "
-                               "expected one score per row (1-D)")
+        raise ModelOutputError(
+            f"the model returned an array of shape {scores.shape}; expected one score per row (1-D)"
+        )
     return scores
 
 

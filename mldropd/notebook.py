@@ -36,14 +36,24 @@ def save_model(
     from mldropd.modelcall import check_scores, predict
 
     obj: dict[str, Any] = {"pipeline": pipeline, "features": list(features)}
-    optional = {"name": name, "owner_email": email, "schedule": schedule, "output": output,
-                "input": input, "entity_key": entity_key, "params": params, "dq": dq,
-                "meta": meta}
+    optional = {
+        "name": name,
+        "owner_email": email,
+        "schedule": schedule,
+        "output": output,
+        "input": input,
+        "entity_key": entity_key,
+        "params": params,
+        "dq": dq,
+        "meta": meta,
+    }
     obj.update({k: v for k, v in optional.items() if v is not None})
     summary, problems = check_model_object(obj)
     if summary is None:
-        raise ValueError("the model object is not valid:\n" + "\n".join(
-            f"- {p.field}: {p.message}" for p in problems))
+        raise ValueError(
+            "the model object is not valid:\n"
+            + "\n".join(f"- {p.field}: {p.message}" for p in problems)
+        )
     if sample is not None:
         frame = sample[summary.features]
         if summary.input == "numpy":

@@ -48,7 +48,9 @@ class ModelVersion(SQLModel, table=True):
     sha256: str
     size: int
     features: list[str] = Field(sa_column=Column(JSON, nullable=False))
-    contract: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # summary of the object
+    contract: dict[str, Any] = Field(
+        sa_column=Column(JSON, nullable=False)
+    )  # summary of the object
     dry_run: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     scan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     uploaded_by: str = ""

@@ -56,8 +56,9 @@ def get_model(session: Session, user: User, model_id: int) -> Model:
     return model
 
 
-def _resolve(form: UploadForm, inspection: Inspection, user: User
-             ) -> tuple[str, str, str, list[FieldError]]:
+def _resolve(
+    form: UploadForm, inspection: Inspection, user: User
+) -> tuple[str, str, str, list[FieldError]]:
     summary = inspection.summary or {}
     name = form.name or summary.get("name") or name_from_filename(form.filename)
     email = form.email or summary.get("owner_email") or user.email
@@ -66,8 +67,14 @@ def _resolve(form: UploadForm, inspection: Inspection, user: User
     return name, email, schedule, problems
 
 
-def register_upload(engine: Engine, store: ArtifactStore, settings: Settings, user: User,
-                    upload: Path, form: UploadForm) -> tuple[Model, ModelVersion]:
+def register_upload(
+    engine: Engine,
+    store: ArtifactStore,
+    settings: Settings,
+    user: User,
+    upload: Path,
+    form: UploadForm,
+) -> tuple[Model, ModelVersion]:
     """Inspect, validate, store and register an uploaded model file (a new model or version).
 
     Nothing is stored or recorded unless every check passes; a failed database write removes
@@ -85,13 +92,22 @@ def register_upload(engine: Engine, store: ArtifactStore, settings: Settings, us
             _check_quota(s, user, settings)
             version = 1
         else:
-            version = (s.exec(select(func.max(ModelVersion.version))
-                              .where(ModelVersion.model_id == model.id)).one() or 0) + 1
+            version = (
+                s.exec(
+                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+                ).one()
+                or 0
+            ) + 1
     key = artifact_key(user.email, name, version)
     digest, size = sha256_file(upload), upload.stat().st_size
     store.put_file(key, upload)  # the object exists before the row that points at it
-    manifest = {"sha256": digest, "size": size, "uploaded_by": user.email,
-                "uploaded_at": utcnow().isoformat(), "contract": summary}
+    manifest = {
+        "sha256": digest,
+        "size": size,
+        "uploaded_by": user.email,
+        "uploaded_at": utcnow().isoformat(),
+        "contract": summary,
+    }
     try:
         store.put_bytes(manifest_key(key), json.dumps(manifest, indent=2).encode())
         with session_scope(engine) as s:
@@ -103,39 +119,59 @@ def register_upload(engine: Engine, store: ArtifactStore, settings: Settings, us
                 model = s.get(Model, model.id)
                 assert model is not None
                 model.email, model.schedule, model.updated_at = email, schedule, utcnow()
-                model.status = ModelStatus.ACTIVE if model.status == ModelStatus.ACTIVE \
-                    else model.status
+                model.status = (
+                    ModelStatus.ACTIVE if model.status == ModelStatus.ACTIVE else model.status
+                )
             model.version = version
             row = ModelVersion(
-                model_id=model.id or 0, version=version, artifact_key=key, sha256=digest,
-                size=size, features=summary["features"], contract=summary,
-                dry_run=inspection.dry_run, scan=inspection.scan, uploaded_by=user.email)
+                model_id=model.id or 0,
+                version=version,
+                artifact_key=key,
+                sha256=digest,
+                size=size,
+                features=summary["features"],
+                contract=summary,
+                dry_run=inspection.dry_run,
+                scan=inspection.scan,
+                uploaded_by=user.email,
+            )
             s.add(row)
     except BaseException:
         store.delete_prefix(key.rsplit("/", 1)[0] + "/")
         raise
-    log.info("model uploaded: %s v%d (%d bytes)", name, version, size,
-             extra={"model_id": model.id, "user": user.email})
+    log.info(
+        "model uploaded: %s v%d (%d bytes)",
+        name,
+        version,
+        size,
+        extra={"model_id": model.id, "user": user.email},
+    )
     return model, row
 
 
 def _check_quota(session: Session, user: User, settings: Settings) -> None:
-    active = session.exec(select(Model.name).where(
-        Model.owner_id == user.id, Model.status == ModelStatus.ACTIVE)).all()
+    active = session.exec(
+        select(Model.name).where(Model.owner_id == user.id, Model.status == ModelStatus.ACTIVE)
+    ).all()
     quota = quota_of(user, settings)
     if len(active) >= quota:
         raise QuotaExceeded(
             f"you have {len(active)} active models, your quota is {quota} "
             f"({', '.join(sorted(active))}); pause or delete one, or ask an admin for more",
-            field="quota")
+            field="quota",
+        )
 
 
-def update_model(engine: Engine, settings: Settings, user: User, model_id: int,
-                 changes: dict[str, Any]) -> Model:
+def update_model(
+    engine: Engine, settings: Settings, user: User, model_id: int, changes: dict[str, Any]
+) -> Model:
     """Apply a PATCH: schedule, email, status (active/paused), version (roll back)."""
     allowed = {"schedule", "email", "status", "version"}
-    problems = [FieldError(k, f"`{k}` cannot be changed; use one of {', '.join(sorted(allowed))}")
-                for k in changes if k not in allowed]
+    problems = [
+        FieldError(k, f"`{k}` cannot be changed; use one of {', '.join(sorted(allowed))}")
+        for k in changes
+        if k not in allowed
+    ]
     if "schedule" in changes:
         problems += check_schedule(changes["schedule"])
     if "email" in changes:
@@ -147,12 +183,19 @@ def update_model(engine: Engine, settings: Settings, user: User, model_id: int,
     with session_scope(engine) as s:
         model = get_model(s, user, model_id)
         if "version" in changes:
-            exists = s.exec(select(ModelVersion).where(
-                ModelVersion.model_id == model.id,
-                ModelVersion.version == changes["version"])).first()
+            exists = s.exec(
+                select(ModelVersion).where(
+                    ModelVersion.model_id == model.id, ModelVersion.version == changes["version"]
+                )
+            ).first()
             if exists is None:
-                raise ValidationFailed([FieldError("version", (
-                    f"model {model.name} has no version {changes['version']!r}"))])
+                raise ValidationFailed(
+                    [
+                        FieldError(
+                            "version", (f"model {model.name} has no version {changes['version']!r}")
+                        )
+                    ]
+                )
             model.version = exists.version
         if changes.get("status") == ModelStatus.ACTIVE and model.status != ModelStatus.ACTIVE:
             owner = s.get(User, model.owner_id)
@@ -164,8 +207,11 @@ def update_model(engine: Engine, settings: Settings, user: User, model_id: int,
             if key in changes:
                 setattr(model, key, changes[key])
         model.updated_at = utcnow()
-    log.info("model changed: %s", ", ".join(sorted(changes)),
-             extra={"model_id": model_id, "user": user.email})
+    log.info(
+        "model changed: %s",
+        ", ".join(sorted(changes)),
+        extra={"model_id": model_id, "user": user.email},
+    )
     return model
 
 
@@ -173,12 +219,17 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
     """Stop scheduling and remove the artifacts and records; the scores table keeps its scores."""
     with session_scope(engine) as s:
         model = get_model(s, user, model_id)
-        busy = s.exec(select(ModelRun.id).where(
-            ModelRun.model_id == model.id,
-            col(ModelRun.status).in_([ModelRunStatus.PENDING, ModelRunStatus.RUNNING]))).first()
+        busy = s.exec(
+            select(ModelRun.id).where(
+                ModelRun.model_id == model.id,
+                col(ModelRun.status).in_([ModelRunStatus.PENDING, ModelRunStatus.RUNNING]),
+            )
+        ).first()
         if busy is not None:
-            raise Conflict(f"model {model.name} is being scored (run {busy}); delete it when the "
-                           "run has finished")
+            raise Conflict(
+                f"model {model.name} is being scored (run {busy}); delete it when the "
+                "run has finished"
+            )
         owner = s.get(User, model.owner_id)
         assert owner is not None
         prefix = model_prefix(owner.email, model.name)
@@ -203,5 +254,10 @@ def list_models(session: Session, user: User, owner: str | None = None) -> list[
 
 
 def versions(session: Session, model_id: int) -> list[ModelVersion]:
-    return list(session.exec(select(ModelVersion).where(ModelVersion.model_id == model_id)
-                             .order_by(col(ModelVersion.version).desc())))
+    return list(
+        session.exec(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == model_id)
+            .order_by(col(ModelVersion.version).desc())
+        )
+    )

@@ -1,4 +1,4 @@
-"""Typed settings: defaults < TOML file < MLDROPD_<SECTION>__<KEY> environment < command-line flags."""
+"""Typed settings: defaults < TOML file < MLDROPD_<SECTION>__<KEY> environment < flags."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ class ServerSettings:
     host: str = _opt("127.0.0.1", "Address the web server binds to.")
     port: int = _opt(8080, "TCP port of the web server.")
     secret_key_file: str = _opt(
-        "secret.key", "File holding the session-signing key; created (mode 0600) if missing.",
+        "secret.key",
+        "File holding the session-signing key; created (mode 0600) if missing.",
         path=True,
     )
     log_format: str = _opt("text", "Log line format: text or json.")
     log_level: str = _opt("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
-    base_url: str = _opt("", "Public URL of the daemon, used in report links (default http://host:port).")
+    base_url: str = _opt(
+        "", "Public URL of the daemon, used in report links (default http://host:port)."
+    )
     work_dir: str = _opt("work", "Scratch space for uploads and batch runs.", path=True)
 
 
@@ -48,7 +51,9 @@ class StorageSettings:
     prefix: str = _opt("mldropd", "Key prefix inside the bucket (kind = s3).")
     endpoint_url: str = _opt("", "S3 endpoint, e.g. http://minio:9000 (empty: AWS).")
     region: str = _opt("us-east-1", "S3 region.")
-    access_key_file: str = _opt("", "File with the S3 access key (else the boto3 chain).", path=True)
+    access_key_file: str = _opt(
+        "", "File with the S3 access key (else the boto3 chain).", path=True
+    )
     secret_key_file: str = _opt(
         "", "File with the S3 secret key (else the boto3 chain).", path=True, secret=True
     )
@@ -87,9 +92,13 @@ class SchedulerSettings:
 class EngineSettings:
     default: str = _opt("auto", "Scoring engine: auto, local or spark.")
     spark_master: str = _opt("local[*]", "Spark master URL for the spark engine.")
-    spark_min_rows: int = _opt(5_000_000, "engine = auto uses Spark from this many rows (if installed).")
+    spark_min_rows: int = _opt(
+        5_000_000, "engine = auto uses Spark from this many rows (if installed)."
+    )
     batch_rows: int = _opt(100_000, "Rows per record batch streamed through the models.")
-    model_timeout_s: int = _opt(1800, "Wall-clock limit of one model's scoring, unless it sets its own.")
+    model_timeout_s: int = _opt(
+        1800, "Wall-clock limit of one model's scoring, unless it sets its own."
+    )
     model_memory_mb: int = _opt(8192, "Address-space limit of a scoring or validation process.")
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
@@ -173,7 +182,16 @@ def _coerce(section: str, key: str, kind: type, value: Any, source: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return value.lower() in {"1", "true", "yes", "on"}
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if kind is int:
@@ -213,10 +231,14 @@ def load_settings(
         try:
             layers.append((str(path), tomllib.loads(path.read_text())))
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}. Fix the file and start again.") from None
+            raise ConfigError(
+                f"{path} is not valid TOML: {exc}. Fix the file and start again."
+            ) from None
         settings.config_file = str(path.resolve())
     elif require_file or config:
-        raise ConfigError(f"config file {path} does not exist. Create it (see config.example.toml).")
+        raise ConfigError(
+            f"config file {path} does not exist. Create it (see config.example.toml)."
+        )
     layers.append(("environment", _env_layer(env)))
     if overrides:
         layers.append(("command line", overrides))
@@ -252,7 +274,7 @@ def _env_layer(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == "MLDROPD_CONFIG":
             continue
-        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
         layer.setdefault(section.lower(), {})[key.lower()] = value
     return layer
 
@@ -300,8 +322,12 @@ def validate(settings: Settings) -> None:
     if settings.storage.kind == "s3" and not settings.storage.bucket:
         raise ConfigError("[storage] bucket must be set when kind = 's3'")
     positive = [
-        ("server", "port"), ("engine", "batch_rows"), ("engine", "model_timeout_s"),
-        ("engine", "model_memory_mb"), ("scheduler", "max_attempts"), ("limits", "max_upload_mb"),
+        ("server", "port"),
+        ("engine", "batch_rows"),
+        ("engine", "model_timeout_s"),
+        ("engine", "model_memory_mb"),
+        ("scheduler", "max_attempts"),
+        ("limits", "max_upload_mb"),
         ("dq", "av_max_rows"),
     ]
     for section, key in positive:

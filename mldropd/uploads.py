@@ -22,12 +22,14 @@ _CHUNK = 1 << 20
 
 
 def _too_large(limit_mb: int) -> TooLarge:
-    return TooLarge(f"the file is larger than the limit of {limit_mb} MB ([limits] max_upload_mb)",
-                    field="file")
+    return TooLarge(
+        f"the file is larger than the limit of {limit_mb} MB ([limits] max_upload_mb)", field="file"
+    )
 
 
-async def receive_upload(request: Request[Any, Any, Any], daemon: Daemon, user: User
-                         ) -> tuple[Model, ModelVersion]:
+async def receive_upload(
+    request: Request[Any, Any, Any], daemon: Daemon, user: User
+) -> tuple[Model, ModelVersion]:
     """Parse the multipart form, store the file in a temporary place, register it."""
     limit_mb = daemon.settings.limits.max_upload_mb
     limit = limit_mb * _CHUNK
@@ -37,11 +39,17 @@ async def receive_upload(request: Request[Any, Any, Any], daemon: Daemon, user: 
     form = await request.form()
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise ValidationFailed([FieldError("file", "no file was sent: add the model file as the "
-                                           "multipart field 'file'")])
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "file", "no file was sent: add the model file as the multipart field 'file'"
+                )
+            ]
+        )
     fields = UploadForm(
         filename=upload.filename or "model.dill",
-        email=_text(form.get("email")), schedule=_text(form.get("schedule")),
+        email=_text(form.get("email")),
+        schedule=_text(form.get("schedule")),
         name=_text(form.get("name")),
     )
     work = Path(daemon.settings.server.work_dir)
@@ -57,7 +65,8 @@ async def receive_upload(request: Request[Any, Any, Any], daemon: Daemon, user: 
                 out.write(chunk)
         await upload.close()
         return await anyio.to_thread.run_sync(
-            register_upload, daemon.engine, daemon.store, daemon.settings, user, path, fields)
+            register_upload, daemon.engine, daemon.store, daemon.settings, user, path, fields
+        )
 
 
 def _text(value: Any) -> str | None:

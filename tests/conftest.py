@@ -89,8 +89,12 @@ def make_user(settings: Settings) -> Callable[..., str]:
     return _make
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 120.0, interval: float = 0.2,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 120.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> Any:
     """Poll until predicate() is truthy; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,9 +121,19 @@ class Daemon:
         env = {**os.environ, **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mldropd", "serve", "--config",
-                 str(self.home / "config.toml")], stdout=log, stderr=subprocess.STDOUT, env=env,
-                process_group=0)
+                [
+                    sys.executable,
+                    "-m",
+                    "mldropd",
+                    "serve",
+                    "--config",
+                    str(self.home / "config.toml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                process_group=0,
+            )
 
         def healthy() -> bool:
             assert self.proc is not None

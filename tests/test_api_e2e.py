@@ -33,14 +33,21 @@ def auth(token: str) -> dict[str, str]:
 
 def upload(client: TestClient[Any], token: str, path: Path, **form: str) -> Any:
     with open(path, "rb") as f:
-        return client.post("/api/v1/models", headers=auth(token),
-                           files={"file": (path.name, f, "application/octet-stream")}, data=form)
+        return client.post(
+            "/api/v1/models",
+            headers=auth(token),
+            files={"file": (path.name, f, "application/octet-stream")},
+            data=form,
+        )
 
 
 def wait_run(client: TestClient[Any], token: str, model_id: int, day: dt.date) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
-        runs = client.get("/api/v1/runs", params={"model_id": model_id, "date": day.isoformat()},
-                          headers=auth(token)).json()
+        runs = client.get(
+            "/api/v1/runs",
+            params={"model_id": model_id, "date": day.isoformat()},
+            headers=auth(token),
+        ).json()
         done = [r for r in runs if r["status"] in ("succeeded", "failed")]
         return done[0] if done and len(done) == len(runs) else None
 
@@ -57,15 +64,21 @@ def expected_scores(model_path: Path, settings: Settings, day: dt.date) -> Any:
         obj = dill.load(f)
     glob = Path(settings.features.path) / f"dt={day}" / "*.parquet"
     frame = duckdb.sql(f"SELECT * FROM read_parquet('{glob}') ORDER BY entity_id").df()
-    return frame["entity_id"].to_numpy(), obj["pipeline"].predict_proba(frame[obj["features"]])[:, 1]
+    return frame["entity_id"].to_numpy(), obj["pipeline"].predict_proba(frame[obj["features"]])[
+        :, 1
+    ]
 
 
-def test_upload_run_scores_dq_report(client: TestClient[Any], settings: Settings,
-                                     make_user: Callable[..., str],
-                                     model_files: dict[str, Path]) -> None:
+def test_upload_run_scores_dq_report(
+    client: TestClient[Any],
+    settings: Settings,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+) -> None:
     token = make_user("ann@example.com")
-    response = upload(client, token, model_files["lgbm"], email="ann.reports@example.com",
-                      schedule="weekly:mon")
+    response = upload(
+        client, token, model_files["lgbm"], email="ann.reports@example.com", schedule="weekly:mon"
+    )
     assert response.status_code == 201, response.text
     model = response.json()
     assert model["name"] == "churn_lgbm" and model["owner"] == "ann@example.com"
@@ -80,8 +93,11 @@ def test_upload_run_scores_dq_report(client: TestClient[Any], settings: Settings
 
     yesterday, day = today() - dt.timedelta(days=1), today()
     for run_date in (yesterday, day):
-        accepted = client.post(f"/api/v1/models/{model['id']}/runs", headers=auth(token),
-                               json={"date": run_date.isoformat()})
+        accepted = client.post(
+            f"/api/v1/models/{model['id']}/runs",
+            headers=auth(token),
+            json={"date": run_date.isoformat()},
+        )
         assert accepted.status_code == 202, accepted.text
         run = wait_run(client, token, model["id"], run_date)
         assert run["status"] == "succeeded", run
@@ -95,7 +111,13 @@ def test_upload_run_scores_dq_report(client: TestClient[Any], settings: Settings
     part = Path(settings.scores.path) / f"dt={day}" / f"model={model['id']}"
     assert [p.name for p in part.iterdir()] == ["part-0.parquet"]
     assert pq.read_schema(part / "part-0.parquet").names == [
-        "entity_id", "score", "model_id", "model_version", "run_id", "scored_at"]
+        "entity_id",
+        "score",
+        "model_id",
+        "model_version",
+        "run_id",
+        "scored_at",
+    ]
     # Hive-style reading adds the partition columns.
     assert {"dt", "model"} <= set(scores.columns)
     assert np.array_equal(scores["entity_id"].to_numpy(), keys)
@@ -113,19 +135,26 @@ def test_upload_run_scores_dq_report(client: TestClient[Any], settings: Settings
 
     # The owner's report is in the outbox folder as an .eml file.
     outbox = Path(settings.email.outbox)
-    files = wait_for(lambda: len(list(outbox.glob("*.eml"))) == 2 and sorted(outbox.glob("*.eml")),
-                     timeout=30, what="two report emails in the outbox")
-    messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-                for p in files]
+    files = wait_for(
+        lambda: len(list(outbox.glob("*.eml"))) == 2 and sorted(outbox.glob("*.eml")),
+        timeout=30,
+        what="two report emails in the outbox",
+    )
+    messages = [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files
+    ]
     last = messages[-1]
     assert last["To"] == "ann.reports@example.com" and "churn_lgbm" in last["Subject"]
     body = last.get_body(preferencelist=("plain",)).get_content()
     assert "3,000" in body and "PSI" in body and day.isoformat() in body
 
 
-def test_rescoring_replaces_partition(client: TestClient[Any], settings: Settings,
-                                      make_user: Callable[..., str],
-                                      model_files: dict[str, Path]) -> None:
+def test_rescoring_replaces_partition(
+    client: TestClient[Any],
+    settings: Settings,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+) -> None:
     token = make_user("bob@example.com")
     model = upload(client, token, model_files["logreg"]).json()
     day = today()
@@ -142,41 +171,60 @@ def test_rescoring_replaces_partition(client: TestClient[Any], settings: Setting
     assert np.array_equal(scores["score"].to_numpy(), expected)
 
 
-def test_users_see_only_their_models(client: TestClient[Any], make_user: Callable[..., str],
-                                     model_files: dict[str, Path]) -> None:
+def test_users_see_only_their_models(
+    client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
+) -> None:
     ann, bob = make_user("ann@example.com"), make_user("bob@example.com")
     admin = make_user("root@example.com", admin=True)
     model = upload(client, ann, model_files["logreg"]).json()
     mid = model["id"]
     assert client.get("/api/v1/models", headers=auth(bob)).json() == []
     for method, path, body in [
-        ("GET", f"/api/v1/models/{mid}", None), ("PATCH", f"/api/v1/models/{mid}", {"email": "x@y.z"}),
-        ("DELETE", f"/api/v1/models/{mid}", None), ("POST", f"/api/v1/models/{mid}/runs", {}),
+        ("GET", f"/api/v1/models/{mid}", None),
+        ("PATCH", f"/api/v1/models/{mid}", {"email": "x@y.z"}),
+        ("DELETE", f"/api/v1/models/{mid}", None),
+        ("POST", f"/api/v1/models/{mid}/runs", {}),
         ("GET", f"/api/v1/models/{mid}/dq", None),
     ]:
         response = client.request(method, path, headers=auth(bob), json=body)
         assert response.status_code == 404, (method, path, response.text)
         assert client.request(method, path, json=body).status_code == 401
     assert [m["id"] for m in client.get("/api/v1/models", headers=auth(admin)).json()] == [mid]
-    assert client.get("/api/v1/models", params={"owner": "bob@example.com"},
-                      headers=auth(admin)).json() == []
+    assert (
+        client.get(
+            "/api/v1/models", params={"owner": "bob@example.com"}, headers=auth(admin)
+        ).json()
+        == []
+    )
     assert client.get(f"/api/v1/models/{mid}", headers=auth(admin)).status_code == 200
 
 
-def test_patch_and_delete(client: TestClient[Any], settings: Settings,
-                          make_user: Callable[..., str], model_files: dict[str, Path]) -> None:
+def test_patch_and_delete(
+    client: TestClient[Any],
+    settings: Settings,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+) -> None:
     token = make_user("ann@example.com")
     mid = upload(client, token, model_files["logreg"]).json()["id"]
-    changed = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
-                           json={"schedule": "monthly:3", "email": "new@example.com",
-                                 "status": "paused"})
+    changed = client.patch(
+        f"/api/v1/models/{mid}",
+        headers=auth(token),
+        json={"schedule": "monthly:3", "email": "new@example.com", "status": "paused"},
+    )
     assert changed.status_code == 200, changed.text
     body = changed.json()
-    assert (body["schedule"], body["email"], body["status"]) == ("monthly:3", "new@example.com",
-                                                                 "paused")
+    assert (body["schedule"], body["email"], body["status"]) == (
+        "monthly:3",
+        "new@example.com",
+        "paused",
+    )
     assert body["next_run_date"] is None
-    bad = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
-                       json={"schedule": "every tuesday", "status": "gone"})
+    bad = client.patch(
+        f"/api/v1/models/{mid}",
+        headers=auth(token),
+        json={"schedule": "every tuesday", "status": "gone"},
+    )
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"schedule", "status"}
     second = upload(client, token, model_files["logreg"])
@@ -195,7 +243,9 @@ def test_health_and_schema(client: TestClient[Any]) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "store": "ok", "scheduler": "ok"}
-    assert "mldropd_model_runs" in client.get("/metrics").text or client.get(
-        "/metrics").status_code == 200
+    assert (
+        "mldropd_model_runs" in client.get("/metrics").text
+        or client.get("/metrics").status_code == 200
+    )
     schema = client.get("/schema/openapi.json").json()
     assert "/api/v1/models" in schema["paths"]

@@ -14,9 +14,13 @@ from tests.conftest import today
 
 
 def mldropd(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mldropd", *args, "--config",
-                           str(home / "config.toml")], capture_output=True, text=True,
-                          timeout=timeout, cwd=home)
+    return subprocess.run(
+        [sys.executable, "-m", "mldropd", *args, "--config", str(home / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=home,
+    )
 
 
 def test_users_add_prints_token_last(home: Path) -> None:
@@ -28,22 +32,23 @@ def test_users_add_prints_token_last(home: Path) -> None:
     assert again.returncode != 0 and "exists already" in again.stderr
 
 
-def test_models_check_ok_and_problems(home: Path, model_files: dict[str, Path],
-                                      tmp_path: Path) -> None:
+def test_models_check_ok_and_problems(
+    home: Path, model_files: dict[str, Path], tmp_path: Path
+) -> None:
     ok = mldropd(home, "models", "check", str(model_files["logreg"]))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "OK: the model can be deployed" in ok.stdout
     assert "serialized Python functions" in ok.stdout and "dry run: 1000 rows" in ok.stdout
     bad = tmp_path / "bad.dill"
-    bad.write_bytes(dill.dumps({"pipeline": np.mean, "features": ["f00", "age_days"],
-                                "schedule": "hourly"}))
+    bad.write_bytes(
+        dill.dumps({"pipeline": np.mean, "features": ["f00", "age_days"], "schedule": "hourly"})
+    )
     result = mldropd(home, "models", "check", str(bad))
     assert result.returncode == 1
     assert "schedule: unknown schedule 'hourly'" in result.stderr
 
 
-def test_run_scores_due_models_and_check_config(home: Path, model_files: dict[str, Path]
-                                                ) -> None:
+def test_run_scores_due_models_and_check_config(home: Path, model_files: dict[str, Path]) -> None:
     token_out = mldropd(home, "users", "add", "ann@example.com")
     assert token_out.returncode == 0
     from litestar.testing import TestClient
@@ -54,13 +59,17 @@ def test_run_scores_due_models_and_check_config(home: Path, model_files: dict[st
     settings = load_settings(home / "config.toml", env={})
     token = token_out.stdout.strip().splitlines()[-1]
     with TestClient(create_app(settings), timeout=120) as client:
-        for path, schedule in ((model_files["lgbm"], "daily"),
-                               (model_files["logreg"], "monthly:28")):
+        for path, schedule in (
+            (model_files["lgbm"], "daily"),
+            (model_files["logreg"], "monthly:28"),
+        ):
             with open(path, "rb") as f:
-                response = client.post("/api/v1/models",
-                                       headers={"Authorization": f"Bearer {token}"},
-                                       files={"file": (path.name, f)},
-                                       data={"schedule": schedule})
+                response = client.post(
+                    "/api/v1/models",
+                    headers={"Authorization": f"Bearer {token}"},
+                    files={"file": (path.name, f)},
+                    data={"schedule": schedule},
+                )
             assert response.status_code == 201
     day = today()
     not_monthly = day if day.day != 28 else day - dt.timedelta(days=1)

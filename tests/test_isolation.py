@@ -66,33 +66,56 @@ def client(settings: Settings) -> Iterator[TestClient[Any]]:
         yield c
 
 
-def test_each_bad_model_fails_alone(client: TestClient[Any], settings: Settings, home: Path,
-                                    make_user: Callable[..., str], model_files: dict[str, Path],
-                                    tmp_path: Path) -> None:
+def test_each_bad_model_fails_alone(
+    client: TestClient[Any],
+    settings: Settings,
+    home: Path,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
     token = make_user("ann@example.com")
     headers = {"Authorization": f"Bearer {token}"}
     paths = [model_files["lgbm"]]
     for name, fn in _bad_models().items():
         params = {"timeout_s": 8} if name == "hangs" else None
-        paths.append(save_model(tmp_path / f"{name}.dill", pipeline=fn, features=FEATURES,
-                                name=name, params=params))
+        paths.append(
+            save_model(
+                tmp_path / f"{name}.dill", pipeline=fn, features=FEATURES, name=name, params=params
+            )
+        )
     ids = {}
     for path in paths:
         with open(path, "rb") as f:
-            response = client.post("/api/v1/models", headers=headers,
-                                   files={"file": (path.name, f)})
+            response = client.post(
+                "/api/v1/models", headers=headers, files={"file": (path.name, f)}
+            )
         assert response.status_code == 201, response.text
         ids[response.json()["name"]] = response.json()["id"]
 
     day = today()
     result = subprocess.run(
-        [sys.executable, "-m", "mldropd", "run", "--config", str(home / "config.toml"),
-         "--date", day.isoformat()],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mldropd",
+            "run",
+            "--config",
+            str(home / "config.toml"),
+            "--date",
+            day.isoformat(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    runs = {r["model_id"]: r for r in client.get("/api/v1/runs", headers=headers,
-                                                 params={"date": day.isoformat()}).json()}
+    runs = {
+        r["model_id"]: r
+        for r in client.get(
+            "/api/v1/runs", headers=headers, params={"date": day.isoformat()}
+        ).json()
+    }
     assert len(runs) == 6
     good = runs[ids["churn_lgbm"]]
     assert good["status"] == "succeeded" and good["rows"] == 3000, good
@@ -110,8 +133,9 @@ def test_each_bad_model_fails_alone(client: TestClient[Any], settings: Settings,
         assert run["rows"] is None
         part = Path(settings.scores.path) / f"dt={day}" / f"model={ids[name]}"
         assert not part.exists(), f"{name} left a partition"
-    assert (Path(settings.scores.path) / f"dt={day}" / f"model={ids['churn_lgbm']}"
-            / "part-0.parquet").exists()
+    assert (
+        Path(settings.scores.path) / f"dt={day}" / f"model={ids['churn_lgbm']}" / "part-0.parquet"
+    ).exists()
     for name in expected:  # every owner is told, in plain words
         assert name in result.stdout
     assert dt.date.fromisoformat(good["date"]) == day

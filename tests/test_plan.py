@@ -26,10 +26,16 @@ def _models(s: Session) -> list[Model]:
     user = User(email="a@b.c", token_hash="h")
     s.add(user)
     s.flush()
-    models = [Model(owner_id=user.id, name=n, email="a@b.c", schedule=sch, status=st)
-              for n, sch, st in [("d", "daily", "active"), ("w", "weekly:mon", "active"),
-                                 ("m", "monthly:23", "active"), ("p", "daily", "paused"),
-                                 ("c", "0 6 * * 2-5", "active")]]
+    models = [
+        Model(owner_id=user.id, name=n, email="a@b.c", schedule=sch, status=st)
+        for n, sch, st in [
+            ("d", "daily", "active"),
+            ("w", "weekly:mon", "active"),
+            ("m", "monthly:23", "active"),
+            ("p", "daily", "paused"),
+            ("c", "0 6 * * 2-5", "active"),
+        ]
+    ]
     s.add_all(models)
     s.flush()
     return models
@@ -48,8 +54,7 @@ def test_plan_skips_succeeded_and_joins_in_progress(tmp_path: Path) -> None:
         due = due_models(s, MONDAY)
         batch, covered = plan_batch(s, MONDAY, Trigger.SCHEDULE, due)
         assert batch is not None and set(covered) == {m.id for m in due}
-        assert all(r.status == ModelRunStatus.PENDING and r.attempt == 1
-                   for r in covered.values())
+        assert all(r.status == ModelRunStatus.PENDING and r.attempt == 1 for r in covered.values())
         again, joined = plan_batch(s, MONDAY, Trigger.MANUAL, due)
         assert again is None and joined == covered  # a concurrent request joins the run
         first = covered[models[0].id]

@@ -40,20 +40,24 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
     assert load_settings(config, env=env).server.port == 9100
 
 
-@pytest.mark.parametrize(("text", "env", "words"), [
-    ("[server]\nprot = 1\n", {}, "unknown key 'prot' in [server]"),
-    ("[serve]\nport = 1\n", {}, "unknown section [serve]"),
-    ("[server]\nport = 'abc'\n", {}, "[server] port"),
-    ("[server]\nport = \n", {}, "is not valid TOML"),
-    ("", {"MLDROPD_ENGINE__BATCH_ROWS": "many"}, "[engine] batch_rows (from environment)"),
-    ("", {"MLDROPD_ENGINE__NOPE": "1"}, "unknown key 'nope' in [engine] (environment)"),
-    ("[storage]\nkind = 'ftp'\n", {}, "[storage] kind = 'ftp' is not one of"),
-    ("[scheduler]\nsweep = '0 25 * * *'\n", {}, "[scheduler] sweep"),
-    ("[scheduler]\ntimezone = 'Mars/Olympus'\n", {}, "not a known time zone"),
-    ("[storage]\nkind = 's3'\n", {}, "[storage] bucket must be set"),
-])
-def test_wrong_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str],
-                                    words: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "env", "words"),
+    [
+        ("[server]\nprot = 1\n", {}, "unknown key 'prot' in [server]"),
+        ("[serve]\nport = 1\n", {}, "unknown section [serve]"),
+        ("[server]\nport = 'abc'\n", {}, "[server] port"),
+        ("[server]\nport = \n", {}, "is not valid TOML"),
+        ("", {"MLDROPD_ENGINE__BATCH_ROWS": "many"}, "[engine] batch_rows (from environment)"),
+        ("", {"MLDROPD_ENGINE__NOPE": "1"}, "unknown key 'nope' in [engine] (environment)"),
+        ("[storage]\nkind = 'ftp'\n", {}, "[storage] kind = 'ftp' is not one of"),
+        ("[scheduler]\nsweep = '0 25 * * *'\n", {}, "[scheduler] sweep"),
+        ("[scheduler]\ntimezone = 'Mars/Olympus'\n", {}, "not a known time zone"),
+        ("[storage]\nkind = 's3'\n", {}, "[storage] bucket must be set"),
+    ],
+)
+def test_wrong_config_names_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], words: str
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text(text)
     with pytest.raises(ConfigError) as info:

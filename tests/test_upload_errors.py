@@ -59,33 +59,75 @@ def _cases(tmp: Path) -> list[tuple[str, bytes, dict[str, str], int, dict[str, s
         ("text", b"hello, I am a CSV file\n1,2,3\n", {}, 422, {"file": "not a pickle"}),
         ("truncated", valid[: len(valid) // 2], {}, 422, {"file": "truncated"}),
         ("a list", _dill([1, 2, 3]), {}, 422, {"file": "holds a list"}),
-        ("no pipeline, no features", _dill({"name": "x"}), {}, 422,
-         {"pipeline": "missing", "features": "missing"}),
-        ("features not strings", _dill({**good, "features": ["f00", 3]}), {}, 422,
-         {"features": "column names"}),
-        ("unknown feature", _dill({**good, "features": ["f00", "age_days"]}), {}, 422,
-         {"features": "`features` lists `age_days`, which the feature store does not have"}),
+        (
+            "no pipeline, no features",
+            _dill({"name": "x"}),
+            {},
+            422,
+            {"pipeline": "missing", "features": "missing"},
+        ),
+        (
+            "features not strings",
+            _dill({**good, "features": ["f00", 3]}),
+            {},
+            422,
+            {"features": "column names"},
+        ),
+        (
+            "unknown feature",
+            _dill({**good, "features": ["f00", "age_days"]}),
+            {},
+            422,
+            {"features": "`features` lists `age_days`, which the feature store does not have"},
+        ),
         ("invalid name", valid, {"name": "Bad Name!"}, 422, {"name": "not valid"}),
-        ("unknown schedule", valid, {"schedule": "every tuesday"}, 422,
-         {"schedule": "unknown schedule"}),
-        ("not a predictor", _dill({"pipeline": 42, "features": ["f00"]}), {}, 422,
-         {"pipeline": "no predict_proba or predict"}),
-        ("dry run raises", _dill({"pipeline": lambda f: 1 / 0, "features": ["f00"]}), {}, 422,
-         {"pipeline": "ZeroDivisionError"}),
-        ("dry run wrong length", _dill({"pipeline": lambda f: np.zeros(3), "features": ["f00"]}),
-         {}, 422, {"pipeline": "returned 3 scores"}),
-        ("evil reduce", pickle.dumps({"pipeline": Evil(tmp / "MARKER"), "features": ["f00"]}),
-         {}, 422, {"file": "system"}),
+        (
+            "unknown schedule",
+            valid,
+            {"schedule": "every tuesday"},
+            422,
+            {"schedule": "unknown schedule"},
+        ),
+        (
+            "not a predictor",
+            _dill({"pipeline": 42, "features": ["f00"]}),
+            {},
+            422,
+            {"pipeline": "no predict_proba or predict"},
+        ),
+        (
+            "dry run raises",
+            _dill({"pipeline": lambda f: 1 / 0, "features": ["f00"]}),
+            {},
+            422,
+            {"pipeline": "ZeroDivisionError"},
+        ),
+        (
+            "dry run wrong length",
+            _dill({"pipeline": lambda f: np.zeros(3), "features": ["f00"]}),
+            {},
+            422,
+            {"pipeline": "returned 3 scores"},
+        ),
+        (
+            "evil reduce",
+            pickle.dumps({"pipeline": Evil(tmp / "MARKER"), "features": ["f00"]}),
+            {},
+            422,
+            {"file": "system"},
+        ),
         ("too large", os.urandom(2 * 1024 * 1024), {}, 413, {"file": "larger than the limit"}),
     ]
 
 
-def test_every_bad_upload_is_refused_with_its_reason(client: TestClient[Any], token: str,
-                                                     settings: Settings, tmp_path: Path) -> None:
+def test_every_bad_upload_is_refused_with_its_reason(
+    client: TestClient[Any], token: str, settings: Settings, tmp_path: Path
+) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     for case, content, form, status, expected in _cases(tmp_path):
-        response = client.post("/api/v1/models", headers=headers,
-                               files={"file": ("model.dill", content)}, data=form)
+        response = client.post(
+            "/api/v1/models", headers=headers, files={"file": ("model.dill", content)}, data=form
+        )
         assert response.status_code == status, (case, response.text)
         errors = response.json()["errors"]
         for field, words in expected.items():
@@ -98,14 +140,16 @@ def test_every_bad_upload_is_refused_with_its_reason(client: TestClient[Any], to
 
 
 def test_missing_file_field(client: TestClient[Any], token: str) -> None:
-    response = client.post("/api/v1/models", headers={"Authorization": f"Bearer {token}"},
-                           data={"name": "x"})
+    response = client.post(
+        "/api/v1/models", headers={"Authorization": f"Bearer {token}"}, data={"name": "x"}
+    )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "file"
 
 
-def test_quota(client: TestClient[Any], make_user: Callable[..., str],
-               model_files: dict[str, Path]) -> None:
+def test_quota(
+    client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
+) -> None:
     token = make_user("quota@example.com", quota=1)
     headers = {"Authorization": f"Bearer {token}"}
 

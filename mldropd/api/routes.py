@@ -29,8 +29,10 @@ def bearer_user(request: Request[Any, Any, Any], state: State) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send your API token as 'Authorization: Bearer <token>' "
-                           "(`mldropd users add` prints one)")
+        raise Unauthorized(
+            "send your API token as 'Authorization: Bearer <token>' "
+            "(`mldropd users add` prints one)"
+        )
     from mldropd.auth import user_for_token
 
     with Session(state.daemon.engine) as s:
@@ -44,9 +46,14 @@ def _daemon(state: State) -> Daemon:
     return state.daemon  # type: ignore[no-any-return]
 
 
-@post(f"{API}/models", status_code=201,
-      summary="Upload a model file (multipart: file, email, schedule, name)")
-async def upload_model(request: Request[Any, Any, Any], state: State, user: NamedDependency[User]) -> dict[str, Any]:
+@post(
+    f"{API}/models",
+    status_code=201,
+    summary="Upload a model file (multipart: file, email, schedule, name)",
+)
+async def upload_model(
+    request: Request[Any, Any, Any], state: State, user: NamedDependency[User]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     model, _ = await receive_upload(request, daemon, user)
     return await anyio.to_thread.run_sync(_model_detail, daemon, user, model.id)
@@ -59,7 +66,9 @@ def _model_detail(daemon: Daemon, user: User, model_id: int | None) -> dict[str,
 
 
 @get(f"{API}/models", sync_to_thread=True, summary="The caller's models (admin: all)")
-def list_models_route(state: State, user: NamedDependency[User], owner: str | None = None) -> list[dict[str, Any]]:
+def list_models_route(
+    state: State, user: NamedDependency[User], owner: str | None = None
+) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         now = daemon.now()
@@ -67,21 +76,31 @@ def list_models_route(state: State, user: NamedDependency[User], owner: str | No
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")
-def get_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> dict[str, Any]:
+def get_model_route(
+    state: State, user: NamedDependency[User], model_id: FromPath[int]
+) -> dict[str, Any]:
     return _model_detail(_daemon(state), user, model_id)
 
 
-@patch(f"{API}/models/{{model_id:int}}", sync_to_thread=True,
-       summary="Change schedule, email, status (active/paused) or version (roll back)")
-def patch_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int], data: dict[str, Any]
-                      ) -> dict[str, Any]:
+@patch(
+    f"{API}/models/{{model_id:int}}",
+    sync_to_thread=True,
+    summary="Change schedule, email, status (active/paused) or version (roll back)",
+)
+def patch_model_route(
+    state: State, user: NamedDependency[User], model_id: FromPath[int], data: dict[str, Any]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     update_model(daemon.engine, daemon.settings, user, model_id, data)
     return _model_detail(daemon, user, model_id)
 
 
-@delete(f"{API}/models/{{model_id:int}}", sync_to_thread=True, status_code=HTTP_204_NO_CONTENT,
-        summary="Stop scheduling and remove the artifacts; scores stay")
+@delete(
+    f"{API}/models/{{model_id:int}}",
+    sync_to_thread=True,
+    status_code=HTTP_204_NO_CONTENT,
+    summary="Stop scheduling and remove the artifacts; scores stay",
+)
 def delete_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> None:
     daemon = _daemon(state)
     delete_model(daemon.engine, daemon.store, user, model_id)
@@ -91,15 +110,18 @@ def parse_date(value: Any, field: str = "date") -> dt.date:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise ValidationFailed([FieldError(field, f"{value!r} is not a date (YYYY-MM-DD)")]) from None
+        raise ValidationFailed(
+            [FieldError(field, f"{value!r} is not a date (YYYY-MM-DD)")]
+        ) from None
 
 
 def request_run(daemon: Daemon, user: User, model_id: int, day: dt.date | None) -> ModelRun:
     """Score one model now, for today or a past date; joins a run already in progress."""
     today = daemon.today()
     if day is not None and day > today:
-        raise ValidationFailed([FieldError("date", f"{day} is in the future; scores are made "
-                                           "for today or past dates")])
+        raise ValidationFailed(
+            [FieldError("date", f"{day} is in the future; scores are made for today or past dates")]
+        )
     with Session(daemon.engine) as s:
         model = get_model(s, user, model_id)
     trigger = Trigger.MANUAL if day in (None, today) else Trigger.BACKFILL
@@ -107,10 +129,18 @@ def request_run(daemon: Daemon, user: User, model_id: int, day: dt.date | None) 
     return covered[model_id]
 
 
-@post(f"{API}/models/{{model_id:int}}/runs", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
-      summary="Score now; optional body {\"date\": \"YYYY-MM-DD\"} for a past date")
-def run_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int],
-                    data: dict[str, Any] | None = None) -> dict[str, Any]:
+@post(
+    f"{API}/models/{{model_id:int}}/runs",
+    sync_to_thread=True,
+    status_code=HTTP_202_ACCEPTED,
+    summary='Score now; optional body {"date": "YYYY-MM-DD"} for a past date',
+)
+def run_model_route(
+    state: State,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     daemon = _daemon(state)
     day = parse_date(data["date"]) if data and data.get("date") else None
     run = request_run(daemon, user, model_id, day)
@@ -125,8 +155,11 @@ def _owned_model_ids(s: Session, user: User) -> list[int] | None:
 
 @get(f"{API}/runs", sync_to_thread=True, summary="Model runs, newest first")
 def list_runs_route(
-    state: State, user: NamedDependency[User], model_id: int | None = None,
-    day: str | None = Parameter(query="date", default=None), limit: int = 200,
+    state: State,
+    user: NamedDependency[User],
+    model_id: int | None = None,
+    day: str | None = Parameter(query="date", default=None),
+    limit: int = 200,
 ) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
@@ -142,7 +175,9 @@ def list_runs_route(
 
 
 @get(f"{API}/runs/{{run_id:int}}", sync_to_thread=True, summary="One model run")
-def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> dict[str, Any]:
+def get_run_route(
+    state: State, user: NamedDependency[User], run_id: FromPath[int]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         run = s.get(ModelRun, run_id)
@@ -156,14 +191,28 @@ def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[in
 
 
 @get(f"{API}/models/{{model_id:int}}/dq", sync_to_thread=True, summary="DQ results by date")
-def model_dq_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> list[dict[str, Any]]:
+def model_dq_route(
+    state: State, user: NamedDependency[User], model_id: FromPath[int]
+) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         get_model(s, user, model_id)
-        rows = s.exec(select(DQResult).where(DQResult.model_id == model_id)
-                      .order_by(col(DQResult.date), col(DQResult.id)))
+        rows = s.exec(
+            select(DQResult)
+            .where(DQResult.model_id == model_id)
+            .order_by(col(DQResult.date), col(DQResult.id))
+        )
         return [dq_json(r) for r in rows]
 
 
-ROUTES = [upload_model, list_models_route, get_model_route, patch_model_route,
-          delete_model_route, run_model_route, list_runs_route, get_run_route, model_dq_route]
+ROUTES = [
+    upload_model,
+    list_models_route,
+    get_model_route,
+    patch_model_route,
+    delete_model_route,
+    run_model_route,
+    list_runs_route,
+    get_run_route,
+    model_dq_route,
+]

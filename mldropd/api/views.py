@@ -9,8 +9,8 @@ from sqlmodel import Session, col, select
 
 from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User
 from mldropd.registry import versions
-from mldropd.scheduling.schedules import parse_schedule
 from mldropd.scheduling.scheduler import sweep_fire_time
+from mldropd.scheduling.schedules import parse_schedule
 from mldropd.settings import Settings
 
 

@@ -45,8 +45,11 @@ def _latest_runs(session: Session, day: dt.date, model_ids: Iterable[int]) -> di
 def attempts_so_far(session: Session, day: dt.date, model_id: int) -> int:
     """How many attempts the model already had for day (any trigger)."""
     return session.exec(
-        select(func.count()).select_from(ModelRun).where(
-            ModelRun.date == day, ModelRun.model_id == model_id,
+        select(func.count())
+        .select_from(ModelRun)
+        .where(
+            ModelRun.date == day,
+            ModelRun.model_id == model_id,
             col(ModelRun.status).in_([ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED]),
         )
     ).one()
@@ -72,8 +75,9 @@ def plan_batch(
     for model in models:
         assert model.id is not None
         last = latest.get(model.id)
-        if last is not None and (last.status in _IN_PROGRESS or
-                                 (last.status == ModelRunStatus.SUCCEEDED and not force)):
+        if last is not None and (
+            last.status in _IN_PROGRESS or (last.status == ModelRunStatus.SUCCEEDED and not force)
+        ):
             covered[model.id] = last
         else:
             todo.append(model)
@@ -86,8 +90,12 @@ def plan_batch(
     for model in todo:
         assert model.id is not None
         run = ModelRun(
-            batch_id=batch.id, model_id=model.id, model_version=model.version, date=day,
-            trigger=trigger, attempt=attempts_so_far(session, day, model.id) + 1,
+            batch_id=batch.id,
+            model_id=model.id,
+            model_version=model.version,
+            date=day,
+            trigger=trigger,
+            attempt=attempts_so_far(session, day, model.id) + 1,
         )
         session.add(run)
         covered[model.id] = run
@@ -95,8 +103,9 @@ def plan_batch(
     return batch, covered
 
 
-def retry_at(attempt: int, max_attempts: int, retry_delay_s: int, now: dt.datetime
-             ) -> dt.datetime | None:
+def retry_at(
+    attempt: int, max_attempts: int, retry_delay_s: int, now: dt.datetime
+) -> dt.datetime | None:
     """When a model that failed its attempt-th try is tried again (None: no more tries)."""
     if attempt >= max_attempts:
         return None

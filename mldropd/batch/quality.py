@@ -31,14 +31,22 @@ def _scores(con: duckdb.DuckDBPyConnection, part: Path) -> np.ndarray:
     return con.sql(f"SELECT score FROM read_parquet({glob})").fetchnumpy()["score"]
 
 
-def _sample(con: duckdb.DuckDBPyConnection, source: FeatureSource, slice_date: dt.date | None,
-            part: Path, features: list[str], key: str, max_rows: int) -> pd.DataFrame:
+def _sample(
+    con: duckdb.DuckDBPyConnection,
+    source: FeatureSource,
+    slice_date: dt.date | None,
+    part: Path,
+    features: list[str],
+    key: str,
+    max_rows: int,
+) -> pd.DataFrame:
     """Up to max_rows rows of (features, score), chosen by a hash of the key (deterministic)."""
     glob = _sql_str(str(part / "*.parquet"))
     q = source.quote
     if slice_date is None or not features:
-        return con.sql(f"SELECT score FROM read_parquet({glob}) ORDER BY hash({q(key)}) "
-                       f"LIMIT {int(max_rows)}").df()
+        return con.sql(
+            f"SELECT score FROM read_parquet({glob}) ORDER BY hash({q(key)}) LIMIT {int(max_rows)}"
+        ).df()
     feats = source.select_sql(slice_date, [key, *features])
     cols = ", ".join(f"f.{q(c)}" for c in features)
     return con.sql(
@@ -70,8 +78,9 @@ def check_quality(
     previous = previous_partition(scores_root, day, model_id)
     with source.connect() as con:
         current_scores = _scores(con, current_part)
-        current = _sample(con, source, slice_date, current_part, features, entity_key,
-                          settings.av_max_rows)
+        current = _sample(
+            con, source, slice_date, current_part, features, entity_key, settings.av_max_rows
+        )
         reference = reference_scores = None
         ref_date = None
         if previous is not None:
@@ -79,15 +88,26 @@ def check_quality(
             ref_slice = source.slice_for(ref_date)
             usable = features if ref_slice is not None else []
             reference_scores = _scores(con, ref_part)
-            reference = _sample(con, source, ref_slice.date if ref_slice else None, ref_part,
-                                usable, entity_key, settings.av_max_rows)
+            reference = _sample(
+                con,
+                source,
+                ref_slice.date if ref_slice else None,
+                ref_part,
+                usable,
+                entity_key,
+                settings.av_max_rows,
+            )
             if not usable:
                 current = current[["score"]]
     report = evaluate(
-        current, reference,
+        current,
+        reference,
         features=[c for c in current.columns if c != "score"],
-        thresholds=thresholds, is_probability=is_probability, slice_rows=slice_rows,
+        thresholds=thresholds,
+        is_probability=is_probability,
+        slice_rows=slice_rows,
         av_max_rows=settings.av_max_rows,
-        current_scores=current_scores, reference_scores=reference_scores,
+        current_scores=current_scores,
+        reference_scores=reference_scores,
     )
     return QualityResult(report, ref_date)

@@ -45,8 +45,14 @@ log = logging.getLogger(__name__)
 class BatchJob:
     """Executes one pending batch run; every step commits what it learnt."""
 
-    def __init__(self, settings: Settings, batch_id: int, *, engine: Engine | None = None,
-                 retries: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        batch_id: int,
+        *,
+        engine: Engine | None = None,
+        retries: bool = True,
+    ) -> None:
         self.settings = settings
         self.batch_id = batch_id
         self.engine = engine or make_engine(settings.database.path)
@@ -87,47 +93,82 @@ class BatchJob:
             rows = s.exec(
                 select(ModelRun, Model, ModelVersion)
                 .join(Model, Model.id == ModelRun.model_id)
-                .join(ModelVersion, (ModelVersion.model_id == ModelRun.model_id)
-                      & (ModelVersion.version == ModelRun.model_version))
-                .where(ModelRun.batch_id == self.batch_id,
-                       ModelRun.status == ModelRunStatus.PENDING)
+                .join(
+                    ModelVersion,
+                    (ModelVersion.model_id == ModelRun.model_id)
+                    & (ModelVersion.version == ModelRun.model_version),
+                )
+                .where(
+                    ModelRun.batch_id == self.batch_id, ModelRun.status == ModelRunStatus.PENDING
+                )
             ).all()
             for run, _, _ in rows:
                 run.status = check_model_run_transition(run.status, ModelRunStatus.RUNNING)
                 run.started_at = utcnow()
             return batch.date, [tuple(r) for r in rows]  # type: ignore[misc]
 
-    def _score(self, day: dt.date, prepared: list[PreparedModel], slice_date: dt.date
-               ) -> dict[int, Outcome]:
+    def _score(
+        self, day: dt.date, prepared: list[PreparedModel], slice_date: dt.date
+    ) -> dict[int, Outcome]:
         tasks, timeouts = [], {}
         for p in prepared:
             assert p.run.id is not None and p.model.id is not None
             contract = p.version.contract
-            tasks.append({
-                "model_run_id": p.run.id, "model_id": p.model.id,
-                "model_version": p.version.version, "path": str(p.path),
-                "features": p.features, "input": contract["input"], "call": contract["call"],
-                "output": contract["output"], "entity_key": p.entity_key,
-                "out_dir": str(staging_dir(self.settings.scores.path, self.batch_id, p.run.id)),
-            })
-            timeouts[p.run.id] = float(contract.get("params", {}).get("timeout_s")
-                                       or self.settings.engine.model_timeout_s)
-        batch_rows = min([p.version.contract.get("params", {}).get("batch_size")
-                          or self.settings.engine.batch_rows for p in prepared])
+            tasks.append(
+                {
+                    "model_run_id": p.run.id,
+                    "model_id": p.model.id,
+                    "model_version": p.version.version,
+                    "path": str(p.path),
+                    "features": p.features,
+                    "input": contract["input"],
+                    "call": contract["call"],
+                    "output": contract["output"],
+                    "entity_key": p.entity_key,
+                    "out_dir": str(staging_dir(self.settings.scores.path, self.batch_id, p.run.id)),
+                }
+            )
+            timeouts[p.run.id] = float(
+                contract.get("params", {}).get("timeout_s") or self.settings.engine.model_timeout_s
+            )
+        batch_rows = min(
+            [
+                p.version.contract.get("params", {}).get("batch_size")
+                or self.settings.engine.batch_rows
+                for p in prepared
+            ]
+        )
         request = {
             "features": dataclasses.asdict(self.settings.features),
-            "slice_date": slice_date.isoformat(), "batch_rows": batch_rows,
-            "scored_at": dt.datetime.now(dt.UTC).isoformat(), "models": tasks,
+            "slice_date": slice_date.isoformat(),
+            "batch_rows": batch_rows,
+            "scored_at": dt.datetime.now(dt.UTC).isoformat(),
+            "models": tasks,
         }
-        return score_models(request, timeouts=timeouts,
-                            memory_mb=self.settings.engine.model_memory_mb,
-                            work_dir=self.work, batch_id=self.batch_id, heartbeat=self.heartbeat)
+        return score_models(
+            request,
+            timeouts=timeouts,
+            memory_mb=self.settings.engine.model_memory_mb,
+            work_dir=self.work,
+            batch_id=self.batch_id,
+            heartbeat=self.heartbeat,
+        )
 
-    def _finish_model(self, day: dt.date, p: PreparedModel, outcome: Outcome, slice_date: dt.date,
-                      slice_rows: int | None) -> None:
+    def _finish_model(
+        self,
+        day: dt.date,
+        p: PreparedModel,
+        outcome: Outcome,
+        slice_date: dt.date,
+        slice_rows: int | None,
+    ) -> None:
         assert p.run.id is not None and p.model.id is not None
-        extra = {"run_id": self.batch_id, "model_run_id": p.run.id, "model_id": p.model.id,
-                 "date": day.isoformat()}
+        extra = {
+            "run_id": self.batch_id,
+            "model_run_id": p.run.id,
+            "model_id": p.model.id,
+            "date": day.isoformat(),
+        }
         if not outcome.ok:
             self._set_run(p.run.id, ModelRunStatus.FAILED, error=outcome.error)
             log.warning("model run failed: %s", outcome.error, extra=extra)
@@ -136,10 +177,16 @@ class BatchJob:
         publish(staged, self.settings.scores.path, day, p.model.id)
         try:
             result = check_quality(
-                self.source, self.settings.scores.path, day=day, model_id=p.model.id,
-                slice_date=slice_date, features=p.features, entity_key=p.entity_key,
+                self.source,
+                self.settings.scores.path,
+                day=day,
+                model_id=p.model.id,
+                slice_date=slice_date,
+                features=p.features,
+                entity_key=p.entity_key,
                 is_probability=p.version.contract["output"].startswith("proba"),
-                slice_rows=slice_rows, settings=self.settings.dq,
+                slice_rows=slice_rows,
+                settings=self.settings.dq,
                 overrides=p.version.contract.get("dq"),
             )
         except Exception as exc:  # DQ must never lose the scores that were written
@@ -154,15 +201,37 @@ class BatchJob:
             run.finished_at = utcnow()
             if result is not None:
                 r = result.report
-                s.add(DQResult(model_run_id=p.run.id, model_id=p.model.id, date=day,
-                               reference_date=result.reference_date, psi=r.psi,
-                               psi_noise=r.psi_noise, auc=r.auc, ks=r.ks, status=r.status,
-                               reason=r.reason, details=r.details))
+                s.add(
+                    DQResult(
+                        model_run_id=p.run.id,
+                        model_id=p.model.id,
+                        date=day,
+                        reference_date=result.reference_date,
+                        psi=r.psi,
+                        psi_noise=r.psi_noise,
+                        auc=r.auc,
+                        ks=r.ks,
+                        status=r.status,
+                        reason=r.reason,
+                        details=r.details,
+                    )
+                )
             else:
-                s.add(DQResult(model_run_id=p.run.id, model_id=p.model.id, date=day,
-                               status="warn", reason=f"DQ could not be computed: {dq_error}"))
-        log.info("model run succeeded rows=%s seconds=%.2f", outcome.rows, outcome.seconds or 0,
-                 extra=extra)
+                s.add(
+                    DQResult(
+                        model_run_id=p.run.id,
+                        model_id=p.model.id,
+                        date=day,
+                        status="warn",
+                        reason=f"DQ could not be computed: {dq_error}",
+                    )
+                )
+        log.info(
+            "model run succeeded rows=%s seconds=%.2f",
+            outcome.rows,
+            outcome.seconds or 0,
+            extra=extra,
+        )
 
     def _report(self) -> None:
         """One email per owner for this batch (several models in one message)."""
@@ -170,26 +239,49 @@ class BatchJob:
         with session_scope(self.engine) as s:
             batch = s.get(BatchRun, self.batch_id)
             assert batch is not None
-            rows = s.exec(select(ModelRun, Model).join(Model, Model.id == ModelRun.model_id)
-                          .where(ModelRun.batch_id == self.batch_id)).all()
+            rows = s.exec(
+                select(ModelRun, Model)
+                .join(Model, Model.id == ModelRun.model_id)
+                .where(ModelRun.batch_id == self.batch_id)
+            ).all()
             by_owner: dict[str, list[ReportItem]] = defaultdict(list)
             for run, model in rows:
                 dq = s.exec(select(DQResult).where(DQResult.model_run_id == run.id)).first()
                 retry = None
                 if run.status == ModelRunStatus.FAILED and self.retries:
-                    retry = retry_at(run.attempt, self.settings.scheduler.max_attempts,
-                                     self.settings.scheduler.retry_delay, now)
-                by_owner[model.email].append(ReportItem(
-                    model_id=model.id or 0, model_name=model.name,
-                    model_version=run.model_version, date=run.date, status=run.status,
-                    attempt=run.attempt, max_attempts=self.settings.scheduler.max_attempts,
-                    rows=run.rows, seconds=run.seconds, error=run.error, retry_at=retry,
-                    dq=None if dq is None else {
-                        "status": dq.status, "reason": dq.reason, "psi": dq.psi,
-                        "psi_noise": dq.psi_noise, "auc": dq.auc, "ks": dq.ks,
-                        "reference_date": dq.reference_date},
-                    recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
-                ))
+                    retry = retry_at(
+                        run.attempt,
+                        self.settings.scheduler.max_attempts,
+                        self.settings.scheduler.retry_delay,
+                        now,
+                    )
+                by_owner[model.email].append(
+                    ReportItem(
+                        model_id=model.id or 0,
+                        model_name=model.name,
+                        model_version=run.model_version,
+                        date=run.date,
+                        status=run.status,
+                        attempt=run.attempt,
+                        max_attempts=self.settings.scheduler.max_attempts,
+                        rows=run.rows,
+                        seconds=run.seconds,
+                        error=run.error,
+                        retry_at=retry,
+                        dq=None
+                        if dq is None
+                        else {
+                            "status": dq.status,
+                            "reason": dq.reason,
+                            "psi": dq.psi,
+                            "psi_noise": dq.psi_noise,
+                            "auc": dq.auc,
+                            "ks": dq.ks,
+                            "reference_date": dq.reference_date,
+                        },
+                        recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
+                    )
+                )
             for owner, items in by_owner.items():
                 subject, text, html = build_report(owner, items, self.settings.base_url)
                 enqueue(s, owner, subject, text, html)
@@ -206,7 +298,8 @@ class BatchJob:
                     run.finished_at = utcnow()
             ok = all(r.status == ModelRunStatus.SUCCEEDED for r in runs)
             batch.status = check_run_transition(
-                batch.status, RunStatus.SUCCEEDED if ok and not error else RunStatus.FAILED)
+                batch.status, RunStatus.SUCCEEDED if ok and not error else RunStatus.FAILED
+            )
             batch.error, batch.finished_at = error, utcnow()
             return RunStatus(batch.status)
 
@@ -216,10 +309,14 @@ class BatchJob:
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             day, runs = self._claim()
-            log.info("batch started with %d model(s)", len(runs),
-                     extra={"run_id": self.batch_id, "date": day.isoformat()})
-            table = build_table(self.source, make_store(self.settings.storage), day, runs,
-                                self.work / "models")
+            log.info(
+                "batch started with %d model(s)",
+                len(runs),
+                extra={"run_id": self.batch_id, "date": day.isoformat()},
+            )
+            table = build_table(
+                self.source, make_store(self.settings.storage), day, runs, self.work / "models"
+            )
             for run_id, reason in table.rejected.items():
                 self._set_run(run_id, ModelRunStatus.FAILED, error=reason)
             if table.models and table.slice is not None:
@@ -227,18 +324,28 @@ class BatchJob:
                 outcomes = self._score(day, table.models, table.slice.date)
                 for p in table.models:
                     assert p.run.id is not None
-                    self._finish_model(day, p, outcomes.get(p.run.id, Outcome(
-                        error="no result from the scoring process")), table.slice.date,
-                        slice_rows)
+                    self._finish_model(
+                        day,
+                        p,
+                        outcomes.get(p.run.id, Outcome(error="no result from the scoring process")),
+                        table.slice.date,
+                        slice_rows,
+                    )
             self._report()
             status = self.close()
         except Exception as exc:
             log.exception("batch failed", extra={"run_id": self.batch_id})
-            status = self.close(f"internal error in the batch job: {type(exc).__name__}: "
-                                 f"{exc}\n{traceback.format_exc(limit=-3)}")
+            status = self.close(
+                f"internal error in the batch job: {type(exc).__name__}: "
+                f"{exc}\n{traceback.format_exc(limit=-3)}"
+            )
         finally:
             discard_staging(self.settings.scores.path, self.batch_id)
             shutil.rmtree(self.work, ignore_errors=True)
-        log.info("batch %s in %.1f s", status, time.monotonic() - started,
-                 extra={"run_id": self.batch_id})
+        log.info(
+            "batch %s in %.1f s",
+            status,
+            time.monotonic() - started,
+            extra={"run_id": self.batch_id},
+        )
         return status

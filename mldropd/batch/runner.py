@@ -67,8 +67,9 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 class Runner:
     """Runs batch runs in order; one batch at a time (2 cores: batches would only compete)."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, on_retry: RetryHook | None = None
-                 ) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, *, on_retry: RetryHook | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.on_retry = on_retry
@@ -127,19 +128,29 @@ class Runner:
                     assert batch.pid is not None
                     os.killpg(batch.pid, signal.SIGKILL)  # an orphan of the old daemon
                     _wait_gone(batch.pid)
-                runs = s.exec(select(ModelRun).where(
-                    ModelRun.batch_id == batch.id, col(ModelRun.status).in_(
-                        [ModelRunStatus.RUNNING, ModelRunStatus.PENDING]))).all()
+                runs = s.exec(
+                    select(ModelRun).where(
+                        ModelRun.batch_id == batch.id,
+                        col(ModelRun.status).in_([ModelRunStatus.RUNNING, ModelRunStatus.PENDING]),
+                    )
+                ).all()
                 for run in runs:
                     run.status, run.started_at = ModelRunStatus.PENDING, None
                 batch.status, batch.pid = RunStatus.PENDING, None
-                log.warning("re-queued a batch interrupted by a stop", extra={
-                    "run_id": batch.id, "date": batch.date.isoformat()})
+                log.warning(
+                    "re-queued a batch interrupted by a stop",
+                    extra={"run_id": batch.id, "date": batch.date.isoformat()},
+                )
         # Only now that no orphan can still be writing: repair half-swapped partitions.
         write.recover(self.settings.scores.path)
         with session_scope(self.engine) as s:
-            return list(s.exec(select(BatchRun.id).where(BatchRun.status == RunStatus.PENDING)
-                               .order_by(BatchRun.date, BatchRun.id)))
+            return list(
+                s.exec(
+                    select(BatchRun.id)
+                    .where(BatchRun.status == RunStatus.PENDING)
+                    .order_by(BatchRun.date, BatchRun.id)
+                )
+            )
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -164,8 +175,13 @@ class Runner:
         argv = [sys.executable, "-m", "jobs.score_batch", str(self.settings_file), str(batch_id)]
         if not retries:
             argv.append("--no-retries")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, process_group=0)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
         self._current = proc
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):  # the job's log joins the daemon's log
@@ -180,7 +196,8 @@ class Runner:
             still_open = batch.status in (RunStatus.RUNNING, RunStatus.PENDING)
         if still_open:
             BatchJob(self.settings, batch_id, engine=self.engine).close(
-                f"the batch job died (exit code {proc.returncode}); see the daemon log")
+                f"the batch job died (exit code {proc.returncode}); see the daemon log"
+            )
         self._after(batch_id, retries)
         with session_scope(self.engine) as s:
             return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]
@@ -192,11 +209,18 @@ class Runner:
         now = utcnow()
         by_time: dict[tuple[dt.date, dt.datetime], list[int]] = {}
         with session_scope(self.engine) as s:
-            failed = s.exec(select(ModelRun).where(ModelRun.batch_id == batch_id,
-                                                   ModelRun.status == ModelRunStatus.FAILED))
+            failed = s.exec(
+                select(ModelRun).where(
+                    ModelRun.batch_id == batch_id, ModelRun.status == ModelRunStatus.FAILED
+                )
+            )
             for run in failed:
-                when = retry_at(run.attempt, self.settings.scheduler.max_attempts,
-                                self.settings.scheduler.retry_delay, now)
+                when = retry_at(
+                    run.attempt,
+                    self.settings.scheduler.max_attempts,
+                    self.settings.scheduler.retry_delay,
+                    now,
+                )
                 if when is not None:
                     by_time.setdefault((run.date, when), []).append(run.model_id)
         for (day, when), model_ids in by_time.items():

@@ -65,8 +65,16 @@ def score_models(
             part.unlink(missing_ok=True)
         req_path = work_dir / f"score-request-{round_no}.json"
         req_path.write_text(json.dumps({**request, "models": remaining}))
-        crashed_in, ended = _one_round(req_path, remaining, outcomes, timeouts, memory_mb,
-                                       work_dir / f"scorer-{round_no}", batch_id, heartbeat)
+        crashed_in, ended = _one_round(
+            req_path,
+            remaining,
+            outcomes,
+            timeouts,
+            memory_mb,
+            work_dir / f"scorer-{round_no}",
+            batch_id,
+            heartbeat,
+        )
         remaining = [t for t in remaining if t["model_run_id"] not in outcomes]
         if ended or crashed_in is None:
             for task in remaining:  # the child stopped outside any model's code
@@ -76,14 +84,23 @@ def score_models(
 
 
 def _one_round(
-    req_path: Path, tasks: list[dict[str, Any]], outcomes: dict[int, Outcome],
-    timeouts: dict[int, float], memory_mb: int, private_dir: Path, batch_id: int,
+    req_path: Path,
+    tasks: list[dict[str, Any]],
+    outcomes: dict[int, Outcome],
+    timeouts: dict[int, float],
+    memory_mb: int,
+    private_dir: Path,
+    batch_id: int,
     heartbeat: Callable[[], None],
 ) -> tuple[int | None, str | None]:
     """Run the child once. Returns (model run it died in, error when it failed outside models)."""
-    proc = sandbox.start(sandbox.python_argv("jobs.score_models", str(req_path)),
-                         memory_mb=memory_mb, private_dir=private_dir,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = sandbox.start(
+        sandbox.python_argv("jobs.score_models", str(req_path)),
+        memory_mb=memory_mb,
+        private_dir=private_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=60)
     drainer = threading.Thread(target=_drain, args=(proc.stderr, tail, batch_id), daemon=True)
     drainer.start()
@@ -102,11 +119,15 @@ def _one_round(
                 limit = timeouts.get(run_id, 1800.0)
                 if used[run_id] + time.monotonic() - since > limit:
                     sandbox.kill_group(proc)
-                    outcomes[run_id] = Outcome(error=(
-                        f"the model did not finish within its time limit of {limit:.0f} s "
-                        "(set params.timeout_s or [engine] model_timeout_s) and was stopped"))
-                    log.warning("model timed out", extra={"run_id": batch_id,
-                                                          "model_run_id": run_id})
+                    outcomes[run_id] = Outcome(
+                        error=(
+                            f"the model did not finish within its time limit of {limit:.0f} s "
+                            "(set params.timeout_s or [engine] model_timeout_s) and was stopped"
+                        )
+                    )
+                    log.warning(
+                        "model timed out", extra={"run_id": batch_id, "model_run_id": run_id}
+                    )
                     return run_id, None
             if not selector.select(timeout=0.5):
                 continue
@@ -141,8 +162,7 @@ def _one_round(
     if current is not None:
         run_id = current[0]
         outcomes[run_id] = Outcome(error=f"the model crashed the scoring process: {how}")
-        log.warning("model crashed its process", extra={"run_id": batch_id,
-                                                        "model_run_id": run_id})
+        log.warning("model crashed its process", extra={"run_id": batch_id, "model_run_id": run_id})
         return run_id, None
     detail = "\n".join(list(tail)[-8:])
     return None, f"the scoring process failed outside any model: {how}\n{detail}".strip()

@@ -59,7 +59,8 @@ def build_table(
         if missing:
             table.rejected[run.id] = (
                 f"the feature slice {table.slice.date} lacks {', '.join(missing)}, which the model "
-                "needs; upload a version without them or add them to the feature store")
+                "needs; upload a version without them or add them to the feature store"
+            )
             continue
         path = models_dir / f"model-run-{run.id}.dill"
         try:
@@ -70,9 +71,13 @@ def build_table(
         if sha256_file(path) != version.sha256:
             table.rejected[run.id] = (
                 f"the stored model file {version.artifact_key} does not match its sha256; "
-                "upload the model again")
+                "upload the model again"
+            )
             continue
         table.models.append(PreparedModel(run, model, version, path, entity_key))
-    table.columns = list(dict.fromkeys(
-        [m.entity_key for m in table.models] + [f for m in table.models for f in m.features]))
+    table.columns = list(
+        dict.fromkeys(
+            [m.entity_key for m in table.models] + [f for m in table.models for f in m.features]
+        )
+    )
     return table

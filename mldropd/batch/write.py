@@ -80,8 +80,9 @@ def recover(scores_root: str | Path) -> list[Path]:
     return restored
 
 
-def previous_partition(scores_root: str | Path, day: dt.date, model_id: int
-                       ) -> tuple[dt.date, Path] | None:
+def previous_partition(
+    scores_root: str | Path, day: dt.date, model_id: int
+) -> tuple[dt.date, Path] | None:
     """The model's latest scored partition before day (the DQ reference)."""
     best: tuple[dt.date, Path] | None = None
     root = Path(scores_root)
@@ -93,7 +94,11 @@ def previous_partition(scores_root: str | Path, day: dt.date, model_id: int
         except ValueError:
             continue
         part = day_dir / f"model={model_id}"
-        if d < day and part.is_dir() and any(part.glob("*.parquet")) and (
-                best is None or d > best[0]):
+        if (
+            d < day
+            and part.is_dir()
+            and any(part.glob("*.parquet"))
+            and (best is None or d > best[0])
+        ):
             best = (d, part)
     return best

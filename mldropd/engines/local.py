@@ -49,18 +49,37 @@ class ModelTask:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelTask:
-        return cls(**{k: data[k] for k in (
-            "model_run_id", "model_id", "model_version", "path", "features", "input", "call",
-            "output", "entity_key", "out_dir")})
+        return cls(
+            **{
+                k: data[k]
+                for k in (
+                    "model_run_id",
+                    "model_id",
+                    "model_version",
+                    "path",
+                    "features",
+                    "input",
+                    "call",
+                    "output",
+                    "entity_key",
+                    "out_dir",
+                )
+            }
+        )
 
 
 def scores_schema(key_type: pa.DataType, entity_key: str) -> pa.Schema:
     """Columns of a scores partition file (dt and model are in the path)."""
-    return pa.schema([
-        (entity_key, key_type), ("score", pa.float64()), ("model_id", pa.int64()),
-        ("model_version", pa.int64()), ("run_id", pa.int64()),
-        ("scored_at", pa.timestamp("us", tz="UTC")),
-    ])
+    return pa.schema(
+        [
+            (entity_key, key_type),
+            ("score", pa.float64()),
+            ("model_id", pa.int64()),
+            ("model_version", pa.int64()),
+            ("run_id", pa.int64()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
 
 
 class Reporter:
@@ -99,12 +118,19 @@ def load_models(tasks: list[ModelTask], report: Reporter) -> None:
         report("done", model_run_id=task.model_run_id, step="load")
 
 
-def score_slice(features: FeatureSettings, slice_date: dt.date, tasks: list[ModelTask],
-                batch_rows: int, scored_at: dt.datetime, report: Reporter) -> int:
+def score_slice(
+    features: FeatureSettings,
+    slice_date: dt.date,
+    tasks: list[ModelTask],
+    batch_rows: int,
+    scored_at: dt.datetime,
+    report: Reporter,
+) -> int:
     """Stream the slice once and score every model on every batch; return rows read."""
     source = FeatureSource(features)
-    columns = list(dict.fromkeys(
-        [t.entity_key for t in tasks] + [f for t in tasks for f in t.features]))
+    columns = list(
+        dict.fromkeys([t.entity_key for t in tasks] + [f for t in tasks for f in t.features])
+    )
     load_models(tasks, report)
     live = [t for t in tasks if t.error is None]
     total = 0
@@ -116,22 +142,36 @@ def score_slice(features: FeatureSettings, slice_date: dt.date, tasks: list[Mode
                 report("start", model_run_id=task.model_run_id, step="score", batch=index)
                 started = time.perf_counter()
                 try:
-                    scores = predict(task.pipeline, to_input(batch, task.features, task.input),
-                                     task.call, task.output)
+                    scores = predict(
+                        task.pipeline,
+                        to_input(batch, task.features, task.input),
+                        task.call,
+                        task.output,
+                    )
                     check_scores(scores, batch.num_rows)
                 except Exception as exc:  # the model's own failure: it fails alone
-                    _fail(task, f"scoring batch {index} ({batch.num_rows} rows) failed: "
-                          f"{type(exc).__name__}: {exc}", report)
+                    _fail(
+                        task,
+                        f"scoring batch {index} ({batch.num_rows} rows) failed: "
+                        f"{type(exc).__name__}: {exc}",
+                        report,
+                    )
                     live.remove(task)
                     continue
                 _write(task, batch, scores, scored_at)
                 task.seconds += time.perf_counter() - started
-                report("done", model_run_id=task.model_run_id, step="score", batch=index,
-                       seconds=task.seconds)
+                report(
+                    "done",
+                    model_run_id=task.model_run_id,
+                    step="score",
+                    batch=index,
+                    seconds=task.seconds,
+                )
     for task in live:
         if task.writer is None:  # an empty slice still gets a (empty) partition file
-            task.writer = pq.ParquetWriter(Path(task.out_dir, PART_FILE), scores_schema(
-                pa.int64(), task.entity_key))
+            task.writer = pq.ParquetWriter(
+                Path(task.out_dir, PART_FILE), scores_schema(pa.int64(), task.entity_key)
+            )
         task.writer.close()
         task.writer = None
         report("finished", model_run_id=task.model_run_id, rows=task.rows, seconds=task.seconds)
@@ -143,16 +183,25 @@ def _write(task: ModelTask, batch: pa.RecordBatch, scores: Any, scored_at: dt.da
     n = batch.num_rows
     if task.writer is None:
         Path(task.out_dir).mkdir(parents=True, exist_ok=True)
-        task.writer = pq.ParquetWriter(Path(task.out_dir, PART_FILE),
-                                       scores_schema(keys.type, task.entity_key))
+        task.writer = pq.ParquetWriter(
+            Path(task.out_dir, PART_FILE), scores_schema(keys.type, task.entity_key)
+        )
+
     def constant(value: int) -> pa.Array:
         return pa.array(np.full(n, value, dtype=np.int64))
 
     stamp = pa.array(np.full(n, int(scored_at.timestamp() * 1_000_000), dtype=np.int64)).cast(
-        pa.timestamp("us", tz="UTC"))
+        pa.timestamp("us", tz="UTC")
+    )
     table = pa.Table.from_arrays(
-        [keys, pa.array(scores, pa.float64()), constant(task.model_id),
-         constant(task.model_version), constant(task.model_run_id), stamp],
+        [
+            keys,
+            pa.array(scores, pa.float64()),
+            constant(task.model_id),
+            constant(task.model_version),
+            constant(task.model_run_id),
+            stamp,
+        ],
         schema=task.writer.schema,
     )
     task.writer.write_table(table)

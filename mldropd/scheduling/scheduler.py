@@ -28,14 +28,18 @@ OUTBOX_JOB = "deliver-outbox"
 def build_scheduler(settings: Settings) -> BackgroundScheduler:
     """A scheduler whose jobs live in the daemon's SQLite database."""
     store = SQLAlchemyJobStore(
-        url=f"sqlite:///{settings.database.path}", tablename="apscheduler_jobs",
+        url=f"sqlite:///{settings.database.path}",
+        tablename="apscheduler_jobs",
         engine_options={"connect_args": {"timeout": 30}},
     )
     return BackgroundScheduler(
         jobstores={"default": store},
         executors={"default": ThreadPoolExecutor(4)},
-        job_defaults={"coalesce": True, "max_instances": 1,
-                      "misfire_grace_time": settings.scheduler.misfire_grace_s},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": settings.scheduler.misfire_grace_s,
+        },
         timezone=settings.scheduler.timezone,
     )
 
@@ -45,26 +49,36 @@ def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
     trigger = parse_cron(settings.scheduler.sweep, settings.scheduler.timezone)
     job = scheduler.get_job(SWEEP_JOB)
     if job is None:
-        scheduler.add_job("mldropd.scheduling.jobs:sweep", trigger=trigger, id=SWEEP_JOB,
-                          name="daily sweep")
+        scheduler.add_job(
+            "mldropd.scheduling.jobs:sweep", trigger=trigger, id=SWEEP_JOB, name="daily sweep"
+        )
     elif str(job.trigger) != str(trigger):
         log.info("sweep schedule changed in the config: %s -> %s", job.trigger, trigger)
         scheduler.reschedule_job(SWEEP_JOB, trigger=trigger)
     if scheduler.get_job(OUTBOX_JOB) is None:
-        scheduler.add_job("mldropd.scheduling.jobs:deliver_outbox",
-                          trigger=IntervalTrigger(seconds=60), id=OUTBOX_JOB,
-                          name="deliver report emails")
+        scheduler.add_job(
+            "mldropd.scheduling.jobs:deliver_outbox",
+            trigger=IntervalTrigger(seconds=60),
+            id=OUTBOX_JOB,
+            name="deliver report emails",
+        )
 
 
-def add_retry(scheduler: BackgroundScheduler, day: dt.date, model_ids: list[int],
-              when: dt.datetime) -> None:
+def add_retry(
+    scheduler: BackgroundScheduler, day: dt.date, model_ids: list[int], when: dt.datetime
+) -> None:
     """A persisted one-off job retrying failed models of a date."""
     ids = sorted(set(model_ids))
     job_id = f"retry-{day.isoformat()}-{when:%Y%m%dT%H%M%S}-{'-'.join(map(str, ids))}"
     if scheduler.get_job(job_id) is None:
-        scheduler.add_job("mldropd.scheduling.jobs:retry", trigger=DateTrigger(
-            when.replace(tzinfo=dt.UTC)), args=[day.isoformat(), ids], id=job_id,
-            name=f"retry {day} models {ids}", misfire_grace_time=None)
+        scheduler.add_job(
+            "mldropd.scheduling.jobs:retry",
+            trigger=DateTrigger(when.replace(tzinfo=dt.UTC)),
+            args=[day.isoformat(), ids],
+            id=job_id,
+            name=f"retry {day} models {ids}",
+            misfire_grace_time=None,
+        )
 
 
 def sweep_dates_between(settings: Settings, start: dt.date, now: dt.datetime) -> list[dt.date]:
@@ -85,4 +99,5 @@ def sweep_dates_between(settings: Settings, start: dt.date, now: dt.datetime) ->
 def sweep_fire_time(settings: Settings, now: dt.datetime) -> dt.datetime | None:
     """The next time the sweep fires at or after now."""
     return parse_cron(settings.scheduler.sweep, settings.scheduler.timezone).get_next_fire_time(
-        None, now)
+        None, now
+    )
