@@ -139,5 +139,6 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
         exception_handlers={MldropdError: on_domain_error, HTTPException: on_http_error},
         openapi_config=OpenAPIConfig(title="mldropd", version=__version__),
+        logging_config=None,  # mldropd.logs configures logging once, for the whole process
         request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),
     )

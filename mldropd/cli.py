@@ -110,8 +110,9 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
 
     from mldropd.auth import create_user, rotate_token
     from mldropd.daemon import Daemon
-    from mldropd.records import Model, User
+    from mldropd.records import Model, ModelRun, User
     from mldropd.registry import UploadForm, register_upload
+    from mldropd.states import Trigger
 
     daemon = Daemon(settings, with_scheduler=False)
     with Session(daemon.engine) as s:
@@ -120,16 +121,24 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
         user, token = create_user(daemon.engine, email, admin=True)
     else:
         token = rotate_token(daemon.engine, email)
+    registered = []
     for path in model_files:
         with Session(daemon.engine) as s:
-            exists = s.exec(
+            model = s.exec(
                 select(Model).where(Model.owner_id == user.id, Model.name == path.stem)
             ).first()
-        if exists is None:
+        if model is None:
             click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...", err=True)
-            register_upload(
+            model, _ = register_upload(
                 daemon.engine, daemon.store, settings, user, path, UploadForm(filename=path.name)
             )
+        registered.append(model)
+    with Session(daemon.engine) as s:
+        scored = s.exec(select(ModelRun.id).limit(1)).first() is not None
+    if not scored:  # queue yesterday and today, so the first page shows scores and DQ
+        today = daemon.today()
+        daemon.run_models(today - dt.timedelta(days=1), registered, Trigger.BACKFILL, submit=False)
+        daemon.run_models(today, registered, Trigger.MANUAL, submit=False)
     daemon.engine.dispose()
     return token
 
