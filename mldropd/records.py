@@ -70,6 +70,7 @@ class BatchRun(SQLModel, table=True):
     pid: int | None = None  # the batch job process
     runner_pid: int | None = None  # the daemon or CLI process that started the job
     heartbeat_at: dt.datetime | None = None
+    not_before: dt.datetime | None = None  # a waiting batch (sensor) runs again at this time
     error: str | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None
@@ -93,6 +94,8 @@ class ModelRun(SQLModel, table=True):
     seconds: float | None = None
     error: str | None = None
     slice_date: dt.date | None = None  # the feature partition actually used
+    warning: str | None = None  # e.g. much slower than the model's median run
+    quarantined: bool = False  # scores held back by the DQ publish gate
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -86,6 +86,19 @@ class SchedulerSettings:
     misfire_grace_s: int = _opt(
         21600, "A sweep late by at most this many seconds (daemon was down) still fires once."
     )
+    sensor_interval: int = _opt(600, "Seconds between checks for a late feature slice.")
+    sensor_deadline: int = _opt(
+        21600, "Seconds a batch waits for its feature slice before its models fail."
+    )
+    duration_warning: float = _opt(
+        3.0, "Flag a model run slower than this many times its model's median run."
+    )
+    shutdown_grace_s: int = _opt(
+        60, "On SIGTERM, seconds the running batch may finish before it is stopped (and resumed)."
+    )
+    heartbeat_timeout_s: int = _opt(
+        900, "A batch job silent for this many seconds is stopped and its batch failed."
+    )
 
 
 @dataclass
@@ -111,6 +124,15 @@ class DQSettings:
     auc_warn: float = _opt(0.6, "Adversarial-validation AUC at or above this is warn.")
     auc_alert: float = _opt(0.75, "Adversarial-validation AUC at or above this is alert.")
     av_max_rows: int = _opt(50_000, "Rows sampled per side for adversarial validation.")
+    feature_psi_top: int = _opt(
+        10, "Feature drift: PSI of this many of the model's most important features."
+    )
+    gate: str = _opt(
+        "off", "Publish gate: 'alert' keeps scores of an alert run in quarantine until published."
+    )
+    quarantine_path: str = _opt(
+        "quarantine", "Where the publish gate keeps held-back partitions.", path=True
+    )
 
 
 @dataclass
@@ -293,6 +315,7 @@ _CHOICES = {
     ("storage", "kind"): {"local", "s3"},
     ("features", "kind"): {"parquet", "duckdb"},
     ("engine", "default"): {"auto", "local", "spark"},
+    ("dq", "gate"): {"off", "alert"},
 }
 
 

@@ -94,3 +94,45 @@ def test_broken_config_stops_with_the_key(home: Path) -> None:
     result = mldropd(home, "check-config")
     assert result.returncode != 0
     assert "unknown key 'batch_row' in [engine]" in result.stderr
+
+
+def test_demo_serves_scored_models_with_a_printed_token(tmp_path: Path) -> None:
+    """The README's first command: demo home, admin token, both demo models scored with DQ."""
+    import os
+
+    import httpx
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mldropd", "demo", "--dir", str(tmp_path / "home"),
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        token = wait_for(lambda: next((line.strip() for line in log.read_text().splitlines()
+                                       if line.strip().startswith("mld_")), None),
+                         timeout=180, what="the printed token")
+        assert url in log.read_text()
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def scored() -> list[dict[str, object]] | None:
+            try:
+                runs = httpx.get(f"{url}/api/v1/runs", headers=headers, timeout=5).json()
+            except httpx.HTTPError:
+                return None
+            done = [r for r in runs if r["status"] == "succeeded"]
+            return runs if len(done) == 4 else None
+
+        wait_for(scored, timeout=240, what="four demo model runs")
+        models = httpx.get(f"{url}/api/v1/models", headers=headers).json()
+        assert sorted(m["name"] for m in models) == ["churn_lgbm", "churn_logreg"]
+        dq = httpx.get(f"{url}/api/v1/models/{models[0]['id']}/dq", headers=headers).json()
+        assert len(dq) == 2 and dq[1]["psi"] is not None and dq[1]["auc"] is not None
+        wait_for(lambda: list((tmp_path / "home" / "outbox").glob("*.eml")), timeout=60,
+                 what="a report in the outbox")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
