@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import click
 
 from mldropd import logs
 from mldropd.errors import MldropdError
-from mldropd.settings import Settings, describe, load_settings
+from mldropd.settings import ENV_PREFIX, Settings, describe, load_settings
 
 CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
 
@@ -46,10 +47,14 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
 
     from mldropd.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except MldropdError as exc:  # e.g. a database newer than this mldropd: say so, no traceback
+        raise click.ClickException(exc.message) from None
     for line in banner or []:
         click.echo(line)
-    click.echo(f"mldropd listening on {settings.base_url}", err=True)
+    # A log event, not a bare line: a JSON log stays one JSON object per line.
+    logging.getLogger("mldropd").info("mldropd listening on %s", settings.base_url)
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -226,10 +231,19 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+def _parse_day(value: str, hint: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=hint) from None
+
+
 @main.command()
 @click.option(
     "--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's time zone)."
 )
+@click.option("--from", "first", help="Backfill from this date (YYYY-MM-DD), oldest first.")
+@click.option("--to", "last", help="Backfill up to this date, included (default: today).")
 @click.option(
     "--model",
     "model_ids",
@@ -238,77 +252,136 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
     help="Model id to score (repeatable). Default: every active model due on the date.",
 )
 @click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-def run(day: str | None, model_ids: tuple[int, ...], config: str | None) -> None:
-    """Score now in the foreground, as the sweep would; exits 1 if a model failed."""
+def run(
+    day: str | None,
+    first: str | None,
+    last: str | None,
+    model_ids: tuple[int, ...],
+    config: str | None,
+) -> None:
+    """Score now in the foreground, as the sweep would; exits 1 if a model failed.
+
+    With --from/--to, every date of the range is scored in turn (a backfill). Without --model,
+    models already scored for a date are not scored again; with --model they are rescored.
+    """
     from sqlmodel import Session, col, select
 
-    from mldropd.batch.plan import due_models
     from mldropd.daemon import Daemon
-    from mldropd.records import Model, ModelRun
-    from mldropd.states import Trigger
+    from mldropd.records import Model
 
     settings = _load(config)
     daemon = Daemon(settings, with_scheduler=False)
-    try:
-        run_date = dt.date.fromisoformat(day) if day else daemon.today()
-    except ValueError:
-        raise click.BadParameter(
-            f"{day!r} is not a date (YYYY-MM-DD)", param_hint="--date"
-        ) from None
-    with Session(daemon.engine) as s:
-        if model_ids:
+    if day and (first or last):
+        raise click.UsageError("use either --date or --from/--to")
+    if first:
+        start = _parse_day(first, "--from")
+        end = _parse_day(last, "--to") if last else daemon.today()
+        if end < start:
+            raise click.BadParameter(f"--to {end} is before --from {start}", param_hint="--to")
+        dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    else:
+        dates = [_parse_day(day, "--date") if day else daemon.today()]
+    chosen: list[Model] | None = None
+    if model_ids:
+        with Session(daemon.engine) as s:
             chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
-            unknown = set(model_ids) - {m.id for m in chosen}
-            if unknown:
-                raise click.ClickException(f"no model with id {sorted(unknown)}")
-        else:
-            chosen = due_models(s, run_date)
-    if not chosen:
-        click.echo(f"no model is due on {run_date}")
-        return
-    trigger = Trigger.MANUAL if model_ids else Trigger.SCHEDULE
-    batch_id, covered = daemon.run_models(
-        run_date, chosen, trigger, force=bool(model_ids), submit=False
-    )
-    if batch_id is not None:
-        daemon.runner.run(batch_id, retries=False)
-    failed = 0
-    with Session(daemon.engine) as s:
-        for model in chosen:
-            mr = s.get(ModelRun, covered[model.id or 0].id)
-            assert mr is not None
-            failed += mr.status != "succeeded"
-            click.echo(
-                f"{model.name} (id {model.id}) {run_date}: {mr.status}"
-                + (
-                    f", {mr.rows} rows in {mr.seconds:.2f} s"
-                    if mr.rows is not None and mr.seconds is not None
-                    else ""
-                )
-                + (f"\n  error: {mr.error}" if mr.error else "")
-            )
+        unknown = set(model_ids) - {m.id for m in chosen}
+        if unknown:
+            raise click.ClickException(f"no model with id {sorted(unknown)}")
+    failed = sum(_run_date(daemon, d, chosen, backfill=len(dates) > 1) for d in dates)
     daemon.stop()
     sys.exit(1 if failed else 0)
 
 
+def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None, *, backfill: bool) -> int:
+    """Score one date in the foreground (waiting for late data like the sensor); count failures."""
+    import time
+
+    from sqlmodel import Session
+
+    from mldropd.batch.plan import due_models
+    from mldropd.records import BatchRun, ModelRun, utcnow
+    from mldropd.states import RunStatus, Trigger
+
+    models = chosen
+    if models is None:
+        with Session(daemon.engine) as s:
+            models = due_models(s, run_date)
+    if not models:
+        click.echo(f"no model is due on {run_date}")
+        return 0
+    trigger = (Trigger.BACKFILL if backfill else Trigger.MANUAL) if chosen else Trigger.SCHEDULE
+    batch_id, covered = daemon.run_models(
+        run_date, models, trigger, force=chosen is not None, submit=False
+    )
+    while batch_id is not None and daemon.runner.run(batch_id, retries=False) == RunStatus.PENDING:
+        with Session(daemon.engine) as s:
+            batch = s.get(BatchRun, batch_id)
+            wake = batch.not_before if batch is not None else None
+        if wake is None:
+            break
+        wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
+        click.echo(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
+        time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
+    failed = 0
+    with Session(daemon.engine) as s:
+        for model in models:
+            mr = s.get(ModelRun, covered[model.id].id)
+            assert mr is not None
+            failed += mr.status != "succeeded"
+            done = (f", {mr.rows} rows in {mr.seconds:.2f} s"
+                    if mr.rows is not None and mr.seconds is not None else "")
+            error = f"\n  error: {mr.error}" if mr.error else ""
+            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}{done}{error}")
+    return failed
+
+
 @main.command("check-config")
 @click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-def check_config(config: str | None) -> None:
-    """Load and validate the configuration; print the effective values."""
-    settings = _load(config)
+@click.option("--host", help="As for serve: show the effect of this flag.")
+@click.option("--port", type=int, help="As for serve: show the effect of this flag.")
+def check_config(config: str | None, host: str | None, port: int | None) -> None:
+    """Load and validate the configuration; print the effective values and where each came from.
+
+    Each line ends with its source: default, file, environment (with the variable's name) or
+    flag. Secret-file settings and passwords inside URLs are shown as <redacted>.
+    """
+    import dataclasses
+    import re
+
+    settings = _load(config, _server_overrides(host, port))
     click.echo(f"# config file: {settings.config_file or '(none: defaults and environment)'}")
     values = settings.to_dict()
-    secrets = {(s, k) for s, k, _, _ in describe() if k.endswith(("password_file",))}
+    secrets = {
+        (section, f.name)
+        for section in values
+        for f in dataclasses.fields(getattr(settings, section))
+        if f.metadata.get("secret") or f.name.endswith("password_file")
+    }
     current = None
     for section, key, _, help_text in describe():
         if section != current:
             click.echo(f"\n[{section}]")
             current = section
         value = values[section][key]
-        shown = "<redacted>" if (section, key) in secrets and value else value
-        click.echo(f"{key} = {json.dumps(shown)}  # {help_text}")
+        if (section, key) in secrets and value:
+            value = "<redacted>"
+        elif isinstance(value, str):  # credentials in a URL: scheme://user:password@host
+            value = re.sub(r"(://[^/:@\s]+:)[^@/\s]+@", r"\1<redacted>@", value)
+        source = settings.sources.get(f"{section}.{key}", "default")
+        if source == "environment":
+            source = f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}"
+        click.echo(f"{key} = {json.dumps(value)}  # [{source}] {help_text}")
     click.echo("\nOK: the configuration is valid")
 
+
+from mldropd.cli_store import register  # noqa: E402  (store check, users set-quota)
+
+register(main)
+
+from mldropd.cli_ops import register as register_ops  # noqa: E402  (backup, restore)
+
+register_ops(main)
 
 if __name__ == "__main__":
     main()

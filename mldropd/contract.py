@@ -48,7 +48,7 @@ class ContractSummary:
     schedule: str | None = None
     entity_key: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    dq: dict[str, float] = field(default_factory=dict)
+    dq: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     importance: dict[str, float] = field(default_factory=dict)
     ignored_keys: list[str] = field(default_factory=list)
@@ -161,6 +161,8 @@ def _check_dq(dq: Any) -> list[FieldError]:
         for key in DQ_KEYS
         if key in dq and (isinstance(dq[key], bool) or not isinstance(dq[key], int | float))
     ]
+    if dq.get("gate") not in (None, "off", "alert"):
+        problems.append(FieldError("dq.gate", f"`dq.gate` {dq['gate']!r} must be 'off' or 'alert'"))
     for metric in ("psi", "auc"):
         warn, alert = dq.get(f"{metric}_warn"), dq.get(f"{metric}_alert")
         if not problems and warn is not None and alert is not None and warn > alert:
@@ -290,7 +292,8 @@ def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldErro
         schedule=parse_schedule(obj["schedule"]).text if obj.get("schedule") else None,
         entity_key=entity_key,
         params={k: params[k] for k in ("batch_size", "engine", "timeout_s") if k in params},
-        dq={k: float(dq[k]) for k in DQ_KEYS if k in dq},
+        dq={**{k: float(dq[k]) for k in DQ_KEYS if k in dq},
+            **({"gate": dq["gate"]} if dq.get("gate") else {})},
         meta=_jsonable(meta),
         importance=feature_importance(pipeline, features),
         ignored_keys=sorted(str(k) for k in obj if k not in KNOWN_KEYS),

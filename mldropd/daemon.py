@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import threading
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from mldropd.batch.plan import due_models, plan_batch
 from mldropd.batch.runner import Runner
 from mldropd.db import init_db, make_engine, session_scope
+from mldropd.features import FeatureSource
 from mldropd.notify.outbox import deliver_pending
 from mldropd.records import BatchRun, Model, ModelRun, SweepLog
 from mldropd.scheduling import jobs
 from mldropd.scheduling.scheduler import (
+    OUTBOX_JOB,
+    SWEEP_JOB,
+    add_resume,
     add_retry,
     build_scheduler,
     ensure_jobs,
@@ -44,7 +51,10 @@ class Daemon:
             build_scheduler(settings) if with_scheduler else None
         )
         self.runner = Runner(
-            settings, self.engine, on_retry=self.schedule_retry if with_scheduler else None
+            settings,
+            self.engine,
+            on_retry=self.schedule_retry if with_scheduler else None,
+            on_wait=self.schedule_wait if with_scheduler else None,
         )
         self._sweep_lock = threading.Lock()
 
@@ -63,7 +73,7 @@ class Daemon:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
             jobs.bind(None)
-        self.runner.stop()
+        self.runner.stop(self.settings.scheduler.shutdown_grace_s)
         self.engine.dispose()
         log.info("daemon stopped")
 
@@ -157,6 +167,14 @@ class Daemon:
                 extra={"date": day.isoformat()},
             )
 
+    def schedule_wait(self, batch_id: int, when: dt.datetime) -> None:
+        """The sensor: run a batch waiting for its feature slice again at `when`."""
+        if self.scheduler is not None:
+            add_resume(self.scheduler, batch_id, when)
+
+    def resume(self, batch_id: int) -> None:
+        self.runner.submit(batch_id)
+
     def deliver_outbox(self) -> None:
         deliver_pending(self.engine, self.settings.email)
 
@@ -167,6 +185,7 @@ class Daemon:
         try:
             with session_scope(self.engine) as s:
                 s.exec(select(BatchRun.id).limit(1)).all()
+            self._probe_write()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"database {self.settings.database.path} unusable: {exc}"
@@ -176,6 +195,51 @@ class Daemon:
         except Exception as exc:
             checks["store"] = str(exc)
         if self.scheduler is not None:
-            running = self.scheduler.running and self.scheduler.get_job("sweep") is not None
-            checks["scheduler"] = "ok" if running else "scheduler is not running"
+            checks["scheduler"] = self._scheduler_check()
+        checks["features"] = self._features_check()
+        checks["disk"] = self._disk_check()
         return checks
+
+    def _probe_write(self) -> None:
+        """A real write, rolled back: proves the file is writable and the write lock obtainable."""
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            finally:
+                trans.rollback()
+
+    def _scheduler_check(self) -> str:
+        assert self.scheduler is not None
+        if not self.scheduler.running:
+            return "the scheduler is not running"
+        missing = [j for j in (SWEEP_JOB, OUTBOX_JOB) if self.scheduler.get_job(j) is None]
+        if missing:
+            return f"the scheduler is running without its job(s) {', '.join(missing)}"
+        return "ok"
+
+    def _features_check(self) -> str:
+        cfg = self.settings.features
+        try:
+            latest = FeatureSource(cfg).latest()
+        except Exception as exc:
+            return f"the feature store cannot be read: {exc}"
+        if latest is None:
+            where = f"table {cfg.table} in {cfg.path}" if cfg.kind == "duckdb" else cfg.path
+            return f"the feature store ({where}) has no slice ({cfg.date_column}=YYYY-MM-DD)"
+        return "ok"
+
+    def _disk_check(self) -> str:
+        s = self.settings
+        folders = [Path(s.database.path).parent, Path(s.scores.path), Path(s.server.work_dir)]
+        if s.storage.kind == "local":
+            folders.append(Path(s.storage.path))
+        for folder in folders:
+            existing = next(p for p in (folder, *folder.parents) if p.exists())
+            free_mb = shutil.disk_usage(existing).free // (1 << 20)
+            if free_mb < s.server.min_free_disk_mb:
+                return (
+                    f"only {free_mb} MB free on the file system of {folder} "
+                    f"(below [server] min_free_disk_mb = {s.server.min_free_disk_mb})"
+                )
+        return "ok"

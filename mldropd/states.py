@@ -58,7 +58,8 @@ _MODEL_RUN_TRANSITIONS: dict[ModelRunStatus, set[ModelRunStatus]] = {
     ModelRunStatus.RUNNING: {
         ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED, ModelRunStatus.PENDING,
     },
-    ModelRunStatus.SUCCEEDED: set(),
+    # SUCCEEDED -> FAILED: its scores were discarded at the DQ publish gate.
+    ModelRunStatus.SUCCEEDED: {ModelRunStatus.FAILED},
     ModelRunStatus.FAILED: set(),
     ModelRunStatus.SKIPPED: set(),
 }

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
 from mldropd.api.views import dq_json, model_json, run_json
+from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, NotFound, Unauthorized, ValidationFailed
 from mldropd.records import DQResult, Model, ModelRun, User
@@ -147,6 +148,80 @@ def run_model_route(
     return {"run_id": run.id, "status": run.status, "date": run.date.isoformat()}
 
 
+def _range(data: dict[str, Any], today: dt.date) -> list[dt.date]:
+    """The dates of a run request: "date", or "from" and "to" (inclusive, at most a year)."""
+    if data.get("from"):
+        start = parse_date(data["from"], "from")
+        end = parse_date(data["to"], "to") if data.get("to") else today
+        if end < start:
+            raise ValidationFailed([FieldError("to", f"{end} is before {start}")])
+        if (end - start).days > 366:
+            raise ValidationFailed([FieldError("from", "a backfill covers at most 367 days")])
+        days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    else:
+        days = [parse_date(data["date"]) if data.get("date") else today]
+    if days[-1] > today:
+        raise ValidationFailed([FieldError("to", f"{days[-1]} is in the future")])
+    return days
+
+
+@post(f"{API}/runs", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
+      summary="Score models for a date or a date range (backfill), oldest date first")
+def backfill_route(state: State, user: NamedDependency[User], data: dict[str, Any]
+                   ) -> dict[str, Any]:
+    daemon = _daemon(state)
+    ids = data.get("model_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        raise ValidationFailed([FieldError("model_ids", "give the ids of the models to score")])
+    days = _range(data, daemon.today())
+    with Session(daemon.engine) as s:
+        models = [get_model(s, user, i) for i in ids]
+    runs = []
+    for day in days:
+        trigger = Trigger.MANUAL if day == daemon.today() else Trigger.BACKFILL
+        _, covered = daemon.run_models(day, models, trigger, force=True)
+        runs += [{"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
+                 for m, r in covered.items()]
+    return {"runs": runs}
+
+
+@post(f"{API}/runs/rerun-failed", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
+      summary="Score again every model whose latest run of a date failed")
+def rerun_failed_route(state: State, user: NamedDependency[User], data: dict[str, Any]
+                       ) -> dict[str, Any]:
+    daemon = _daemon(state)
+    day = parse_date(data.get("date"))
+    with Session(daemon.engine) as s:
+        query = select(ModelRun).where(ModelRun.date == day).order_by(col(ModelRun.id))
+        owned = _owned_model_ids(s, user)
+        if owned is not None:
+            query = query.where(col(ModelRun.model_id).in_(owned))
+        latest = {r.model_id: r for r in s.exec(query)}
+        failed = [m for m, r in latest.items() if r.status == "failed"]
+        models = list(s.exec(select(Model).where(col(Model.id).in_(failed))))
+    if not models:
+        return {"runs": []}
+    _, covered = daemon.run_models(day, models, Trigger.MANUAL)
+    return {"runs": [{"run_id": r.id, "model_id": m, "date": day.isoformat(),
+                      "status": r.status} for m, r in covered.items()]}
+
+
+@post(f"{API}/runs/{{run_id:int}}/publish", sync_to_thread=True, status_code=200,
+      summary="Publish scores held back by the DQ gate")
+def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[int]
+                  ) -> dict[str, Any]:
+    daemon = _daemon(state)
+    return run_json(publish_held(daemon.engine, daemon.settings, user, run_id))
+
+
+@post(f"{API}/runs/{{run_id:int}}/discard", sync_to_thread=True, status_code=200,
+      summary="Discard scores held back by the DQ gate")
+def discard_route(state: State, user: NamedDependency[User], run_id: FromPath[int]
+                  ) -> dict[str, Any]:
+    daemon = _daemon(state)
+    return run_json(discard_held(daemon.engine, daemon.settings, user, run_id))
+
+
 def _owned_model_ids(s: Session, user: User) -> list[int] | None:
     if user.is_admin:
         return None
@@ -212,6 +287,10 @@ ROUTES = [
     patch_model_route,
     delete_model_route,
     run_model_route,
+    backfill_route,
+    rerun_failed_route,
+    publish_route,
+    discard_route,
     list_runs_route,
     get_run_route,
     model_dq_route,

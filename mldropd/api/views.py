@@ -31,6 +31,8 @@ def run_json(run: ModelRun) -> dict[str, Any]:
         "status": run.status, "attempt": run.attempt, "trigger": run.trigger, "rows": run.rows,
         "seconds": None if run.seconds is None else round(run.seconds, 3), "error": run.error,
         "slice_date": run.slice_date.isoformat() if run.slice_date else None,
+        "warning": run.warning,
+        "quarantined": run.quarantined,
         "created_at": _iso(run.created_at), "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
     }

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from mldropd.batch.write import partition_dir, previous_partition
+from mldropd.batch.write import previous_partition
 from mldropd.dq.evaluate import DQReport, Thresholds, evaluate
+from mldropd.dq.psi import psi
 from mldropd.features import FeatureSource
 from mldropd.settings import DQSettings
 
@@ -55,10 +58,29 @@ def _sample(
     ).df()
 
 
+def feature_drift(current: pd.DataFrame, reference: pd.DataFrame | None, features: list[str],
+                  importance: dict[str, float], top: int) -> list[dict[str, Any]]:
+    """PSI (same definition as for scores) of the model's most important features, on the DQ
+    samples; the noise level says how much of it sampling alone explains."""
+    if reference is None:
+        return []
+    ranked = sorted(features, key=lambda f: -importance.get(f, 0.0)) if importance else features
+    rows = []
+    for name in [f for f in ranked if f in current and f in reference][:top]:
+        cur = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype=float)
+        ref = pd.to_numeric(reference[name], errors="coerce").to_numpy(dtype=float)
+        result = psi(ref, cur)
+        rows.append({"feature": name, "psi": result.psi, "noise": result.noise,
+                     "within_noise": result.within_noise,
+                     "importance": importance.get(name)})
+    return sorted(rows, key=lambda r: -(r["psi"] or 0.0))
+
+
 def check_quality(
     source: FeatureSource,
     scores_root: str | Path,
     *,
+    current_part: Path,
     day: dt.date,
     model_id: int,
     slice_date: dt.date,
@@ -67,14 +89,14 @@ def check_quality(
     is_probability: bool,
     slice_rows: int | None,
     settings: DQSettings,
-    overrides: dict[str, float] | None,
+    overrides: dict[str, Any] | None,
+    importance: dict[str, float] | None = None,
 ) -> QualityResult:
-    """DQ of partition (day, model) against the model's previous partition."""
+    """DQ of the new scores of (day, model) in current_part against the previous partition."""
     thresholds = Thresholds.merged(
         Thresholds(settings.psi_warn, settings.psi_alert, settings.auc_warn, settings.auc_alert),
-        overrides,
+        {k: v for k, v in (overrides or {}).items() if k != "gate"},
     )
-    current_part = partition_dir(scores_root, day, model_id)
     previous = previous_partition(scores_root, day, model_id)
     with source.connect() as con:
         current_scores = _scores(con, current_part)
@@ -110,4 +132,14 @@ def check_quality(
         current_scores=current_scores,
         reference_scores=reference_scores,
     )
+    drift = feature_drift(current, reference, features, importance or {},
+                          settings.feature_psi_top)
+    moved = [d for d in drift if d["psi"] is not None and not d["within_noise"]
+             and d["psi"] >= thresholds.psi_alert]
+    reason = report.reason
+    if moved:
+        listed = ", ".join(f"{d['feature']} (PSI {d['psi']:.2f})" for d in moved[:5])
+        reason = f"{reason}; feature drift: {listed}"
+    report = dataclasses.replace(report, reason=reason,
+                                 details={**report.details, "feature_psi": drift})
     return QualityResult(report, ref_date)

@@ -12,13 +12,14 @@ import datetime as dt
 import logging
 import os
 import shutil
+import statistics
 import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from mldropd.batch.plan import retry_at
 from mldropd.batch.quality import check_quality
@@ -58,7 +59,7 @@ class BatchJob:
         self.engine = engine or make_engine(settings.database.path)
         self.retries = retries
         self.work = Path(settings.server.work_dir) / f"batch-{batch_id}"
-        self.source = FeatureSource(settings.features)
+        self.source = FeatureSource(settings.features, settings.engine)
         self._last_beat = 0.0
 
     # -- state helpers -----------------------------------------------------------------------
@@ -71,6 +72,23 @@ class BatchJob:
                 setattr(run, key, value)
             if status in (ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED):
                 run.finished_at = utcnow()
+
+    def _slow_warning(self, s: Session, model_id: int, seconds: float | None) -> str | None:
+        """Flag a run much slower than the model's median of its last 20 successful runs."""
+        past = s.exec(
+            select(ModelRun.seconds)
+            .where(ModelRun.model_id == model_id, ModelRun.status == ModelRunStatus.SUCCEEDED,
+                   col(ModelRun.seconds).is_not(None))
+            .order_by(col(ModelRun.id).desc()).limit(20)
+        ).all()
+        if seconds is None or len(past) < 3:
+            return None
+        median = float(statistics.median(past))
+        factor = self.settings.scheduler.duration_warning
+        if median > 0 and seconds > factor * median:
+            return (f"slow: {seconds:.1f} s is more than {factor:g} times the median "
+                    f"{median:.1f} s of the model's last {len(past)} runs")
+        return None
 
     def heartbeat(self) -> None:
         if time.monotonic() - self._last_beat < 5:
@@ -145,6 +163,10 @@ class BatchJob:
             "scored_at": dt.datetime.now(dt.UTC).isoformat(),
             "models": tasks,
         }
+        engine, why = self._choose_engine(prepared, slice_date)
+        log.info("scoring with the %s engine (%s)", engine, why, extra={"run_id": self.batch_id})
+        if engine == "spark":
+            return self._score_spark(request, timeouts, why)
         return score_models(
             request,
             timeouts=timeouts,
@@ -153,6 +175,56 @@ class BatchJob:
             batch_id=self.batch_id,
             heartbeat=self.heartbeat,
         )
+
+    def _choose_engine(self, prepared: list[PreparedModel], slice_date: dt.date) -> tuple[str, str]:
+        """One engine for the whole batch, and why: spark if anyone asks, auto by slice size."""
+        from mldropd.engines.spark import pyspark_available, under_spark_submit
+
+        cfg = self.settings.engine
+        asked = {
+            p.model.name: (p.version.contract.get("params") or {}).get("engine") or cfg.default
+            for p in prepared
+        }
+        if self.settings.features.kind == "spark_table":
+            return "spark", "[features] kind = spark_table"
+        if cfg.default == "spark" or "spark" in asked.values():
+            who = [name for name, e in asked.items() if e == "spark"]
+            return "spark", f"requested by {', '.join(who) or '[engine] default'}"
+        if "auto" not in asked.values():
+            return "local", "requested"
+        if under_spark_submit():
+            return "spark", "auto, started by spark-submit"
+        rows = self.source.count(slice_date)
+        if rows < cfg.spark_min_rows:
+            return "local", f"auto: {rows} rows < [engine] spark_min_rows {cfg.spark_min_rows}"
+        if not pyspark_available():
+            return "local", f"auto: {rows} rows, but pyspark is not installed"
+        return "spark", f"auto: {rows} rows >= [engine] spark_min_rows {cfg.spark_min_rows}"
+
+    def _score_spark(
+        self, request: dict[str, object], timeouts: dict[int, float], why: str
+    ) -> dict[int, Outcome]:
+        """The Spark engine; when it cannot start, every model run says why."""
+        from mldropd.engines.spark import pyspark_available, score_with_spark
+
+        ids = [int(t["model_run_id"]) for t in request["models"]]  # type: ignore[attr-defined]
+        if not pyspark_available():
+            return {
+                i: Outcome(
+                    error=f"the Spark engine was requested ({why}) but pyspark is not installed "
+                    "where the batch job runs; install mldropd[spark] (and Java 17) or set "
+                    "engine to local"
+                )
+                for i in ids
+            }
+        try:
+            return score_with_spark(
+                request, self.settings.engine, timeouts=timeouts, heartbeat=self.heartbeat
+            )
+        except Exception as exc:  # no session (Java missing, master unreachable), bad slice
+            log.exception("the Spark engine failed", extra={"run_id": self.batch_id})
+            return {i: Outcome(error=f"the Spark engine failed: {type(exc).__name__}: {exc}")
+                    for i in ids}
 
     def _finish_model(
         self,
@@ -174,11 +246,11 @@ class BatchJob:
             log.warning("model run failed: %s", outcome.error, extra=extra)
             return
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
-        publish(staged, self.settings.scores.path, day, p.model.id)
         try:
             result = check_quality(
                 self.source,
                 self.settings.scores.path,
+                current_part=staged,
                 day=day,
                 model_id=p.model.id,
                 slice_date=slice_date,
@@ -188,17 +260,26 @@ class BatchJob:
                 slice_rows=slice_rows,
                 settings=self.settings.dq,
                 overrides=p.version.contract.get("dq"),
+                importance=p.version.contract.get("importance"),
             )
         except Exception as exc:  # DQ must never lose the scores that were written
             log.exception("DQ failed", extra=extra)
             result = None
             dq_error = f"{type(exc).__name__}: {exc}"
+        gate = (p.version.contract.get("dq") or {}).get("gate") or self.settings.dq.gate
+        held = gate == "alert" and result is not None and result.report.status == "alert"
+        if held:  # the publish gate: keep the scores, out of the scores table
+            publish(staged, self.settings.dq.quarantine_path, day, p.model.id)
+        else:
+            publish(staged, self.settings.scores.path, day, p.model.id)
         with session_scope(self.engine) as s:
             run = s.get(ModelRun, p.run.id)
             assert run is not None
             run.status = check_model_run_transition(run.status, ModelRunStatus.SUCCEEDED)
             run.rows, run.seconds, run.slice_date = outcome.rows, outcome.seconds, slice_date
             run.finished_at = utcnow()
+            run.warning = self._slow_warning(s, p.model.id, outcome.seconds)
+            run.quarantined = held
             if result is not None:
                 r = result.report
                 s.add(
@@ -280,6 +361,11 @@ class BatchJob:
                             "reference_date": dq.reference_date,
                         },
                         recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
+                        note=" ".join(filter(None, [
+                            "Scores held back by the DQ publish gate: publish or discard them "
+                            "on the model page." if run.quarantined else None,
+                            f"Note: {run.warning}." if run.warning else None,
+                        ])) or None,
                     )
                 )
             for owner, items in by_owner.items():
@@ -303,6 +389,34 @@ class BatchJob:
             batch.error, batch.finished_at = error, utcnow()
             return RunStatus(batch.status)
 
+    def _wait_for_data(self, day: dt.date, runs: list[tuple[ModelRun, Model, ModelVersion]]
+                       ) -> bool:
+        """Sensor: the slice is late. Put the batch back to wait, unless its deadline passed."""
+        cfg = self.settings.scheduler
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            batch = s.get(BatchRun, self.batch_id)
+            assert batch is not None
+            created = batch.created_at.replace(tzinfo=dt.UTC) if batch.created_at.tzinfo is None \
+                else batch.created_at
+            deadline = created + dt.timedelta(seconds=cfg.sensor_deadline)
+            missing = self.source.describe_missing(day)
+            if now >= deadline:
+                return False
+            retry = min(now + dt.timedelta(seconds=cfg.sensor_interval), deadline)
+            batch.status = check_run_transition(batch.status, RunStatus.PENDING)
+            batch.not_before, batch.pid = retry, None
+            for run, _, _ in runs:
+                row = s.get(ModelRun, run.id)
+                assert row is not None
+                row.status = check_model_run_transition(row.status, ModelRunStatus.PENDING)
+                row.started_at = None
+                row.error = (f"waiting for data: {missing}; next check at {retry:%Y-%m-%d %H:%M} "
+                             f"UTC, gives up at {deadline:%Y-%m-%d %H:%M} UTC")
+        log.info("feature slice missing; batch waits until %s", retry.isoformat(),
+                 extra={"run_id": self.batch_id, "date": day.isoformat()})
+        return True
+
     def execute(self) -> RunStatus:
         """Run every step; the batch ends succeeded or failed, never running."""
         started = time.monotonic()
@@ -317,6 +431,14 @@ class BatchJob:
             table = build_table(
                 self.source, make_store(self.settings.storage), day, runs, self.work / "models"
             )
+            if table.slice is None:
+                if self._wait_for_data(day, runs):
+                    return RunStatus.PENDING
+                hours = self.settings.scheduler.sensor_deadline / 3600
+                table.rejected = {
+                    run_id: f"gave up waiting for the feature slice after {hours:g} h: {reason}"
+                    for run_id, reason in table.rejected.items()
+                }
             for run_id, reason in table.rejected.items():
                 self._set_run(run_id, ModelRunStatus.FAILED, error=reason)
             if table.models and table.slice is not None:

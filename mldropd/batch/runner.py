@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -32,6 +33,17 @@ from mldropd.states import ModelRunStatus, RunStatus
 log = logging.getLogger(__name__)
 
 RetryHook = Callable[[dt.date, list[int], dt.datetime], None]
+WaitHook = Callable[[int, dt.datetime], None]
+
+
+def _relay(stream: Any) -> None:
+    """The batch job's log lines join the daemon's log."""
+    for line in iter(stream.readline, b""):
+        sys.stderr.write(line.decode("utf-8", "replace"))
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _is_batch_job(pid: int | None) -> bool:
@@ -68,11 +80,17 @@ class Runner:
     """Runs batch runs in order; one batch at a time (2 cores: batches would only compete)."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, *, on_retry: RetryHook | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        on_retry: RetryHook | None = None,
+        on_wait: WaitHook | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.on_retry = on_retry
+        self.on_wait = on_wait
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._current: subprocess.Popen[bytes] | None = None
@@ -84,8 +102,12 @@ class Runner:
     def start(self) -> None:
         """Recover from a crash, then run every pending batch in the background."""
         self._write_settings()
-        for batch_id in self.recover():
-            self._queue.put(batch_id)
+        now = utcnow()
+        for batch_id, not_before in self.recover():
+            if not_before is not None and _aware(not_before) > now and self.on_wait is not None:
+                self.on_wait(batch_id, _aware(not_before))  # still waiting for its data
+            else:
+                self._queue.put(batch_id)
         self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
         self._thread.start()
 
@@ -113,8 +135,8 @@ class Runner:
         os.chmod(tmp, 0o600)
         tmp.replace(self.settings_file)
 
-    def recover(self) -> list[int]:
-        """Re-queue batches whose runner died; return every pending batch id.
+    def recover(self) -> list[tuple[int, dt.datetime | None]]:
+        """Re-queue batches whose runner died; return every pending batch (id, not_before).
 
         A batch job whose runner (an earlier daemon, killed) is gone is stopped and run again
         from the start: its partitions are only ever replaced whole, so nothing is doubled.
@@ -144,13 +166,14 @@ class Runner:
         # Only now that no orphan can still be writing: repair half-swapped partitions.
         write.recover(self.settings.scores.path)
         with session_scope(self.engine) as s:
-            return list(
-                s.exec(
-                    select(BatchRun.id)
+            return [
+                (batch_id, not_before)
+                for batch_id, not_before in s.exec(
+                    select(BatchRun.id, BatchRun.not_before)
                     .where(BatchRun.status == RunStatus.PENDING)
                     .order_by(BatchRun.date, BatchRun.id)
                 )
-            )
+            ]
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -183,24 +206,49 @@ class Runner:
             process_group=0,
         )
         self._current = proc
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):  # the job's log joins the daemon's log
-            sys.stderr.write(line.decode("utf-8", "replace"))
-        proc.wait()
+        stalled = self._watch(proc, batch_id)
         self._current = None
         if self._stopping and proc.returncode != 0:
             return RunStatus.RUNNING  # recover() resumes it at the next start
         with session_scope(self.engine) as s:
             batch = s.get(BatchRun, batch_id)
             assert batch is not None
-            still_open = batch.status in (RunStatus.RUNNING, RunStatus.PENDING)
-        if still_open:
+            status, not_before = RunStatus(batch.status), batch.not_before
+        if status == RunStatus.PENDING and not_before is not None and proc.returncode == 0:
+            if self.on_wait is not None:  # the sensor: the feature slice is late
+                self.on_wait(batch_id, not_before)
+            return status
+        if status in (RunStatus.RUNNING, RunStatus.PENDING):
+            why = (f"the batch job sent no heartbeat for "
+                   f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
+                   if stalled else f"the batch job died (exit code {proc.returncode})")
             BatchJob(self.settings, batch_id, engine=self.engine).close(
-                f"the batch job died (exit code {proc.returncode}); see the daemon log"
-            )
+                f"{why}; see the daemon log")
         self._after(batch_id, retries)
         with session_scope(self.engine) as s:
             return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]
+
+    def _watch(self, proc: subprocess.Popen[bytes], batch_id: int) -> bool:
+        """Relay the job's log and wait for it; stop it if its heartbeat stops. True if stalled."""
+        assert proc.stdout is not None
+        pump = threading.Thread(target=_relay, args=(proc.stdout,), daemon=True)
+        pump.start()
+        limit = dt.timedelta(seconds=self.settings.scheduler.heartbeat_timeout_s)
+        stalled = False
+        while True:
+            try:
+                proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            with session_scope(self.engine) as s:
+                beat = s.get(BatchRun, batch_id).heartbeat_at  # type: ignore[union-attr]
+            if beat is not None and utcnow() - _aware(beat) > limit:
+                log.error("batch job stalled; stopping it", extra={"run_id": batch_id})
+                stalled = True
+                os.killpg(proc.pid, signal.SIGKILL)
+        pump.join(timeout=5)
+        return stalled
 
     def _after(self, batch_id: int, retries: bool) -> None:
         deliver_pending(self.engine, self.settings.email)

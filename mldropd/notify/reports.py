@@ -28,6 +28,7 @@ class ReportItem:
     retry_at: dt.datetime | None  # when a retry is scheduled, else None
     dq: dict[str, Any] | None  # status, reason, psi, psi_noise, auc, ks, reference_date
     recovered: bool = False  # succeeded after earlier failed attempts
+    note: str | None = None  # e.g. scores held back by the DQ gate, or a slow run
 
 
 def _one_line(value: str) -> str:
@@ -91,11 +92,14 @@ def _status_words(item: ReportItem) -> str:
 
 
 def _retry_words(item: ReportItem) -> str | None:
+    words = None
     if item.retry_at is not None and item.status != "succeeded":
-        return f"A retry is scheduled at {_fmt_time(item.retry_at)}."
-    if item.status == "failed":
-        return "No more retries: fix the model and upload a new version."
-    return None
+        words = f"A retry is scheduled at {_fmt_time(item.retry_at)}."
+    elif item.status == "failed":
+        words = "No more retries: fix the model and upload a new version."
+    if item.note:
+        words = f"{words} {item.note}" if words else item.note
+    return words
 
 
 def _dq_figures(dq: dict[str, Any]) -> str:

@@ -42,3 +42,9 @@ def deliver_outbox() -> None:
     """Send (or keep) pending report emails."""
     if (daemon := _current()) is not None:
         daemon.deliver_outbox()
+
+
+def resume(batch_id: int) -> None:
+    """Run a batch that was waiting for its feature slice."""
+    if (daemon := _current()) is not None:
+        daemon.resume(batch_id)

@@ -81,6 +81,17 @@ def add_retry(
         )
 
 
+def add_resume(scheduler: BackgroundScheduler, batch_id: int, when: dt.datetime) -> None:
+    """A persisted one-off job running a batch that waits for late data again."""
+    job_id = f"resume-{batch_id}"
+    trigger = DateTrigger(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    if scheduler.get_job(job_id) is None:
+        scheduler.add_job("mldropd.scheduling.jobs:resume", trigger=trigger, args=[batch_id],
+                          id=job_id, name=f"resume batch {batch_id}", misfire_grace_time=None)
+    else:
+        scheduler.reschedule_job(job_id, trigger=trigger)
+
+
 def sweep_dates_between(settings: Settings, start: dt.date, now: dt.datetime) -> list[dt.date]:
     """Dates from start to now's date whose sweep time has passed by now (oldest first)."""
     trigger = parse_cron(settings.scheduler.sweep, settings.scheduler.timezone)

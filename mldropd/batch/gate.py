@@ -1,0 +1,53 @@
+"""The DQ publish gate: scores of an alert run wait in quarantine until published or discarded."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from sqlalchemy.engine import Engine
+
+from mldropd.batch.write import partition_dir, publish
+from mldropd.db import session_scope
+from mldropd.errors import Conflict
+from mldropd.records import ModelRun, User, utcnow
+from mldropd.registry import get_model
+from mldropd.settings import Settings
+from mldropd.states import ModelRunStatus, check_model_run_transition
+
+log = logging.getLogger(__name__)
+
+
+def _held(s, user: User, run_id: int) -> ModelRun:  # type: ignore[no-untyped-def]
+    run = s.get(ModelRun, run_id)
+    if run is not None:
+        get_model(s, user, run.model_id)  # 404 for another user's run
+    if run is None or not run.quarantined:
+        raise Conflict(f"run {run_id} has no scores waiting at the DQ gate")
+    return run
+
+
+def publish_held(engine: Engine, settings: Settings, user: User, run_id: int) -> ModelRun:
+    """Move a quarantined partition into the scores table (replacing the date's partition)."""
+    with session_scope(engine) as s:
+        run = _held(s, user, run_id)
+        held = partition_dir(settings.dq.quarantine_path, run.date, run.model_id)
+        publish(held, settings.scores.path, run.date, run.model_id)
+        run.quarantined = False
+        run.warning = f"published by {user.email} despite the DQ alert"
+    log.info("quarantined scores published", extra={"model_run_id": run_id, "user": user.email})
+    return run
+
+
+def discard_held(engine: Engine, settings: Settings, user: User, run_id: int) -> ModelRun:
+    """Delete a quarantined partition; the run counts as failed, so the date can be rescored."""
+    with session_scope(engine) as s:
+        run = _held(s, user, run_id)
+        shutil.rmtree(partition_dir(settings.dq.quarantine_path, run.date, run.model_id),
+                      ignore_errors=True)
+        run.status = check_model_run_transition(run.status, ModelRunStatus.FAILED)
+        run.quarantined = False
+        run.error = f"scores discarded at the DQ gate by {user.email}"
+        run.finished_at = utcnow()
+    log.info("quarantined scores discarded", extra={"model_run_id": run_id, "user": user.email})
+    return run
