@@ -71,6 +71,7 @@ class BatchRun(SQLModel, table=True):
     runner_pid: int | None = None  # the daemon or CLI process that started the job
     heartbeat_at: dt.datetime | None = None
     not_before: dt.datetime | None = None  # a waiting batch (sensor) runs again at this time
+    reported: bool = False  # the owners' report emails are in the outbox
     error: str | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None

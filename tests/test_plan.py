@@ -75,3 +75,27 @@ def test_retry_rule() -> None:
     now = dt.datetime(2026, 11, 27, 6, 0, tzinfo=dt.UTC)
     assert retry_at(1, 3, 1800, now) == now + dt.timedelta(minutes=30)
     assert retry_at(3, 3, 1800, now) is None
+
+
+def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
+    from mldropd.batch.run import BatchJob
+    from mldropd.records import BatchRun, ModelRun
+    from mldropd.settings import Settings
+
+    engine = _engine(tmp_path)
+    settings = Settings()
+    settings.server.work_dir = str(tmp_path / "work")
+    job = BatchJob(settings, 0, engine=engine)
+    with Session(engine) as s:
+        model = _models(s)[0]
+        batch = BatchRun(date=MONDAY, trigger="schedule")
+        s.add(batch)
+        s.flush()
+        assert job._slow_warning(s, model.id, 100.0) is None  # no history yet
+        for seconds in (2.0, 2.5, 3.0):
+            s.add(ModelRun(batch_id=batch.id, model_id=model.id, model_version=1, date=MONDAY,
+                           trigger="schedule", status=ModelRunStatus.SUCCEEDED, seconds=seconds))
+        s.flush()
+        assert job._slow_warning(s, model.id, 7.0) is None  # 7.0 < 3 x median 2.5
+        warning = job._slow_warning(s, model.id, 8.0)
+        assert warning is not None and "3 times the median 2.5 s" in warning

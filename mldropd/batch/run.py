@@ -27,6 +27,7 @@ from mldropd.batch.score import Outcome, score_models
 from mldropd.batch.table import PreparedModel, build_table
 from mldropd.batch.write import discard_staging, publish, staging_dir
 from mldropd.db import make_engine, session_scope
+from mldropd.faults import fault_point
 from mldropd.features import FeatureSource
 from mldropd.notify.outbox import enqueue
 from mldropd.notify.reports import ReportItem, build_report
@@ -181,16 +182,15 @@ class BatchJob:
         from mldropd.engines.spark import pyspark_available, under_spark_submit
 
         cfg = self.settings.engine
-        asked = {
-            p.model.name: (p.version.contract.get("params") or {}).get("engine") or cfg.default
-            for p in prepared
+        explicit = {
+            p.model.name: (p.version.contract.get("params") or {}).get("engine") for p in prepared
         }
         if self.settings.features.kind == "spark_table":
             return "spark", "[features] kind = spark_table"
-        if cfg.default == "spark" or "spark" in asked.values():
-            who = [name for name, e in asked.items() if e == "spark"]
-            return "spark", f"requested by {', '.join(who) or '[engine] default'}"
-        if "auto" not in asked.values():
+        who = [name for name, e in explicit.items() if e == "spark"]
+        if cfg.default == "spark" or who:
+            return "spark", f"requested by {', '.join(who or ['[engine] default'])}"
+        if "auto" not in {e or cfg.default for e in explicit.values()}:
             return "local", "requested"
         if under_spark_submit():
             return "spark", "auto, started by spark-submit"
@@ -246,6 +246,7 @@ class BatchJob:
             log.warning("model run failed: %s", outcome.error, extra=extra)
             return
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
+        fault_point("scored")
         try:
             result = check_quality(
                 self.source,
@@ -272,6 +273,7 @@ class BatchJob:
             publish(staged, self.settings.dq.quarantine_path, day, p.model.id)
         else:
             publish(staged, self.settings.scores.path, day, p.model.id)
+        fault_point("published")
         with session_scope(self.engine) as s:
             run = s.get(ModelRun, p.run.id)
             assert run is not None
@@ -314,7 +316,7 @@ class BatchJob:
             extra=extra,
         )
 
-    def _report(self) -> None:
+    def report(self) -> None:
         """One email per owner for this batch (several models in one message)."""
         now = utcnow()
         with session_scope(self.engine) as s:
@@ -368,6 +370,7 @@ class BatchJob:
                         ])) or None,
                     )
                 )
+            batch.reported = True
             for owner, items in by_owner.items():
                 subject, text, html = build_report(owner, items, self.settings.base_url)
                 enqueue(s, owner, subject, text, html)
@@ -423,6 +426,7 @@ class BatchJob:
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             day, runs = self._claim()
+            fault_point("claimed")
             log.info(
                 "batch started with %d model(s)",
                 len(runs),
@@ -453,7 +457,8 @@ class BatchJob:
                         table.slice.date,
                         slice_rows,
                     )
-            self._report()
+            fault_point("checked")
+            self.report()
             status = self.close()
         except Exception as exc:
             log.exception("batch failed", extra={"run_id": self.batch_id})

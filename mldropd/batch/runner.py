@@ -219,11 +219,16 @@ class Runner:
                 self.on_wait(batch_id, not_before)
             return status
         if status in (RunStatus.RUNNING, RunStatus.PENDING):
+            write.recover(self.settings.scores.path, clean=False)  # a swap it left half-done
             why = (f"the batch job sent no heartbeat for "
                    f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
                    if stalled else f"the batch job died (exit code {proc.returncode})")
-            BatchJob(self.settings, batch_id, engine=self.engine).close(
-                f"{why}; see the daemon log")
+            job = BatchJob(self.settings, batch_id, engine=self.engine)
+            job.close(f"{why}; see the daemon log")
+            with session_scope(self.engine) as s:
+                reported = s.get(BatchRun, batch_id).reported  # type: ignore[union-attr]
+            if not reported:  # the owners still hear what became of their models
+                job.report()
         self._after(batch_id, retries)
         with session_scope(self.engine) as s:
             return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]

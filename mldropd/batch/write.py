@@ -14,6 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from mldropd.faults import fault_point
+
 _TRASH_RE = re.compile(r"^trash-dt=(?P<day>\d{4}-\d{2}-\d{2})-model=(?P<model>\d+)-[0-9a-f]+$")
 
 
@@ -51,6 +53,7 @@ def publish(staged: Path, scores_root: str | Path, day: dt.date, model_id: int) 
     trash = trash_root / f"trash-dt={day.isoformat()}-model={model_id}-{uuid.uuid4().hex[:12]}"
     if final.exists():
         os.rename(final, trash)
+    fault_point("swapping")  # the window recover() repairs
     os.rename(staged, final)
     _fsync_dir(final.parent)
     shutil.rmtree(trash, ignore_errors=True)
@@ -61,8 +64,11 @@ def discard_staging(scores_root: str | Path, batch_id: int) -> None:
     shutil.rmtree(staging_root(scores_root) / f"batch-{batch_id}", ignore_errors=True)
 
 
-def recover(scores_root: str | Path) -> list[Path]:
-    """After a crash: put back old partitions caught between the two renames; drop the rest."""
+def recover(scores_root: str | Path, *, clean: bool = True) -> list[Path]:
+    """After a crash: put back old partitions caught between the two renames.
+
+    With clean (at start-up, when no batch job can be running) leftover staging is deleted too.
+    """
     restored = []
     root = staging_root(scores_root)
     if not root.is_dir():
@@ -76,7 +82,8 @@ def recover(scores_root: str | Path) -> list[Path]:
                 os.rename(entry, final)
                 restored.append(final)
                 continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if clean or m:
+            shutil.rmtree(entry, ignore_errors=True)
     return restored
 
 
