@@ -153,13 +153,14 @@ def _check_params(params: Any) -> list[FieldError]:
     return problems
 
 
-def _check_dq(dq: Any) -> list[FieldError]:
+def check_dq(dq: Any) -> list[FieldError]:
     if not isinstance(dq, dict):
         return [FieldError("dq", "`dq` must be a dict of thresholds")]
     problems = [
         FieldError(f"dq.{key}", f"`dq.{key}` must be a number, got {dq[key]!r}")
         for key in DQ_KEYS
-        if key in dq and (isinstance(dq[key], bool) or not isinstance(dq[key], int | float))
+        if dq.get(key) is not None
+        and (isinstance(dq[key], bool) or not isinstance(dq[key], int | float))
     ]
     if dq.get("gate") not in (None, "off", "alert"):
         problems.append(FieldError("dq.gate", f"`dq.gate` {dq['gate']!r} must be 'off' or 'alert'"))
@@ -274,7 +275,7 @@ def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldErro
     params = obj.get("params", {}) or {}
     problems += _check_params(params)
     dq = obj.get("dq", {}) or {}
-    problems += _check_dq(dq)
+    problems += check_dq(dq)
     meta = obj.get("meta", {}) or {}
     if not isinstance(meta, dict):
         problems.append(FieldError("meta", "`meta` must be a dict"))

@@ -33,6 +33,10 @@ class Model(SQLModel, table=True):
     schedule: str = "daily"
     status: str = "active"
     version: int = 1  # the version that is scored
+    # DQ thresholds / gate set through the API; they win over the model object's `dq` key.
+    dq: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
 

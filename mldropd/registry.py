@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from mldropd.contract import check_email, check_name, check_schedule
+from mldropd.contract import DQ_KEYS, check_dq, check_email, check_name, check_schedule
 from mldropd.db import session_scope
 from mldropd.errors import Conflict, FieldError, NotFound, QuotaExceeded, ValidationFailed
 from mldropd.inspect import Inspection, inspect_file
@@ -146,6 +146,7 @@ def register_upload(
         size,
         extra={"model_id": model.id, "user": user.email},
     )
+    prune_versions(engine, store, settings, model.id or 0)
     return model, row
 
 
@@ -166,7 +167,7 @@ def update_model(
     engine: Engine, settings: Settings, user: User, model_id: int, changes: dict[str, Any]
 ) -> Model:
     """Apply a PATCH: schedule, email, status (active/paused), version (roll back)."""
-    allowed = {"schedule", "email", "status", "version"}
+    allowed = {"schedule", "email", "status", "version", "dq"}
     problems = [
         FieldError(k, f"`{k}` cannot be changed; use one of {', '.join(sorted(allowed))}")
         for k in changes
@@ -176,6 +177,11 @@ def update_model(
         problems += check_schedule(changes["schedule"])
     if "email" in changes:
         problems += check_email(changes["email"], "email")
+    if "dq" in changes:
+        problems += [FieldError(p.field, p.message) for p in check_dq(changes["dq"])]
+        if isinstance(changes["dq"], dict):
+            unknown = sorted(set(changes["dq"]) - {*DQ_KEYS, "gate"})
+            problems += [FieldError(f"dq.{k}", f"`dq.{k}` is not a DQ setting") for k in unknown]
     if "status" in changes and changes["status"] not in (ModelStatus.ACTIVE, ModelStatus.PAUSED):
         problems.append(FieldError("status", "`status` must be 'active' or 'paused'"))
     if problems:
@@ -203,6 +209,8 @@ def update_model(
             _check_quota(s, owner, settings)
         if "schedule" in changes:
             model.schedule = parse_schedule(changes["schedule"]).text
+        if "dq" in changes:  # a value of null removes that override
+            model.dq = {k: v for k, v in {**model.dq, **changes["dq"]}.items() if v is not None}
         for key in ("email", "status"):
             if key in changes:
                 setattr(model, key, changes[key])
@@ -238,6 +246,7 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
         for table in (DQResult, ModelRun):
             for row in s.exec(select(table).where(table.model_id == model.id)):
                 s.delete(row)
+            s.flush()  # children first: without ORM relationships nothing orders the deletes
         s.delete(model)
     store.delete_prefix(prefix)
     log.info("model deleted", extra={"model_id": model_id, "user": user.email})
@@ -261,3 +270,102 @@ def versions(session: Session, model_id: int) -> list[ModelVersion]:
             .order_by(col(ModelVersion.version).desc())
         )
     )
+
+
+# ---- versions kept and per-user quotas ---------------------------------------------------------
+
+_VERSION_FOLDER = re.compile(r"v(\d+)/")
+
+
+def prune_versions(
+    engine: Engine, store: ArtifactStore, settings: Settings, model_id: int
+) -> list[int]:
+    """Delete the versions beyond ``limits.versions_kept``: their rows, then their objects.
+
+    Kept whatever their age: the version being scored (``Model.version``, an older one after a
+    rollback) and versions that a pending or running model run is about to score. Never raises:
+    the upload that called it has been committed; a store failure leaves orphans that
+    ``mldropd store check`` lists and the next pruning of the model removes.
+    """
+    try:
+        with session_scope(engine) as s:
+            model = s.get(Model, model_id)
+            owner = s.get(User, model.owner_id) if model is not None else None
+            if model is None or owner is None:
+                return []
+            rows = versions(s, model_id)  # newest first
+            busy = s.exec(
+                select(ModelRun.model_version).where(
+                    ModelRun.model_id == model_id,
+                    col(ModelRun.status).in_([ModelRunStatus.PENDING, ModelRunStatus.RUNNING]),
+                )
+            ).all()
+            keep = {v.version for v in rows[: settings.limits.versions_kept]}
+            keep |= {model.version, *busy}
+            doomed = [v for v in rows if v.version not in keep]
+            for row in doomed:
+                s.delete(row)
+            prefix, newest = model_prefix(owner.email, model.name), rows[0].version if rows else 0
+        if not doomed:
+            return []
+        # Rows go first: a failure below leaves objects without rows (orphans), never the reverse.
+        for folder in _stale_folders(store, prefix, keep, newest):
+            store.delete_prefix(folder)
+    except Exception:
+        log.exception("pruning old versions failed", extra={"model_id": model_id})
+        return []
+    gone = sorted(v.version for v in doomed)
+    log.info(
+        "old versions deleted: %s (keeping %d)",
+        ", ".join(f"v{n}" for n in gone),
+        settings.limits.versions_kept,
+        extra={"model_id": model_id},
+    )
+    return gone
+
+
+def _stale_folders(store: ArtifactStore, prefix: str, keep: set[int], newest: int) -> list[str]:
+    """Version folders under the model's prefix that no kept row uses.
+
+    Only below the newest version: a folder above it may be an upload still in flight.
+    """
+    found: set[int] = set()
+    for key in store.list(prefix):
+        match = _VERSION_FOLDER.match(key[len(prefix) :])
+        if match:
+            found.add(int(match.group(1)))
+    return [f"{prefix}v{n}/" for n in sorted(found) if n not in keep and n < newest]
+
+
+def active_model_names(session: Session, user_id: int) -> list[str]:
+    """Names of the user's active models, sorted (what counts against the quota)."""
+    return sorted(
+        session.exec(
+            select(Model.name).where(Model.owner_id == user_id, Model.status == ModelStatus.ACTIVE)
+        ).all()
+    )
+
+
+def set_quota(engine: Engine, settings: Settings, email: str, quota: Any) -> tuple[User, list[str]]:
+    """Set a user's quota of active models (None: back to the configured default).
+
+    Returns the user and its active models. Lowering a quota below the active count pauses
+    nothing: it stops new models and re-activations until the user is under it again.
+    """
+    if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0):
+        raise ValidationFailed(
+            [FieldError("quota", f"`quota` must be a whole number >= 0 or null, not {quota!r}")]
+        )
+    address = email.strip().lower()
+    with session_scope(engine) as s:
+        user = s.exec(select(User).where(User.email == address)).first()
+        if user is None:
+            raise NotFound(f"no user {address}", field="email")
+        user.quota = quota
+        active = active_model_names(s, user.id or 0)
+    log.info(
+        "quota set to %s",
+        quota if quota is not None else f"the default ({settings.limits.active_models_per_user})",
+        extra={"user": address},
+    )
+    return user, active

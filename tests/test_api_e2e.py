@@ -227,6 +227,16 @@ def test_patch_and_delete(
     )
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"schedule", "status"}
+    dq = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
+                      json={"dq": {"psi_alert": 0.3, "gate": "alert"}})
+    assert dq.status_code == 200 and dq.json()["dq"] == {"psi_alert": 0.3, "gate": "alert"}
+    cleared = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
+                           json={"dq": {"gate": None}})
+    assert cleared.json()["dq"] == {"psi_alert": 0.3}
+    wrong = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
+                         json={"dq": {"psi_warn": "high", "colour": 1, "gate": "maybe"}})
+    assert wrong.status_code == 422
+    assert {e["field"] for e in wrong.json()["errors"]} == {"dq.psi_warn", "dq.colour", "dq.gate"}
     second = upload(client, token, model_files["logreg"])
     assert second.status_code == 201 and second.json()["version"] == 2
     rolled = client.patch(f"/api/v1/models/{mid}", headers=auth(token), json={"version": 1})

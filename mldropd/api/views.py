@@ -79,7 +79,9 @@ def model_json(session: Session, model: Model, settings: Settings, now: dt.datet
         "id": model.id, "name": model.name, "owner": owner.email if owner else None,
         "email": model.email, "schedule": model.schedule,
         "schedule_text": parse_schedule(model.schedule).describe(), "status": model.status,
-        "version": model.version, "features": current.features if current else [],
+        "version": model.version,
+        "dq": {**((current.contract.get("dq") or {}) if current else {}), **(model.dq or {})},
+        "features": current.features if current else [],
         "next_run_date": nxt.isoformat() if nxt else None,
         "last_run": None if run is None else {
             "id": run.id, "status": run.status, "date": run.date.isoformat(),

@@ -260,14 +260,15 @@ class BatchJob:
                 is_probability=p.version.contract["output"].startswith("proba"),
                 slice_rows=slice_rows,
                 settings=self.settings.dq,
-                overrides=p.version.contract.get("dq"),
+                overrides={**(p.version.contract.get("dq") or {}), **(p.model.dq or {})},
                 importance=p.version.contract.get("importance"),
             )
         except Exception as exc:  # DQ must never lose the scores that were written
             log.exception("DQ failed", extra=extra)
             result = None
             dq_error = f"{type(exc).__name__}: {exc}"
-        gate = (p.version.contract.get("dq") or {}).get("gate") or self.settings.dq.gate
+        dq_overrides = {**(p.version.contract.get("dq") or {}), **(p.model.dq or {})}
+        gate = dq_overrides.get("gate") or self.settings.dq.gate
         held = gate == "alert" and result is not None and result.report.status == "alert"
         if held:  # the publish gate: keep the scores, out of the scores table
             publish(staged, self.settings.dq.quarantine_path, day, p.model.id)
