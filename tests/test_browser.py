@@ -25,8 +25,14 @@ from tests.conftest import today, wait_for
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOCS = ROOT / "docs" / "screenshots"
@@ -53,15 +59,14 @@ async ({b64, name, selector}) => {
 @pytest.fixture
 def page() -> Iterator[Any]:
     """A fresh Chromium page; never downloads a browser."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: apt-get install -y chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    if not CHROMIUM.exists():  # `make test` installs it; never skip the browser test
+        pytest.fail("Debian's chromium is missing: apt-get install -y chromium (or make test)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         context = browser.new_context(viewport=WIDE)
         context.set_default_timeout(UI_TIMEOUT_MS)
         try:
@@ -77,24 +82,45 @@ def shot(page: Any, name: str, *, docs: bool = False, full: bool = True) -> None
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
     if docs and os.environ.get("MLDROPD_DOCS_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS / f"{name.split('-', 1)[1]}.png"), full_page=False)
+        bottom = page.evaluate("document.querySelector('main').getBoundingClientRect().bottom")
+        clip = {"x": 0, "y": 0, "width": WIDE["width"], "height": min(int(bottom) + 16, 1150)}
+        page.screenshot(path=str(DOCS / f"{name.split('-', 1)[1]}.png"), clip=clip, full_page=True)
 
 
 def drop(page: Any, content: bytes, name: str) -> None:
-    page.evaluate(DROP_JS, {"b64": base64.b64encode(content).decode(), "name": name,
-                            "selector": "#dropzone"})
+    page.evaluate(
+        DROP_JS, {"b64": base64.b64encode(content).decode(), "name": name, "selector": "#dropzone"}
+    )
+
+
+def api_upload(url: str, token: str, path: Path) -> int:
+    """Upload a model file through the API; return the model id."""
+    with open(path, "rb") as f:
+        response = httpx.post(
+            f"{url}/api/v1/models",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"file": (path.name, f)},
+            timeout=120,
+        )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
 
 
 def api_run(url: str, token: str, model_id: int, day: dt.date) -> None:
     """Score a past date through the API and wait until it has succeeded."""
     headers = {"Authorization": f"Bearer {token}"}
-    accepted = httpx.post(f"{url}/api/v1/models/{model_id}/runs", headers=headers,
-                          json={"date": day.isoformat()}, timeout=30)
+    accepted = httpx.post(
+        f"{url}/api/v1/models/{model_id}/runs",
+        headers=headers,
+        json={"date": day.isoformat()},
+        timeout=30,
+    )
     assert accepted.status_code == 202, accepted.text
 
     def finished() -> dict[str, Any] | None:
-        run = httpx.get(f"{url}/api/v1/runs/{accepted.json()['run_id']}", headers=headers,
-                        timeout=10).json()
+        run = httpx.get(
+            f"{url}/api/v1/runs/{accepted.json()['run_id']}", headers=headers, timeout=10
+        ).json()
         return run if run["status"] in ("succeeded", "failed") else None
 
     run = wait_for(finished, timeout=120, what=f"the API run for {day}")
@@ -102,13 +128,26 @@ def api_run(url: str, token: str, model_id: int, day: dt.date) -> None:
 
 
 def test_deploy_run_inspect_and_delete_in_a_browser(
-    page: Any, daemon: Callable[..., Any], make_user: Callable[..., str],
+    page: Any,
+    daemon: Callable[..., Any],
+    make_user: Callable[..., str],
     model_files: dict[str, Path],
 ) -> None:
-    from playwright.sync_api import expect
-
     token = make_user("ann@example.com")
-    url = daemon().url
+    served = daemon()
+    try:
+        journey(page, served.url, token, model_files)
+    except BaseException:
+        # What the page and the daemon looked like when it went wrong (shown by pytest).
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+        print("daemon log tail:\n" + served.log.read_text()[-5000:])
+        raise
+
+
+def journey(page: Any, url: str, token: str, model_files: dict[str, Path]) -> None:
+    """One user's way through every page, in the order a new user takes it."""
+    from playwright.sync_api import expect
 
     # Sign in: every page sends an anonymous visitor to the sign-in form first.
     page.goto(f"{url}/")
@@ -136,7 +175,7 @@ def test_deploy_run_inspect_and_delete_in_a_browser(
     expect(errors).to_be_visible()
     expect(errors.locator("li[data-field=file]")).not_to_have_count(0)
     expect(page.locator("#err-email")).not_to_be_empty()
-    expect(page.locator("#err-schedule")).not_to_be_empty()
+    expect(page.locator("#schedule-preview [role=alert]")).to_contain_text("out of range")
     shot(page, "02-deploy-errors")
 
     # A real model: the card shows name, version, features, next run and the dry run.
@@ -155,9 +194,12 @@ def test_deploy_run_inspect_and_delete_in_a_browser(
     shot(page, "03-deploy", docs=True)
     model_id = int(card.get_attribute("data-model-id") or 0)
 
-    # A first dated run through the API, so that today's run has a reference for its DQ.
+    # A first dated run through the API, so that today's run has a reference for its DQ; and a
+    # second model in two versions, so that the table has a version to roll back to.
     yesterday = today() - dt.timedelta(days=1)
     api_run(url, token, model_id, yesterday)
+    for _ in range(2):
+        other_id = api_upload(url, token, model_files["logreg"])
 
     # Run now: the status badge changes to succeeded without reloading the page.
     page.click("nav >> text=My models")
@@ -173,6 +215,7 @@ def test_deploy_run_inspect_and_delete_in_a_browser(
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     expect(page.locator("#models-table")).not_to_have_attribute("data-polling", "true")
     expect(page.locator(f"#model-{model_id} .dq")).to_contain_text("PSI")
+    expect(page.locator(f"#version-{other_id}")).to_have_value("2")
     shot(page, "04-models", docs=True)
 
     # The model page: PSI plot with a point and thresholds, histograms, runs, the report.
@@ -185,14 +228,24 @@ def test_deploy_run_inspect_and_delete_in_a_browser(
     expect(page.locator("#hist-chart svg polyline.ref")).to_have_count(1)
     expect(page.locator("#runs-table tr.run.succeeded")).to_have_count(2)
     for _ in range(30):  # the report is queued just after the run finishes
-        if "churn_lgbm" in (page.locator("#report").text_content() or "") and \
-                page.locator("#report pre.email").count():
+        if (
+            "churn_lgbm" in (page.locator("#report").text_content() or "")
+            and page.locator("#report pre.email").count()
+        ):
             break
         page.wait_for_timeout(1000)
         page.reload()
     expect(page.locator("#report")).to_contain_text(f"mldropd: churn_lgbm scored {today()}")
     expect(page.locator("#report pre.email")).to_contain_text("PSI")
     shot(page, "05-model-detail", docs=True)
+
+    # Pause and resume on the model page: its live region refreshes itself.
+    detail = page.locator("#model-detail")
+    detail.get_by_role("button", name="Pause").click()
+    expect(detail.locator(".health")).to_have_text("paused")
+    expect(detail.locator(".next-run")).to_have_text("paused")
+    detail.get_by_role("button", name="Resume").click()
+    expect(detail.locator(".health")).to_have_text("active")
 
     # The dashboard: a sparkline per model; the alerts filter swaps the table in place.
     page.click("nav >> text=Dashboard")
@@ -227,8 +280,11 @@ def test_deploy_run_inspect_and_delete_in_a_browser(
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Delete").click()
     expect(row).to_have_count(0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(f"#model-{other_id}").get_by_role("button", name="Delete").click()
     expect(page.locator("#models-table")).to_contain_text("No models yet")
     shot(page, "09-models-empty")
-    gone = httpx.get(f"{url}/api/v1/models/{model_id}",
-                     headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    gone = httpx.get(
+        f"{url}/api/v1/models/{model_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert gone.status_code == 404

@@ -30,8 +30,9 @@ def session_user(request: Request[Any, Any, Any], state: State) -> User:
 
 
 @get("/login", sync_to_thread=True)
-def login_page(request: Request[Any, Any, Any], state: State, next: str | None = None
-               ) -> Template | Redirect:
+def login_page(
+    request: Request[Any, Any, Any], state: State, next: str | None = None
+) -> Template | Redirect:
     try:
         session_user(request, state)
     except Unauthorized:
@@ -40,14 +41,17 @@ def login_page(request: Request[Any, Any, Any], state: State, next: str | None =
 
 
 @post("/login", sync_to_thread=True)
-def login(request: Request[Any, Any, Any], state: State,
-          data: dict[str, str] = FORM
-          ) -> Template | Redirect:
+def login(
+    request: Request[Any, Any, Any], state: State, data: dict[str, str] = FORM
+) -> Template | Redirect:
     with Session(state.daemon.engine) as s:
         user = user_for_token(s, (data.get("token") or "").strip())
     if user is None:
-        return Template("login.html", status_code=401,
-                        context={"next": safe_next(data.get("next")), "error": BAD_TOKEN})
+        return Template(
+            "login.html",
+            status_code=401,
+            context={"next": safe_next(data.get("next")), "error": BAD_TOKEN},
+        )
     request.set_session({"uid": user.id, "th": user.token_hash})
     return Redirect(safe_next(data.get("next")), status_code=303)
 

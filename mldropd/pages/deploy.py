@@ -37,16 +37,28 @@ def _split(errors: list[FieldError]) -> tuple[list[dict[str, str]], dict[str, li
     return other, by_field
 
 
-def _deploy_context(daemon: Daemon, user: User, form: dict[str, str] | None = None,
-                    errors: list[FieldError] | None = None) -> dict[str, Any]:
+def _deploy_context(
+    daemon: Daemon,
+    user: User,
+    form: dict[str, str] | None = None,
+    errors: list[FieldError] | None = None,
+) -> dict[str, Any]:
     form = {"email": user.email, "schedule": "daily", "name": "", **(form or {})}
     with Session(daemon.engine) as s:
         count = len(list_models(s, user))
     other, by_field = _split(errors or [])
-    return {"user": user, "page": "deploy", "form": form, "parts": schedule.parts(form["schedule"]),
-            "weekdays": schedule.WEEKDAYS, "errors": other, "field_errors": by_field,
-            "preview": schedule.preview(form["schedule"], daemon.settings, daemon.now()),
-            "max_mb": daemon.settings.limits.max_upload_mb, "model_count": count}
+    return {
+        "user": user,
+        "page": "deploy",
+        "form": form,
+        "parts": schedule.parts(form["schedule"]),
+        "weekdays": schedule.WEEKDAYS,
+        "errors": other,
+        "field_errors": by_field,
+        "preview": schedule.preview(form["schedule"], daemon.settings, daemon.now()),
+        "max_mb": daemon.settings.limits.max_upload_mb,
+        "model_count": count,
+    }
 
 
 @get("/", sync_to_thread=True)
@@ -56,16 +68,21 @@ def deploy_page(state: State, user: User) -> Template:
 
 def _card_context(daemon: Daemon, user: User, model_id: int) -> dict[str, Any]:
     with Session(daemon.engine) as s:
-        model = model_json(s, get_model(s, user, model_id), daemon.settings, daemon.now(),
-                           detail=True)
+        model = model_json(
+            s, get_model(s, user, model_id), daemon.settings, daemon.now(), detail=True
+        )
     current = next(v for v in model["versions"] if v["version"] == model["version"])
-    return {"model": model, "dry_run": current["dry_run"],
-            "chart": dry_run_chart(current["dry_run"], "Dry-run scores on a sample")}
+    return {
+        "model": model,
+        "dry_run": current["dry_run"],
+        "chart": dry_run_chart(current["dry_run"], "Dry-run scores on a sample"),
+    }
 
 
 @post("/upload")
-async def upload_page(request: Request[Any, Any, Any], state: State, user: User
-                      ) -> Template | Redirect:
+async def upload_page(
+    request: Request[Any, Any, Any], state: State, user: User
+) -> Template | Redirect:
     """Drop zone (HTMX): the model card or the errors partial; plain form: redirect or page."""
     daemon: Daemon = state.daemon
     try:
@@ -73,8 +90,11 @@ async def upload_page(request: Request[Any, Any, Any], state: State, user: User
     except MldropdError as exc:
         if is_htmx(request):
             other, by_field = _split(exc.errors)
-            return Template("_upload_errors.html", status_code=exc.status_code,
-                            context={"errors": other, "field_errors": by_field, "oob": True})
+            return Template(
+                "_upload_errors.html",
+                status_code=exc.status_code,
+                context={"errors": other, "field_errors": by_field, "oob": True},
+            )
         form: dict[str, str] = {}
         if not isinstance(exc, TooLarge):  # a too-large body is refused unread
             data = await request.form()
@@ -88,14 +108,15 @@ async def upload_page(request: Request[Any, Any, Any], state: State, user: User
 
 
 @get("/schedule-preview", sync_to_thread=False)
-def schedule_preview(state: State, user: User,
-                     schedule_text: str = Parameter(query="schedule", default="daily")
-                     ) -> Template:
+def schedule_preview(
+    state: State, user: User, schedule_text: str = Parameter(query="schedule", default="daily")
+) -> Template:
     """The schedule in words and its first run date (a fragment for the deploy form)."""
     daemon: Daemon = state.daemon
-    return Template("_schedule_preview.html",
-                    context={"preview": schedule.preview(schedule_text, daemon.settings,
-                                                         daemon.now())})
+    return Template(
+        "_schedule_preview.html",
+        context={"preview": schedule.preview(schedule_text, daemon.settings, daemon.now())},
+    )
 
 
 ROUTES = [deploy_page, upload_page, schedule_preview]

@@ -16,7 +16,7 @@ from mldropd.api.routes import request_run
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
 from mldropd.pages.context import detail_context, model_rows
-from mldropd.pages.web import FORM, after_action, error_response, is_htmx
+from mldropd.pages.web import FORM, after_action, error_response, page_or_partial
 from mldropd.records import User
 from mldropd.registry import delete_model, update_model
 
@@ -26,14 +26,14 @@ def models_page(request: Request[Any, Any, Any], state: State, user: User) -> Te
     daemon: Daemon = state.daemon
     with Session(daemon.engine) as s:
         rows = model_rows(s, user, daemon.settings, daemon.now())
-    context = {"user": user, "page": "models", "models": rows,
-               "busy": any(r["busy"] for r in rows)}
-    return Template("_models_table.html" if is_htmx(request) else "models.html", context=context)
+    context = {"user": user, "page": "models", "models": rows, "busy": any(r["busy"] for r in rows)}
+    return page_or_partial(request, "models.html", "_models_table.html", context)
 
 
 @get("/models/{model_id:int}", sync_to_thread=True)
-def model_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int
-               ) -> Template:
+def model_page(
+    request: Request[Any, Any, Any], state: State, user: User, model_id: int
+) -> Template:
     daemon: Daemon = state.daemon
     try:
         with Session(daemon.engine) as s:
@@ -41,11 +41,17 @@ def model_page(request: Request[Any, Any, Any], state: State, user: User, model_
     except NotFound as exc:
         return error_response(request, user, exc, "Model not found", "/models")
     context.update(user=user, page="models")
-    return Template("_model_detail.html" if is_htmx(request) else "model.html", context=context)
+    return page_or_partial(request, "model.html", "_model_detail.html", context)
 
 
-def _act(request: Request[Any, Any, Any], user: User, model_id: int, next_: str | None,
-         action: Any, done: str = "") -> Response[Any] | Template:
+def _act(
+    request: Request[Any, Any, Any],
+    user: User,
+    model_id: int,
+    next_: str | None,
+    action: Any,
+    done: str = "",
+) -> Response[Any] | Template:
     """Run an action; errors become the flash partial (HTMX) or an error page."""
     back = f"/models/{model_id}"
     try:
@@ -56,18 +62,40 @@ def _act(request: Request[Any, Any, Any], user: User, model_id: int, next_: str 
 
 
 @post("/models/{model_id:int}/run", sync_to_thread=True)
-def run_now_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
-                 data: dict[str, str] = FORM) -> Response[Any] | Template:
-    return _act(request, user, model_id, data.get("next"),
-                lambda: request_run(state.daemon, user, model_id, None))
+def run_now_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
+    return _act(
+        request,
+        user,
+        model_id,
+        data.get("next"),
+        lambda: request_run(state.daemon, user, model_id, None),
+    )
 
 
 @post("/models/{model_id:int}/status", sync_to_thread=True)
-def status_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
-                data: dict[str, str] = FORM) -> Response[Any] | Template:
+def status_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
     daemon: Daemon = state.daemon
-    return _act(request, user, model_id, data.get("next"), lambda: update_model(
-        daemon.engine, daemon.settings, user, model_id, {"status": data.get("status", "")}))
+    return _act(
+        request,
+        user,
+        model_id,
+        data.get("next"),
+        lambda: update_model(
+            daemon.engine, daemon.settings, user, model_id, {"status": data.get("status", "")}
+        ),
+    )
 
 
 def _version(data: dict[str, str]) -> int:
@@ -78,20 +106,43 @@ def _version(data: dict[str, str]) -> int:
 
 
 @post("/models/{model_id:int}/version", sync_to_thread=True)
-def version_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
-                 data: dict[str, str] = FORM) -> Response[Any] | Template:
+def version_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
     """Roll back (or forward) to a stored version: the registry's update_model({"version"})."""
     daemon: Daemon = state.daemon
-    return _act(request, user, model_id, data.get("next"), lambda: update_model(
-        daemon.engine, daemon.settings, user, model_id, {"version": _version(data)}))
+    return _act(
+        request,
+        user,
+        model_id,
+        data.get("next"),
+        lambda: update_model(
+            daemon.engine, daemon.settings, user, model_id, {"version": _version(data)}
+        ),
+    )
 
 
 @post("/models/{model_id:int}/delete", sync_to_thread=True)
-def delete_page(request: Request[Any, Any, Any], state: State, user: User, model_id: int,
-                data: dict[str, str] = FORM) -> Response[Any] | Template:
+def delete_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
     daemon: Daemon = state.daemon
-    return _act(request, user, model_id, data.get("next"),
-                lambda: delete_model(daemon.engine, daemon.store, user, model_id), "/models")
+    return _act(
+        request,
+        user,
+        model_id,
+        data.get("next"),
+        lambda: delete_model(daemon.engine, daemon.store, user, model_id),
+        "/models",
+    )
 
 
 ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page]

@@ -9,8 +9,15 @@ from mldropd.scheduling.scheduler import sweep_fire_time
 from mldropd.scheduling.schedules import ScheduleError, parse_schedule
 from mldropd.settings import Settings
 
-WEEKDAYS = [("mon", "Monday"), ("tue", "Tuesday"), ("wed", "Wednesday"), ("thu", "Thursday"),
-            ("fri", "Friday"), ("sat", "Saturday"), ("sun", "Sunday")]
+WEEKDAYS = [
+    ("mon", "Monday"),
+    ("tue", "Tuesday"),
+    ("wed", "Wednesday"),
+    ("thu", "Thursday"),
+    ("fri", "Friday"),
+    ("sat", "Saturday"),
+    ("sun", "Sunday"),
+]
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,9 @@ def preview(schedule: str, settings: Settings, now: dt.datetime) -> Preview:
     except ScheduleError as exc:
         return Preview(schedule, error=str(exc))
     fire = sweep_fire_time(settings, now)
-    return Preview(parsed.text, parsed.describe(),
-                   parsed.next_due(fire.date()) if fire is not None else None)
+    return Preview(
+        parsed.text, parsed.describe(), parsed.next_due(fire.date()) if fire is not None else None
+    )
 
 
 def parts(schedule: str | None) -> dict[str, str]:

@@ -23,12 +23,28 @@
         return (e.field ? "<code>" + escapeHtml(e.field) + "</code> " : "") + escapeHtml(e.message);
       });
     } catch (err) {
-      items = [escapeHtml("the server answered " + xhr.status + " " + (xhr.statusText || ""))];
+      items = [];
+    }
+    if (items.length === 0) {
+      items = [escapeHtml(xhr.status >= 500
+        ? "the daemon hit an internal error (" + xhr.status + "); the operator's log has the details"
+        : "the daemon answered " + xhr.status + " " + (xhr.statusText || ""))];
     }
     return '<div class="flash error" role="alert"><strong>' + escapeHtml(what) + ":</strong> " +
       items.map(function (i) { return "<span>" + i + "</span>"; }).join("") +
       ' <button type="button" class="link dismiss" aria-label="Dismiss">×</button></div>';
   };
+
+  // An expired session answers a redirect to the sign-in page: go there instead of swapping it in.
+  window.mldropdSignedOut = function (xhr) {
+    const url = xhr.responseURL || "";
+    if (url.indexOf("/login") === -1 || location.pathname === "/login") return false;
+    window.location.href = "/login?next=" + encodeURIComponent(location.pathname);
+    return true;
+  };
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    if (window.mldropdSignedOut(event.detail.xhr)) event.detail.shouldSwap = false;
+  });
 
   document.addEventListener("htmx:responseError", function (event) {
     const xhr = event.detail.xhr;

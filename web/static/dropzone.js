@@ -110,6 +110,7 @@
     };
     xhr.onload = function () {
       done();
+      if (window.mldropdSignedOut && window.mldropdSignedOut(xhr)) return;
       const type = xhr.getResponseHeader("content-type") || "";
       const html = type.indexOf("text/html") === 0 ? xhr.responseText
         : window.mldropdErrorHtml(xhr, "The model was not deployed");
