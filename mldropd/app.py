@@ -3,6 +3,7 @@ lifespan (database, runner, scheduler)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 import web
-from mldropd import __version__, metrics
+from mldropd import __version__, logs, metrics
+from mldropd.api.admin import ROUTES as ADMIN_ROUTES
 from mldropd.api.routes import ROUTES as API_ROUTES
 from mldropd.api.routes import bearer_user
 from mldropd.auth import load_secret_key
@@ -30,8 +32,10 @@ from mldropd.daemon import Daemon
 from mldropd.errors import MldropdError, Unauthorized
 from mldropd.pages.routes import ROUTES as PAGE_ROUTES
 from mldropd.pages.routes import session_user
+from mldropd.records import User
 from mldropd.settings import Settings
 
+log = logging.getLogger(__name__)
 WEB_DIR = Path(web.__file__).parent
 _NO_CSRF = ["/api/", "/healthz", "/readyz", "/metrics", "/schema"]
 
@@ -65,12 +69,19 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return _errors_response(exc.status_code, errors)
 
 
+def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A bug: log the traceback for the operator, answer without internals."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _errors_response(500, [{"field": "", "message": (
+        "internal error in mldropd; the operator finds the details in the daemon log")}])
+
+
 @get("/healthz", sync_to_thread=False, include_in_schema=True, summary="Liveness")
 def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@get("/readyz", summary="Readiness: database, store, scheduler")
+@get("/readyz", summary="Readiness: database, store, scheduler, features, disk")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     checks = await anyio.to_thread.run_sync(state.daemon.readiness)
     ok = all(v == "ok" for v in checks.values())
@@ -87,6 +98,18 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 )
 def metrics_route(state: State) -> str:
     return metrics.render(state.daemon)
+
+
+def _api_user(request: Request[Any, Any, Any], state: State) -> User:
+    user = bearer_user(request, state)
+    logs.note_user(request.scope, user.email)  # type: ignore[arg-type]
+    return user
+
+
+def _page_user(request: Request[Any, Any, Any], state: State) -> User:
+    user = session_user(request, state)
+    logs.note_user(request.scope, user.email)  # type: ignore[arg-type]
+    return user
 
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
@@ -107,16 +130,16 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
     )
     api = Router(
         path="/",
-        route_handlers=API_ROUTES,
-        dependencies={"user": Provide(bearer_user, sync_to_thread=True)},
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES],
+        dependencies={"user": Provide(_api_user, sync_to_thread=True)},
     )
     pages = Router(
         path="/",
         route_handlers=PAGE_ROUTES,
-        dependencies={"user": Provide(session_user, sync_to_thread=True)},
+        dependencies={"user": Provide(_page_user, sync_to_thread=True)},
         include_in_schema=False,
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             api,
             pages,
@@ -137,8 +160,15 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
             cookie_samesite="lax",
         ),
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
-        exception_handlers={MldropdError: on_domain_error, HTTPException: on_http_error},
+        exception_handlers={
+            MldropdError: on_domain_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected_error,
+        },
         openapi_config=OpenAPIConfig(title="mldropd", version=__version__),
         logging_config=None,  # mldropd.logs configures logging once, for the whole process
         request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),
     )
+    if settings.server.access_log:  # outermost, so 404s and redirects are logged too
+        app.asgi_handler = logs.AccessLog(app.asgi_handler)  # type: ignore[assignment]
+    return app

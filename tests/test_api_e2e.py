@@ -252,7 +252,9 @@ def test_health_and_schema(client: TestClient[Any]) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "store": "ok", "scheduler": "ok"}
+    checks = ready.json()["checks"]
+    assert {"database", "store", "scheduler"} <= set(checks)
+    assert set(checks.values()) == {"ok"}
     assert (
         "mldropd_model_runs" in client.get("/metrics").text
         or client.get("/metrics").status_code == 200

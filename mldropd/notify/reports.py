@@ -73,6 +73,8 @@ def _fmt_rows(rows: int | None) -> str | None:
 def _fmt_seconds(seconds: float | None) -> str | None:
     if seconds is None:
         return None
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
