@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 from mldropd.errors import ConfigError
 
@@ -36,6 +37,12 @@ class ServerSettings:
         "", "Public URL of the daemon, used in report links (default http://host:port)."
     )
     work_dir: str = _opt("work", "Scratch space for uploads and batch runs.", path=True)
+    access_log: bool = _opt(
+        False, "Log one line per HTTP request (method, path, status, ms, user; no credentials)."
+    )
+    min_free_disk_mb: int = _opt(
+        500, "/readyz fails when the home's file system has less free space than this."
+    )
 
 
 @dataclass
@@ -61,9 +68,13 @@ class StorageSettings:
 
 @dataclass
 class FeatureSettings:
-    kind: str = _opt("parquet", "Feature source: parquet (hive dt=YYYY-MM-DD folders) or duckdb.")
+    kind: str = _opt(
+        "parquet",
+        "Feature source: parquet (hive dt=YYYY-MM-DD folders), duckdb, or spark_table (a Spark "
+        "catalog table; needs the spark engine).",
+    )
     path: str = _opt("features", "Parquet dataset folder, or DuckDB database file.", path=True)
-    table: str = _opt("features", "Table name (kind = duckdb).")
+    table: str = _opt("features", "Table name (kind = duckdb or spark_table).")
     entity_key: str = _opt("entity_id", "Entity key column, unless a model names its own.")
     date_column: str = _opt("dt", "Date column or hive partition key of the feature slices.")
     max_staleness_days: int = _opt(
@@ -115,6 +126,9 @@ class EngineSettings:
     model_memory_mb: int = _opt(8192, "Address-space limit of a scoring or validation process.")
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
+    spark_conf: dict[str, str] = _opt(
+        {}, "Spark settings passed to the session as they are (a table: \"spark.x\" = \"v\")."
+    )
 
 
 @dataclass
@@ -151,6 +165,9 @@ class EmailSettings:
 class LimitsSettings:
     max_upload_mb: int = _opt(512, "Largest accepted model file.")
     active_models_per_user: int = _opt(20, "Active models a user may have, unless set per user.")
+    versions_kept: int = _opt(
+        5, "Versions kept per model; older ones are deleted (never the version being scored)."
+    )
 
 
 @dataclass
@@ -166,6 +183,8 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     config_file: str = ""  # where the file layer came from; "" when none
+    # "section.key" -> file | environment | flag, for keys not left at their default
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -186,7 +205,7 @@ class Settings:
 
 
 def _sections() -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(Settings) if f.name != "config_file"]
+    return [f for f in dataclasses.fields(Settings) if f.name not in ("config_file", "sources")]
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
@@ -228,6 +247,17 @@ def _coerce(section: str, key: str, kind: type, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if get_origin(kind) is dict:  # a TOML table, or a JSON object in the environment
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a table (JSON object), got {value!r}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(v, str | int | float | bool) for v in value.values()
+        ):
+            raise ConfigError(f"{where} must be a table of plain values, got {value!r}")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r}")
     return value
@@ -284,11 +314,15 @@ def load_settings(
                         f"known keys: {', '.join(hints)}"
                     )
                 setattr(target, key, _coerce(section_name, key, hints[key], value, source))
+                settings.sources[f"{section_name}.{key}"] = _SOURCE_KINDS.get(source, "file")
 
     base = path.resolve().parent if settings.config_file else Path.cwd()
     _resolve_paths(settings, base)
     validate(settings)
     return settings
+
+
+_SOURCE_KINDS = {"environment": "environment", "command line": "flag"}
 
 
 def _env_layer(env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -313,7 +347,7 @@ def _resolve_paths(settings: Settings, base: Path) -> None:
 _CHOICES = {
     ("server", "log_format"): {"text", "json"},
     ("storage", "kind"): {"local", "s3"},
-    ("features", "kind"): {"parquet", "duckdb"},
+    ("features", "kind"): {"parquet", "duckdb", "spark_table"},
     ("engine", "default"): {"auto", "local", "spark"},
     ("dq", "gate"): {"off", "alert"},
 }
@@ -351,6 +385,7 @@ def validate(settings: Settings) -> None:
         ("engine", "model_memory_mb"),
         ("scheduler", "max_attempts"),
         ("limits", "max_upload_mb"),
+        ("limits", "versions_kept"),
         ("dq", "av_max_rows"),
     ]
     for section, key in positive:
