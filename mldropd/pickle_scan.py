@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import builtins
 import io
-import mmap
 import os
 import pickle
 import pickletools
 import re
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -350,7 +350,63 @@ def _what_is_it(head: bytes) -> str:
     return f"it looks like {kind}"
 
 
-def _scan(f: IO[bytes] | mmap.mmap, size: int) -> ScanResult:
+_BIG_ARG = 1 << 20  # byte/string arguments above this are skipped, not read: memory stays flat
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+def _genops(f: IO[bytes]) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]:
+    """pickletools.genops, except that a counted argument over _BIG_ARG is seeked past.
+
+    Large byte strings (arrays, LightGBM model text) are data to the scan; reading them would
+    hold the whole model in memory. Such an argument is reported as empty.
+    """
+    while True:
+        pos = f.tell()
+        code = f.read(1)
+        op = pickletools.code2op.get(code.decode("latin-1")) if code else None
+        if op is None:
+            if not code:
+                raise ValueError("pickle exhausted before seeing STOP")
+            raise ValueError(f"at position {pos}, opcode {code!r} unknown")
+        arg: Any = None
+        if op.arg is not None:
+            prefix = _LENGTH_PREFIX.get(op.arg.n)
+            if prefix is None:
+                arg = op.arg.reader(f)
+            else:
+                width, signed = prefix
+                raw = f.read(width)
+                if len(raw) != width:
+                    raise ValueError(f"{op.name}: the length field is cut off")
+                length = int.from_bytes(raw, "little", signed=signed)
+                if length < 0:
+                    raise ValueError(f"{op.name}: negative length {length}")
+                if length > _BIG_ARG:
+                    if f.tell() + length > _size(f):
+                        raise ValueError(f"{op.name}: {length} bytes promised, the file ends first")
+                    f.seek(length, os.SEEK_CUR)
+                    arg = "" if "unicode" in op.arg.name or "string" in op.arg.name else b""
+                else:
+                    f.seek(-width, os.SEEK_CUR)
+                    arg = op.arg.reader(f)
+        yield op, arg, pos
+        if op.name == "STOP":
+            return
+
+
+def _size(f: IO[bytes]) -> int:
+    here = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(here)
+    return end
+
+
+def _scan(f: IO[bytes], size: int) -> ScanResult:
     if size == 0:
         return ScanResult([], [], False, "the file is empty", None)
     head = f.read(16)
@@ -361,7 +417,7 @@ def _scan(f: IO[bytes] | mmap.mmap, size: int) -> ScanResult:
     scanner = _Scanner()
     error: str | None = None
     try:
-        for op, arg, _pos in pickletools.genops(f):
+        for op, arg, _pos in _genops(f):
             scanner.step(op, arg)
             if scanner.done:  # only the first pickle: dill.dump writes one
                 break
@@ -383,13 +439,8 @@ def _scan(f: IO[bytes] | mmap.mmap, size: int) -> ScanResult:
 
 def scan_pickle(path: str | os.PathLike[str]) -> ScanResult:
     """Scan the pickle in a file without loading it."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return _scan(f, 0)
-        # mmap, like BytesIO, never allocates more than is left for a forged length field.
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _scan(mapped, size)
+    with open(path, "rb") as f:  # buffered reads: large arguments are seeked past
+        return _scan(f, os.fstat(f.fileno()).st_size)
 
 
 def scan_bytes(data: bytes) -> ScanResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,26 @@ def register_upload(
     problems = inspection.errors + problems
     if problems or inspection.summary is None:
         raise ValidationFailed(problems or [FieldError("file", "the model could not be checked")])
+    with _name_lock(user.id or 0, name):  # one upload of a name at a time: versions don't clash
+        return _store_and_record(engine, store, settings, user, upload, inspection,
+                                 name, email, schedule)
+
+
+def _name_lock(owner_id: int, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _NAME_LOCKS.setdefault((owner_id, name), threading.Lock())
+
+
+_LOCKS_GUARD = threading.Lock()
+_NAME_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+
+
+def _store_and_record(engine: Engine, store: ArtifactStore, settings: Settings, user: User,
+                      upload: Path, inspection: Inspection, name: str, email: str,
+                      schedule: str) -> tuple[Model, ModelVersion]:
+    """Store the object, then record the version (the object goes if the record fails)."""
     summary = inspection.summary
+    assert summary is not None
     with session_scope(engine) as s:
         model = s.exec(select(Model).where(Model.owner_id == user.id, Model.name == name)).first()
         if model is None:
@@ -119,9 +139,6 @@ def register_upload(
                 model = s.get(Model, model.id)
                 assert model is not None
                 model.email, model.schedule, model.updated_at = email, schedule, utcnow()
-                model.status = (
-                    ModelStatus.ACTIVE if model.status == ModelStatus.ACTIVE else model.status
-                )
             model.version = version
             row = ModelVersion(
                 model_id=model.id or 0,

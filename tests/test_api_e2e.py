@@ -261,3 +261,18 @@ def test_health_and_schema(client: TestClient[Any]) -> None:
     )
     schema = client.get("/schema/openapi.json").json()
     assert "/api/v1/models" in schema["paths"]
+
+
+def test_concurrent_uploads_of_one_name_make_two_versions(
+        client: TestClient[Any], settings: Settings, make_user: Callable[..., str],
+        model_files: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = make_user("ann@example.com")
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda _: upload(client, token, model_files["logreg"]), [1, 2]))
+    assert sorted(r.status_code for r in responses) == [201, 201], [r.text for r in responses]
+    model = client.get(f"/api/v1/models/{responses[0].json()['id']}", headers=auth(token)).json()
+    assert sorted(v["version"] for v in model["versions"]) == [1, 2]
+    stored = sorted(p.parent.name for p in Path(settings.storage.path).rglob("model.dill"))
+    assert stored == ["v1", "v2"]

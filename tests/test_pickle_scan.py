@@ -331,3 +331,18 @@ def test_any_bytes_give_a_result_never_an_exception(cut: int, noise: bytes) -> N
         result = scan_bytes(data)
         assert result.ok == (result.error is None and not result.refused)
         assert set(result.refused) <= set(result.globals)
+
+
+def test_large_byte_arguments_are_skipped_not_read(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "big.dill"
+    path.write_bytes(dill.dumps({"pipeline": os.urandom(60 * 1024 * 1024), "features": ["a"]}))
+    tracemalloc.start()
+    try:
+        result = scan_pickle(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.ok and result.error is None
+    assert peak < 5 * 1024 * 1024, f"the scan held {peak / 2**20:.0f} MB"
