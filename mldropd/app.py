@@ -14,8 +14,7 @@ from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
-from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
@@ -25,14 +24,17 @@ from litestar.template.config import TemplateConfig
 import web
 from mldropd import __version__, logs, metrics
 from mldropd.api.admin import ROUTES as ADMIN_ROUTES
+from mldropd.api.audit import ROUTES as AUDIT_ROUTES
 from mldropd.api.routes import ROUTES as API_ROUTES
 from mldropd.api.routes import bearer_user
+from mldropd.api.schema import document_errors
 from mldropd.auth import load_secret_key
 from mldropd.daemon import Daemon
 from mldropd.errors import MldropdError, Unauthorized
 from mldropd.pages.routes import ROUTES as PAGE_ROUTES
 from mldropd.pages.routes import session_user
 from mldropd.records import User
+from mldropd.security import SecurityHeaders, session_config
 from mldropd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,11 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         for e in extra
         if isinstance(e, dict)
     ] or [{"field": "", "message": detail}]
-    return _errors_response(exc.status_code, errors)
+    # A wrong value of a named field (body, query or path) is 422, like the API's own checks;
+    # a body that is not even JSON stays 400.
+    named = bool(errors) and all(e["field"] for e in errors)
+    status = 422 if isinstance(exc, ValidationException) and named else exc.status_code
+    return _errors_response(status, errors)
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -125,12 +131,11 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
             await anyio.to_thread.run_sync(daemon.stop)
 
     secret = load_secret_key(settings.server.secret_key_file)
-    sessions = CookieBackendConfig(
-        secret=secret, httponly=True, samesite="lax", max_age=12 * 3600, exclude=_NO_CSRF
-    )
+    # Server-side sessions: sign-out deletes the session, idle ones expire (mldropd/security.py).
+    sessions, session_store = session_config(settings, exclude=_NO_CSRF + ["/static"])
     api = Router(
         path="/",
-        route_handlers=[*API_ROUTES, *ADMIN_ROUTES],
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *AUDIT_ROUTES],
         dependencies={"user": Provide(_api_user, sync_to_thread=True)},
     )
     pages = Router(
@@ -153,11 +158,13 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
         lifespan=[lifespan],
         state=State({"daemon": daemon, "settings": settings}),
         middleware=[sessions.middleware],
+        stores={"sessions": session_store},
         csrf_config=CSRFConfig(
             secret=secret.hex(),
             exclude=_NO_CSRF + ["/static"],
             cookie_httponly=False,
             cookie_samesite="lax",
+            cookie_secure=settings.server.secure_cookies,
         ),
         template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
         exception_handlers={
@@ -169,6 +176,8 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
         logging_config=None,  # mldropd.logs configures logging once, for the whole process
         request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),
     )
+    document_errors(app)
+    app.asgi_handler = SecurityHeaders(app.asgi_handler)  # type: ignore[assignment]
     if settings.server.access_log:  # outermost, so 404s and redirects are logged too
         app.asgi_handler = logs.AccessLog(app.asgi_handler)  # type: ignore[assignment]
     return app

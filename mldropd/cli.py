@@ -62,6 +62,8 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        # The client address must be the TCP peer: trusted_proxies is checked against it.
+        proxy_headers=False,
     )
 
 
@@ -382,6 +384,10 @@ register(main)
 from mldropd.cli_ops import register as register_ops  # noqa: E402  (backup, restore)
 
 register_ops(main)
+
+from mldropd.cli_users import register as register_users  # noqa: E402  (users ..., audit)
+
+register_users(main)
 
 if __name__ == "__main__":
     main()

@@ -188,7 +188,8 @@ class Daemon:
             self._probe_write()
             checks["database"] = "ok"
         except Exception as exc:
-            checks["database"] = f"database {self.settings.database.path} unusable: {exc}"
+            cause = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
+            checks["database"] = f"database {self.settings.database.path} unusable: {cause}"
         try:
             self.store.check()
             checks["store"] = "ok"
@@ -196,7 +197,8 @@ class Daemon:
             checks["store"] = str(exc)
         if self.scheduler is not None:
             checks["scheduler"] = self._scheduler_check()
-        checks["features"] = self._features_check()
+        if self.settings.features.kind != "spark_table":  # only the batch job runs Spark
+            checks["features"] = self._features_check()
         checks["disk"] = self._disk_check()
         return checks
 

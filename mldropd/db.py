@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, create_engine
 
-from mldropd import records  # noqa: F401  (registers the tables)
+from mldropd import __version__, records  # noqa: F401  (registers the tables)
+from mldropd.errors import MldropdError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(path: str | Path) -> Engine:
@@ -33,8 +43,8 @@ def make_engine(path: str | Path) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables."""
-    SQLModel.metadata.create_all(engine)
+    """Bring the database to the current schema (Alembic migrations; see upgrade_db)."""
+    upgrade_db(engine)
 
 
 @contextmanager
@@ -47,3 +57,101 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+# -- schema migrations (Alembic, mldropd/migrations) ---------------------------------------------
+FIRST_REVISION = "0001"
+
+
+class SchemaTooNew(MldropdError):
+    """The database was upgraded by a newer mldropd; this one must not touch it."""
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    from mldropd.migrations import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this mldropd knows."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(_alembic_config()).get_current_head())
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The database's schema revision (None: not versioned yet)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def copy_database(src: str | Path, dest: str | Path) -> None:
+    """A consistent copy of a live SQLite database (online backup API; writers may go on)."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    source = sqlite3.connect(src, timeout=30)
+    target = sqlite3.connect(dest)
+    try:
+        with target:
+            source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+def upgrade_db(engine: Engine, *, backup: bool = True) -> str:
+    """Upgrade the database to the newest revision, after a copy to <db>.bak-<revision>.
+
+    An empty database is created at the newest revision; one created before migrations
+    existed (tables, no version) is taken as the first revision. A database whose revision
+    this mldropd does not know was upgraded by a newer one: SchemaTooNew, nothing is touched.
+    """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    db_path = Path(str(engine.url.database))
+    script = ScriptDirectory.from_config(_alembic_config())
+    head = str(script.get_current_head())
+    known = {rev.revision for rev in script.walk_revisions()}
+    # One upgrader at a time: the daemon and a CLI command may start together.
+    with open(f"{db_path}.migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = schema_revision(engine)
+        if current == head:
+            return head
+        if current is not None and current not in known:
+            raise SchemaTooNew(
+                f"the database {db_path} has schema revision {current}, which this mldropd "
+                f"{__version__} does not know (its newest is {head}): a newer mldropd has "
+                "upgraded it. Run that newer mldropd, or restore a backup taken before the "
+                f"upgrade (`mldropd restore DIR`, or the copy {db_path}.bak-<revision>)."
+            )
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+        unversioned = current is None and "user" in tables  # made by create_all, before 0001
+        if unversioned:
+            current = FIRST_REVISION
+        if current is not None and backup:
+            copy = Path(f"{db_path}.bak-{current}")
+            copy_database(db_path, copy)
+            log.info("database backed up to %s before the upgrade", copy)
+        if unversioned:
+            with engine.begin() as conn:
+                command.stamp(_alembic_config(conn), FIRST_REVISION)
+            log.info("unversioned database %s taken as schema revision %s", db_path, current)
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "head")
+        log.info(
+            "database %s upgraded from schema revision %s to %s",
+            db_path,
+            current or "(empty)",
+            head,
+        )
+        return head

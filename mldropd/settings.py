@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -42,6 +43,19 @@ class ServerSettings:
     )
     min_free_disk_mb: int = _opt(
         500, "/readyz fails when the home's file system has less free space than this."
+    )
+    session_idle_minutes: int = _opt(
+        480, "A web session ends after this many minutes without a request (each request renews)."
+    )
+    secure_cookies: bool = _opt(
+        False, "Mark cookies Secure (sent over HTTPS only): set it when TLS ends at a proxy."
+    )
+    trusted_user_header: str = _opt(
+        "",
+        "Header naming the signed-in user's email, set by an SSO proxy (e.g. X-Forwarded-Email).",
+    )
+    trusted_proxies: list[str] = _opt(
+        [], "Addresses (IPs or CIDRs) whose trusted_user_header is believed; from others it is not."
     )
 
 
@@ -247,6 +261,12 @@ def _coerce(section: str, key: str, kind: type, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if get_origin(kind) is list:  # a TOML array, or comma-separated text in the environment
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return list(value)
     if get_origin(kind) is dict:  # a TOML table, or a JSON object in the environment
         if isinstance(value, str):
             try:
@@ -391,5 +411,14 @@ def validate(settings: Settings) -> None:
     for section, key in positive:
         if getattr(getattr(settings, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be greater than 0")
+    if settings.server.session_idle_minutes <= 0:
+        raise ConfigError("[server] session_idle_minutes must be greater than 0")
+    for entry in settings.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[server] trusted_proxies: {entry!r} is not an IP address or CIDR network"
+            ) from None
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")

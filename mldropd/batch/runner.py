@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from mldropd import logs
 from mldropd.batch import write
 from mldropd.batch.plan import retry_at
 from mldropd.batch.run import BatchJob
@@ -36,10 +37,10 @@ RetryHook = Callable[[dt.date, list[int], dt.datetime], None]
 WaitHook = Callable[[int, dt.datetime], None]
 
 
-def _relay(stream: Any) -> None:
-    """The batch job's log lines join the daemon's log."""
+def _relay(stream: Any, batch_id: int) -> None:
+    """The batch job's log lines join the daemon's log (as JSON events when it logs JSON)."""
     for line in iter(stream.readline, b""):
-        sys.stderr.write(line.decode("utf-8", "replace"))
+        logs.relay_line(line.decode("utf-8", "replace"), batch_id)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -236,7 +237,7 @@ class Runner:
     def _watch(self, proc: subprocess.Popen[bytes], batch_id: int) -> bool:
         """Relay the job's log and wait for it; stop it if its heartbeat stops. True if stalled."""
         assert proc.stdout is not None
-        pump = threading.Thread(target=_relay, args=(proc.stdout,), daemon=True)
+        pump = threading.Thread(target=_relay, args=(proc.stdout, batch_id), daemon=True)
         pump.start()
         limit = dt.timedelta(seconds=self.settings.scheduler.heartbeat_timeout_s)
         stalled = False
