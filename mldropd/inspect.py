@@ -33,8 +33,21 @@ class Inspection:
         return not self.errors and self.summary is not None
 
 
-def scan_file(path: Path) -> tuple[dict[str, Any], list[FieldError]]:
-    """The static scan, as JSON-able facts and problems."""
+FUNCTIONS_NOTE = "contains serialized Python functions (lambdas or notebook functions)"
+
+
+def scan_notes(scan: dict[str, Any]) -> list[str]:
+    """What the uploader should know about a file's imports, in plain words."""
+    notes = [FUNCTIONS_NOTE] if scan.get("has_functions") else []
+    if scan.get("allowed"):
+        notes.append("imports allowed for you by an admin: " + ", ".join(scan["allowed"]))
+    return notes
+
+
+def scan_file(
+    path: Path, allowed: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The static scan, as JSON-able facts and problems; `allowed` names are not refused."""
     if path.stat().st_size == 0:
         return {}, [
             FieldError(
@@ -43,20 +56,22 @@ def scan_file(path: Path) -> tuple[dict[str, Any], list[FieldError]]:
             )
         ]
     result = scan_pickle(path)
+    refused = [name for name in result.refused if name not in allowed]
     facts = {
         "globals": result.globals,
-        "refused": result.refused,
+        "refused": refused,
+        "allowed": [name for name in result.refused if name in allowed],
         "has_functions": result.has_functions,
         "protocol": result.protocol,
     }
     if result.error:
         return facts, [FieldError("file", result.error)]
-    if result.refused:
+    if refused:
         return facts, [
             FieldError(
                 "file",
                 (
-                    f"the file imports {', '.join(result.refused)}, which can run commands, open "
+                    f"the file imports {', '.join(refused)}, which can run commands, open "
                     "connections or evaluate code; such models are refused. Remove them from the "
                     "pipeline or ask an admin"
                 ),
@@ -65,9 +80,14 @@ def scan_file(path: Path) -> tuple[dict[str, Any], list[FieldError]]:
     return facts, []
 
 
-def inspect_file(path: Path, settings: Settings) -> Inspection:
-    """Scan, then validate in the sandbox; never loads the file in this process."""
-    facts, problems = scan_file(path)
+def inspect_file(
+    path: Path, settings: Settings, allowed: frozenset[str] = frozenset()
+) -> Inspection:
+    """Scan, then validate in the sandbox; never loads the file in this process.
+
+    `allowed`: refused globals an admin allowed for the uploader (auth.allowed_globals).
+    """
+    facts, problems = scan_file(path, allowed)
     inspection = Inspection(errors=problems, scan=facts)
     if problems:
         return inspection

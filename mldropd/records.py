@@ -150,3 +150,29 @@ class SweepLog(SQLModel, table=True):
     status: str = "planned"  # planned | skipped
     reason: str = ""
     created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class PickleAllowance(SQLModel, table=True):
+    """A pickle global the scan refuses, allowed by an admin for one user's uploads."""
+
+    __tablename__ = "pickle_allowance"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str  # an exact dotted name, e.g. "posix.getcwd"
+    allowed_by: str
+    allowed_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what to which object, and when: uploads, deletes, runs, admin actions."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(index=True)  # a user's email, or "cli:<os user>"
+    action: str = Field(index=True)  # e.g. model.upload, user.disable
+    target: str = ""  # e.g. model:3, run:17, user:ann@example.com
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

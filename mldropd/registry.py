@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from mldropd import audit
+from mldropd.auth import allowed_globals
 from mldropd.contract import DQ_KEYS, check_dq, check_email, check_name, check_schedule
 from mldropd.db import session_scope
 from mldropd.errors import Conflict, FieldError, NotFound, QuotaExceeded, ValidationFailed
@@ -49,9 +51,12 @@ def quota_of(user: User, settings: Settings) -> int:
     return user.quota if user.quota is not None else settings.limits.active_models_per_user
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot exist (and cannot be bound)
+
+
 def get_model(session: Session, user: User, model_id: int) -> Model:
     """The user's model (any model for an admin); another user's model is not found."""
-    model = session.get(Model, model_id)
+    model = session.get(Model, model_id) if 0 < model_id <= MAX_ID else None
     if model is None or (model.owner_id != user.id and not user.is_admin):
         raise NotFound(f"model {model_id} not found")
     return model
@@ -81,7 +86,9 @@ def register_upload(
     Nothing is stored or recorded unless every check passes; a failed database write removes
     the object it had stored.
     """
-    inspection = inspect_file(upload, settings)
+    with Session(engine) as s:
+        allowed = allowed_globals(s, user.id)
+    inspection = inspect_file(upload, settings, allowed)
     name, email, schedule, problems = _resolve(form, inspection, user)
     problems = inspection.errors + problems
     if problems or inspection.summary is None:
@@ -153,6 +160,11 @@ def _store_and_record(engine: Engine, store: ArtifactStore, settings: Settings, 
                 uploaded_by=user.email,
             )
             s.add(row)
+            audit.record(
+                s, user.email, "model.upload", f"model:{model.id}", name=name, version=version,
+                sha256=digest, size=size, functions=bool(inspection.scan.get("has_functions")),
+                allowed_globals=inspection.scan.get("allowed", []),
+            )
     except BaseException:
         store.delete_prefix(key.rsplit("/", 1)[0] + "/")
         raise
@@ -228,6 +240,7 @@ def update_model(
             model.schedule = parse_schedule(changes["schedule"]).text
         if "dq" in changes:  # a value of null removes that override
             model.dq = {k: v for k, v in {**model.dq, **changes["dq"]}.items() if v is not None}
+        audit.record_model_change(s, user.email, model, changes)
         for key in ("email", "status"):
             if key in changes:
                 setattr(model, key, changes[key])
@@ -265,6 +278,8 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
                 s.delete(row)
             s.flush()  # children first: without ORM relationships nothing orders the deletes
         s.delete(model)
+        audit.record(s, user.email, "model.delete", f"model:{model_id}", name=model.name,
+                     owner=owner.email)
     store.delete_prefix(prefix)
     log.info("model deleted", extra={"model_id": model_id, "user": user.email})
 
@@ -363,7 +378,9 @@ def active_model_names(session: Session, user_id: int) -> list[str]:
     )
 
 
-def set_quota(engine: Engine, settings: Settings, email: str, quota: Any) -> tuple[User, list[str]]:
+def set_quota(
+    engine: Engine, settings: Settings, email: str, quota: Any, *, actor: str = ""
+) -> tuple[User, list[str]]:
     """Set a user's quota of active models (None: back to the configured default).
 
     Returns the user and its active models. Lowering a quota below the active count pauses
@@ -380,6 +397,7 @@ def set_quota(engine: Engine, settings: Settings, email: str, quota: Any) -> tup
             raise NotFound(f"no user {address}", field="email")
         user.quota = quota
         active = active_model_names(s, user.id or 0)
+        audit.record(s, actor, "user.set_quota", f"user:{address}", quota=quota)
     log.info(
         "quota set to %s",
         quota if quota is not None else f"the default ({settings.limits.active_models_per_user})",

@@ -84,8 +84,8 @@ class StorageSettings:
 class FeatureSettings:
     kind: str = _opt(
         "parquet",
-        "Feature source: parquet (hive dt=YYYY-MM-DD folders), duckdb, or spark_table (a Spark "
-        "catalog table; needs the spark engine).",
+        "Feature source: parquet (hive dt=YYYY-MM-DD folders), duckdb, or spark_table (a catalog "
+        "table scored by Spark; path = its location).",
     )
     path: str = _opt("features", "Parquet dataset folder, or DuckDB database file.", path=True)
     table: str = _opt("features", "Table name (kind = duckdb or spark_table).")

@@ -75,7 +75,9 @@ def patch_user_route(
             or [FieldError("quota", 'send {"quota": N} (a whole number, or null for the default)')]
         )
     daemon: Daemon = state.daemon
-    changed, active = set_quota(daemon.engine, daemon.settings, email, data["quota"])
+    changed, active = set_quota(
+        daemon.engine, daemon.settings, email, data["quota"], actor=user.email
+    )
     return user_json(changed, daemon.settings, active)
 
 

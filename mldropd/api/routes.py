@@ -13,12 +13,14 @@ from litestar.params import FromPath, Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
-from mldropd.api.views import dq_json, model_json, run_json
+from mldropd import audit
+from mldropd.api.views import dq_json, model_json, models_json, run_json
 from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
+from mldropd.db import session_scope
 from mldropd.errors import FieldError, NotFound, Unauthorized, ValidationFailed
 from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.registry import delete_model, get_model, list_models, update_model
+from mldropd.registry import MAX_ID, delete_model, get_model, list_models, update_model
 from mldropd.states import Trigger
 from mldropd.uploads import receive_upload
 
@@ -73,7 +75,7 @@ def list_models_route(
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         now = daemon.now()
-        return [model_json(s, m, daemon.settings, now) for m in list_models(s, user, owner)]
+        return models_json(s, list_models(s, user, owner), daemon.settings, now)
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")
@@ -127,7 +129,16 @@ def request_run(daemon: Daemon, user: User, model_id: int, day: dt.date | None) 
         model = get_model(s, user, model_id)
     trigger = Trigger.MANUAL if day in (None, today) else Trigger.BACKFILL
     _, covered = daemon.run_models(day or today, [model], trigger, force=True)
+    _audit_runs(daemon, user, "run.request", {model_id: covered[model_id]})
     return covered[model_id]
+
+
+def _audit_runs(daemon: Daemon, user: User, action: str, covered: dict[int, ModelRun]) -> None:
+    """One audit event per model whose scoring was asked for."""
+    with session_scope(daemon.engine) as s:
+        for model_id, run in covered.items():
+            audit.record(s, user.email, action, f"model:{model_id}", run_id=run.id,
+                         date=run.date, trigger=run.trigger)
 
 
 @post(
@@ -180,6 +191,7 @@ def backfill_route(state: State, user: NamedDependency[User], data: dict[str, An
     for day in days:
         trigger = Trigger.MANUAL if day == daemon.today() else Trigger.BACKFILL
         _, covered = daemon.run_models(day, models, trigger, force=True)
+        _audit_runs(daemon, user, "run.request", covered)
         runs += [{"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
                  for m, r in covered.items()]
     return {"runs": runs}
@@ -202,6 +214,7 @@ def rerun_failed_route(state: State, user: NamedDependency[User], data: dict[str
     if not models:
         return {"runs": []}
     _, covered = daemon.run_models(day, models, Trigger.MANUAL)
+    _audit_runs(daemon, user, "run.rerun_failed", covered)
     return {"runs": [{"run_id": r.id, "model_id": m, "date": day.isoformat(),
                       "status": r.status} for m, r in covered.items()]}
 
@@ -238,7 +251,9 @@ def list_runs_route(
 ) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
-        query = select(ModelRun).order_by(col(ModelRun.id).desc()).limit(min(limit, 1000))
+        if model_id is not None and not 0 < model_id <= MAX_ID:
+            return []  # no such model can exist
+        query = select(ModelRun).order_by(col(ModelRun.id).desc()).limit(max(1, min(limit, 1000)))
         owned = _owned_model_ids(s, user)
         if owned is not None:
             query = query.where(col(ModelRun.model_id).in_(owned))
@@ -255,7 +270,7 @@ def get_run_route(
 ) -> dict[str, Any]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
-        run = s.get(ModelRun, run_id)
+        run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None
         if run is None:
             raise NotFound(f"run {run_id} not found")
         try:

@@ -7,10 +7,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from mldropd.inspect import scan_notes
 from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User
 from mldropd.registry import versions
 from mldropd.scheduling.scheduler import sweep_fire_time
-from mldropd.scheduling.schedules import parse_schedule
+from mldropd.scheduling.schedules import Schedule, parse_schedule
 from mldropd.settings import Settings
 
 
@@ -52,6 +53,7 @@ def version_json(v: ModelVersion) -> dict[str, Any]:
         "version": v.version, "sha256": v.sha256, "size": v.size, "features": v.features,
         "uploaded_at": _iso(v.uploaded_at), "uploaded_by": v.uploaded_by,
         "contract": v.contract, "dry_run": v.dry_run, "scan": v.scan,
+        "scan_notes": scan_notes(v.scan),  # e.g. "contains serialized Python functions ..."
     }
 
 
@@ -72,13 +74,23 @@ def model_json(session: Session, model: Model, settings: Settings, now: dt.datet
     owner = session.get(User, model.owner_id)
     current = session.exec(select(ModelVersion).where(
         ModelVersion.model_id == model.id, ModelVersion.version == model.version)).first()
-    run = last_run(session, model.id)
-    dq = last_dq(session, model.id)
-    nxt = next_run_date(model, settings, now)
-    data: dict[str, Any] = {
-        "id": model.id, "name": model.name, "owner": owner.email if owner else None,
+    data = _model_data(model, owner.email if owner else None, current,
+                       last_run(session, model.id), last_dq(session, model.id),
+                       next_run_date(model, settings, now), parse_schedule(model.schedule))
+    if detail:
+        data["versions"] = [version_json(v) for v in versions(session, model.id)]
+    elif current is not None:
+        data["dry_run"] = current.dry_run
+    return data
+
+
+def _model_data(model: Model, owner: str | None, current: ModelVersion | None,
+                run: ModelRun | None, dq: DQResult | None, nxt: dt.date | None,
+                schedule: Schedule) -> dict[str, Any]:
+    return {
+        "id": model.id, "name": model.name, "owner": owner,
         "email": model.email, "schedule": model.schedule,
-        "schedule_text": parse_schedule(model.schedule).describe(), "status": model.status,
+        "schedule_text": schedule.describe(), "status": model.status,
         "version": model.version,
         "dq": {**((current.contract.get("dq") or {}) if current else {}), **(model.dq or {})},
         "features": current.features if current else [],
@@ -92,11 +104,77 @@ def model_json(session: Session, model: Model, settings: Settings, now: dt.datet
             "reason": dq.reason},
         "created_at": _iso(model.created_at), "updated_at": _iso(model.updated_at),
     }
-    if detail:
-        data["versions"] = [version_json(v) for v in versions(session, model.id)]
-    elif current is not None:
-        data["dry_run"] = current.dry_run
-    return data
+
+
+# -- lists: a fixed number of queries, however many models --------------------------------------
+_SCAN_PER_MODEL = 5  # newest rows scanned per listed model before looking models up one by one
+
+
+def latest_by_model(session: Session, table: type[ModelRun] | type[DQResult],
+                    model_ids: list[int], columns: list[Any]) -> dict[int, Any]:
+    """Each model's newest row of table (by date, then id), as last_run/last_dq pick it, with
+    only the given columns (DQ details are large JSON documents a list does not show).
+
+    The newest rows of the whole table come first through the date index, so models scored
+    lately are found in one short scan; the others (paused long ago, never scored) are looked
+    up one by one, which costs little for them. Then one query loads the rows found."""
+    want = set(model_ids)
+    found: dict[int, int] = {}
+    newest = session.exec(select(table.id, table.model_id)
+                          .order_by(col(table.date).desc(), col(table.id).desc())
+                          .limit(_SCAN_PER_MODEL * len(want) + 100))
+    for row_id, model_id in newest:
+        if model_id in want and model_id not in found:
+            found[model_id] = row_id
+    for model_id in want - found.keys():
+        row_id = session.exec(select(table.id).where(table.model_id == model_id)
+                              .order_by(col(table.date).desc(), col(table.id).desc())).first()
+        if row_id is not None:
+            found[model_id] = row_id
+    rows: dict[int, Any] = {}
+    ids = list(found.values())
+    for start in range(0, len(ids), 500):  # stay far below SQLite's bound on parameters
+        chunk = ids[start:start + 500]
+        for row in session.exec(select(table.model_id, *columns).where(col(table.id).in_(chunk))):
+            rows[row.model_id] = row
+    return rows
+
+
+def models_json(session: Session, models: list[Model], settings: Settings,
+                now: dt.datetime) -> list[dict[str, Any]]:
+    """Many models as model_json shows each (without detail), in a few queries in all."""
+    ids = [m.id for m in models if m.id is not None]
+    if not ids:
+        return []
+    owner_ids = list({m.owner_id for m in models})
+    owners = {u.id: u.email for u in session.exec(select(User).where(col(User.id).in_(owner_ids)))}
+    current: dict[int, Any] = {}
+    V = ModelVersion  # noqa: N806
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for v in session.exec(select(V.model_id, V.features, V.contract, V.dry_run)
+                              .join(Model, (Model.id == V.model_id) & (Model.version == V.version))
+                              .where(col(Model.id).in_(chunk))):
+            current[v.model_id] = v
+    R, D = ModelRun, DQResult  # noqa: N806
+    runs = latest_by_model(session, R, ids, [R.id, R.status, R.date, R.rows, R.seconds,
+                                             R.attempt, R.error])
+    dqs = latest_by_model(session, D, ids, [D.date, D.status, D.psi, D.auc, D.reason])
+    fire = sweep_fire_time(settings, now)
+    schedules: dict[str, Schedule] = {}
+    out = []
+    for model in models:
+        assert model.id is not None
+        schedule = schedules.get(model.schedule) or parse_schedule(model.schedule)
+        schedules[model.schedule] = schedule
+        nxt = schedule.next_due(fire.date()) if fire and model.status == "active" else None
+        version = current.get(model.id)
+        data = _model_data(model, owners.get(model.owner_id), version, runs.get(model.id),
+                           dqs.get(model.id), nxt, schedule)
+        if version is not None:
+            data["dry_run"] = version.dry_run
+        out.append(data)
+    return out
 
 
 def _iso(value: dt.datetime | None) -> str | None:

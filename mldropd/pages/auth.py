@@ -1,9 +1,10 @@
-"""Sign in with the API token (signed session cookie) and sign out."""
+"""Sign in with the API token (a server-side session; see mldropd/security.py) and sign out."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.response import Redirect, Template
@@ -13,12 +14,19 @@ from mldropd.auth import user_for_token
 from mldropd.errors import Unauthorized
 from mldropd.pages.web import FORM, safe_next
 from mldropd.records import User
+from mldropd.security import proxy_user, prune_sessions, start_session
 
 BAD_TOKEN = "That token is not valid. `mldropd users add EMAIL` prints a token."
 
 
 def session_user(request: Request[Any, Any, Any], state: State) -> User:
-    """The signed-in user; the session ends when the user's token is rotated or disabled."""
+    """The signed-in user; the session ends when the user's token is rotated or disabled.
+
+    Behind a trusted SSO proxy (server.trusted_user_header), the user the proxy names.
+    """
+    proxied = proxy_user(request, state)
+    if proxied is not None:
+        return proxied
     session = request.session or {}
     uid, token_hash = session.get("uid"), session.get("th")
     if uid is not None:
@@ -27,6 +35,11 @@ def session_user(request: Request[Any, Any, Any], state: State) -> User:
         if user is not None and not user.disabled and user.token_hash == token_hash:
             return user
     raise Unauthorized("sign in with your API token")
+
+
+def _token_user(state: State, token: str) -> User | None:
+    with Session(state.daemon.engine) as s:
+        return user_for_token(s, token.strip())
 
 
 @get("/login", sync_to_thread=True)
@@ -40,19 +53,19 @@ def login_page(
     return Redirect(safe_next(next), status_code=303)
 
 
-@post("/login", sync_to_thread=True)
-def login(
+@post("/login")
+async def login(
     request: Request[Any, Any, Any], state: State, data: dict[str, str] = FORM
 ) -> Template | Redirect:
-    with Session(state.daemon.engine) as s:
-        user = user_for_token(s, (data.get("token") or "").strip())
+    user = await anyio.to_thread.run_sync(_token_user, state, data.get("token") or "")
     if user is None:
         return Template(
             "login.html",
             status_code=401,
             context={"next": safe_next(data.get("next")), "error": BAD_TOKEN},
         )
-    request.set_session({"uid": user.id, "th": user.token_hash})
+    await prune_sessions(request)  # sign-ins are rare: a good moment to drop expired sessions
+    start_session(request, {"uid": user.id, "th": user.token_hash})
     return Redirect(safe_next(data.get("next")), status_code=303)
 
 
