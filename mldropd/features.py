@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from mldropd.settings import FeatureSettings
 
+_PATH_KINDS = ("parquet", "spark_table")  # read as <path>/<date_column>=YYYY-MM-DD/*.parquet
 _PARTITION_RE = re.compile(r"^(?P<key>[^=]+)=(?P<date>\d{4}-\d{2}-\d{2})$")
 
 
@@ -32,7 +33,12 @@ class Slice:
 
 
 class FeatureSource:
-    """Hive-partitioned Parquet (`<path>/<date_column>=YYYY-MM-DD/*.parquet`) or a DuckDB table."""
+    """Hive-partitioned Parquet (`<path>/<date_column>=YYYY-MM-DD/*.parquet`) or a DuckDB table.
+
+    kind = spark_table: the Spark engine scores from the catalog table; everything else here
+    (dates, columns, samples, DQ) reads the table's files at `path`, so no Spark runs outside
+    the batch job's scoring step.
+    """
 
     def __init__(self, settings: FeatureSettings) -> None:
         self.settings = settings
@@ -44,7 +50,7 @@ class FeatureSource:
     def available_dates(self) -> list[dt.date]:
         """Every date that has a slice, ascending."""
         s = self.settings
-        if s.kind == "parquet":
+        if s.kind in _PATH_KINDS:
             root = Path(s.path)
             if not root.is_dir():
                 raise FeatureSourceError(
@@ -83,7 +89,7 @@ class FeatureSource:
         s = self.settings
         where = (
             f"{Path(s.path) / f'{s.date_column}={run_date.isoformat()}'}"
-            if s.kind == "parquet"
+            if s.kind in _PATH_KINDS
             else f"{s.table} where {s.date_column} = {run_date.isoformat()}"
         )
         latest = self.latest()
@@ -103,7 +109,7 @@ class FeatureSource:
 
     def _from_clause(self, day: dt.date) -> tuple[str, list[object]]:
         s = self.settings
-        if s.kind == "parquet":
+        if s.kind in _PATH_KINDS:
             pattern = str(Path(s.path) / f"{s.date_column}={day.isoformat()}" / "*.parquet")
             return f"read_parquet({_sql_str(pattern)})", []
         # A date object formatted by isoformat() is safe to inline.

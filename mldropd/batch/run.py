@@ -60,7 +60,7 @@ class BatchJob:
         self.engine = engine or make_engine(settings.database.path)
         self.retries = retries
         self.work = Path(settings.server.work_dir) / f"batch-{batch_id}"
-        self.source = FeatureSource(settings.features, settings.engine)
+        self.source = FeatureSource(settings.features)
         self._last_beat = 0.0
 
     # -- state helpers -----------------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""Spark engine: the batch's scoring pass as one Spark job over every due model.
+
+Read the slice (its hive Parquet partition, or the catalog table for kind = spark_table), select
+the entity key(s) and the union of the models' features, then one `mapInArrow` pass applies
+EVERY model to each Arrow batch. The models' dill bytes are broadcast once; each Python worker
+loads each model once (cached by model run id). `mapInArrow` is `mapInPandas`' Arrow twin: the
+worker gets a pyarrow RecordBatch, exactly what the local engine streams, and
+`mldropd.modelcall.to_input` turns it into the model's input, so both engines call a model with
+identical input (and give bit-identical scores).
+
+Scores do not travel back through the JVM: each task appends every model's scores to that
+model's own Parquet file (the local engine's writer, so the columns and types are the same) in a
+scratch folder beside the scores table, and the job's output is a small long-format report, one
+row per task and model: (model_run_id, path, rows, error, seconds). A model with an error row
+failed alone; only files named in the report (the successful task attempts) are renamed into the
+model's staging folder, which publish() swaps into dt=D/model=M (dynamic partition overwrite:
+idempotent, never a duplicate), and DQ reads it as for the local engine.
+
+Runs in the batch job process (or under spark-submit), never in the daemon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from mldropd.batch.score import Outcome
+from mldropd.engines.local_io import open_scores_file
+from mldropd.engines.spark_worker import REPORT_DDL, WorkerModel, score_partition
+from mldropd.settings import EngineSettings, FeatureSettings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def pyspark_available() -> bool:
+    """True when pyspark can be imported here."""
+    return importlib.util.find_spec("pyspark") is not None
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit (it owns master and conf)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_session(engine: EngineSettings, app_name: str = "mldropd-batch") -> SparkSession:
+    """The active session, else a new one on engine.spark_master with engine.spark_conf."""
+    local = engine.spark_master.startswith("local")
+    if local:  # workers must run this interpreter; stay on loopback
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if not under_spark_submit():
+        builder = builder.master(engine.spark_master)
+    defaults = {"spark.ui.showConsoleProgress": "false"}
+    if local:  # the sandbox's memory limit, applied by Spark to its Python workers
+        defaults["spark.executor.pyspark.memory"] = f"{engine.model_memory_mb}m"
+    for key, value in {**defaults, **engine.spark_conf}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def read_slice(spark: SparkSession, features: FeatureSettings, day: dt.date) -> DataFrame:
+    """The feature slice of `day`: its hive partition folder, or the catalog table's rows."""
+    from pyspark.sql import functions as F
+
+    if features.kind == "spark_table":
+        _check_location(spark, features)
+        table = spark.table(features.table)
+        return table.where(F.col(features.date_column).cast("date") == F.lit(day))
+    if features.kind == "parquet":
+        folder = Path(features.path) / f"{features.date_column}={day}"
+        return spark.read.parquet(str(folder / "*.parquet"))  # the local engine's file set
+    raise ValueError(f"the spark engine cannot read [features] kind = {features.kind!r}")
+
+
+def _check_location(spark: SparkSession, features: FeatureSettings) -> None:
+    """Validation, DQ and the slice dates read the table's files at [features] path: the same?"""
+    from urllib.parse import unquote, urlparse
+
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {features.table}").collect()
+    location = next((r["data_type"] for r in rows if r["col_name"] == "Location"), None)
+    if location is None or Path(unquote(urlparse(location).path)) != Path(features.path):
+        raise ValueError(
+            f"[features] path ({features.path}) must be the location of table {features.table} "
+            f"({location or 'none: not a file-based table'}): the daemon reads its files there"
+        )
+
+
+def score_with_spark(
+    request: dict[str, Any],
+    engine: EngineSettings,
+    *,
+    timeouts: dict[int, float],
+    spark: SparkSession | None = None,
+    heartbeat: Callable[[], None] = lambda: None,
+) -> dict[int, Outcome]:
+    """Score request["models"] (the local engine's request) on Spark; an outcome per model run."""
+    spark = spark or get_session(engine)
+    features = FeatureSettings(**request["features"])
+    day = dt.date.fromisoformat(request["slice_date"])
+    scored_at = dt.datetime.fromisoformat(request["scored_at"])
+    # Arrow batches of engine.batch_rows rows, as the local engine reads them.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(request["batch_rows"]))
+    scratch = Path(request["models"][0]["out_dir"]).parent / "spark-output"
+    try:
+        return _score_all(
+            spark,
+            read_slice(spark, features, day),
+            request["models"],
+            timeouts,
+            scored_at,
+            scratch,
+            heartbeat,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _score_all(
+    spark: SparkSession,
+    frame: DataFrame,
+    tasks: list[dict[str, Any]],
+    timeouts: dict[int, float],
+    scored_at: dt.datetime,
+    scratch: Path,
+    heartbeat: Callable[[], None],
+) -> dict[int, Outcome]:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    keys = list(dict.fromkeys(t["entity_key"] for t in tasks))
+    columns = list(dict.fromkeys(keys + [f for t in tasks for f in t["features"]]))
+    frame = frame.select(*columns)
+    specs = [
+        WorkerModel(
+            model_run_id=t["model_run_id"],
+            model_id=t["model_id"],
+            model_version=t["model_version"],
+            entity_key=t["entity_key"],
+            features=tuple(t["features"]),
+            input=t["input"],
+            call=t["call"],
+            output=t["output"],
+            timeout_s=timeouts.get(t["model_run_id"], 1800.0),
+        )
+        for t in tasks
+    ]
+    blobs = spark.sparkContext.broadcast(
+        {t["model_run_id"]: Path(t["path"]).read_bytes() for t in tasks}
+    )
+    function = functools.partial(
+        score_partition,
+        job=uuid.uuid4().hex,
+        specs=specs,
+        blobs=blobs,
+        scratch=str(scratch),
+        stamp=int(scored_at.timestamp() * 1_000_000),  # as the local engine's writer stamps
+    )
+    report: list[Any] = []
+    started = time.monotonic()
+    try:
+        _run_watched(
+            spark,
+            lambda: report.extend(frame.mapInArrow(function, REPORT_DDL).collect()),
+            sum(s.timeout_s for s in specs) + 600.0,
+            heartbeat,
+        )
+    except Exception as exc:  # the job failed as a whole (a worker died, or it was stopped)
+        message = f"the Spark job failed: {_short(exc)}"
+        return {t["model_run_id"]: Outcome(error=message) for t in tasks}
+    finally:
+        blobs.destroy()
+    log.info("spark job: %d model(s) in %.1f s", len(tasks), time.monotonic() - started)
+    outcomes = {}
+    for t in tasks:
+        run = t["model_run_id"]
+        mine = [r for r in report if r["model_run_id"] == run]
+        errors = [r["error"] for r in mine if r["error"]]
+        if errors:
+            outcomes[run] = Outcome(error=errors[0])
+            continue
+        files = [Path(r["path"]) for r in mine if r["path"]]
+        key_type = to_arrow_type(frame.schema[t["entity_key"]].dataType)
+        _move_files(files, Path(t["out_dir"]), t["entity_key"], key_type)
+        outcomes[run] = Outcome(
+            rows=sum(r["rows"] for r in mine), seconds=sum(r["seconds"] for r in mine)
+        )
+    return outcomes
+
+
+def _move_files(files: list[Path], out_dir: Path, key: str, key_type: pa.DataType) -> None:
+    """Rename the tasks' files of one model into its staging folder, as part-<n>.parquet."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    if not files:  # an empty slice still gets an (empty) partition file, as in the local engine
+        open_scores_file(out_dir / "part-0.parquet", key_type, key).close()
+    for number, path in enumerate(sorted(files)):
+        os.rename(path, out_dir / f"part-{number}.parquet")
+
+
+def _run_watched(
+    spark: SparkSession, action: Callable[[], None], deadline_s: float, beat: Callable[[], None]
+) -> None:
+    """Run a Spark action; beat the heartbeat meanwhile and cancel it past deadline_s."""
+    group = f"mldropd-{os.getpid()}-{time.monotonic_ns()}"
+    done = threading.Event()
+    expired = threading.Event()
+
+    def watch() -> None:
+        started = time.monotonic()
+        while not done.wait(2.0):
+            beat()
+            if time.monotonic() - started > deadline_s:
+                expired.set()
+                spark.sparkContext.cancelJobGroup(group)
+                return
+
+    watcher = threading.Thread(target=watch, name="spark-watchdog", daemon=True)
+    spark.sparkContext.setJobGroup(group, "mldropd batch scoring", interruptOnCancel=True)
+    watcher.start()
+    try:
+        action()
+    except Exception:
+        if expired.is_set():
+            raise TimeoutError(
+                f"the Spark job did not finish within {deadline_s:.0f} s (the sum of the models' "
+                "time limits plus 600 s) and was cancelled"
+            ) from None
+        raise
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+
+
+def _short(exc: BaseException) -> str:
+    """The useful line of a (long, Java-wrapped) Spark error."""
+    text = str(exc)
+    for line in text.splitlines():
+        if line.strip().startswith(("PythonException", "TimeoutError", "org.apache.spark")):
+            return line.strip()[:500]
+    return (text.splitlines() or [type(exc).__name__])[0][:500]
