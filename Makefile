@@ -32,3 +32,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) test-artifacts .pytest_cache
+
+# Performance benchmarks (docs/performance.md): each writes bench/results/<name>.json.
+# BENCH_ARGS is passed to every script (e.g. BENCH_ARGS="--repeat 5").
+BENCH_LOCAL := engine_limit fused_local memory_flat api_latency planning dashboard
+bench: install
+	@for b in $(BENCH_LOCAL); do echo "== bench.$$b"; $(PY) -m bench.$$b $(BENCH_ARGS) || exit 1; done

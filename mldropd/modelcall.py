@@ -23,16 +23,13 @@ def to_input(batch: pa.Table | pa.RecordBatch, features: list[str], input_kind: 
 
         return pl.from_arrow(columns)
     if input_kind == "numpy":
-        return (
-            np.column_stack(
-                [
-                    np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-                    for col in columns.columns
-                ]
-            )
-            if columns.num_columns
-            else np.empty((columns.num_rows, 0))
-        )
+        # Column-major, like np.asarray(frame[features]) of a pandas frame: each column is one
+        # contiguous copy, and linear models give bit-identical results to scoring the frame.
+        out = np.empty((columns.num_rows, columns.num_columns), dtype=np.float64, order="F")
+        for j, col in enumerate(columns.columns):
+            out[:, j] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        return out
+    # One copy into a single writeable float block (what notebooks get from to_pandas()).
     return columns.to_pandas()
 
 

@@ -84,9 +84,9 @@ def model_json(session: Session, model: Model, settings: Settings, now: dt.datet
     return data
 
 
-def _model_data(model: Model, owner: str | None, current: ModelVersion | None,
-                run: ModelRun | None, dq: DQResult | None, nxt: dt.date | None,
-                schedule: Schedule) -> dict[str, Any]:
+def _model_data(model: Model, owner: str | None, current: Any, run: Any, dq: Any,
+                nxt: dt.date | None, schedule: Schedule) -> dict[str, Any]:
+    """The list/detail shape; current, run and dq are records or rows of their columns."""
     return {
         "id": model.id, "name": model.name, "owner": owner,
         "email": model.email, "schedule": model.schedule,
@@ -107,7 +107,7 @@ def _model_data(model: Model, owner: str | None, current: ModelVersion | None,
 
 
 # -- lists: a fixed number of queries, however many models --------------------------------------
-_SCAN_PER_MODEL = 5  # newest rows scanned per listed model before looking models up one by one
+_SCAN_PER_MODEL = 3  # newest rows scanned per listed model before looking models up one by one
 
 
 def latest_by_model(session: Session, table: type[ModelRun] | type[DQResult],
@@ -116,28 +116,20 @@ def latest_by_model(session: Session, table: type[ModelRun] | type[DQResult],
     only the given columns (DQ details are large JSON documents a list does not show).
 
     The newest rows of the whole table come first through the date index, so models scored
-    lately are found in one short scan; the others (paused long ago, never scored) are looked
-    up one by one, which costs little for them. Then one query loads the rows found."""
+    lately are all found in one short scan; the others (paused long ago, never scored) are
+    looked up one by one, which costs little for them."""
     want = set(model_ids)
-    found: dict[int, int] = {}
-    newest = session.exec(select(table.id, table.model_id)
-                          .order_by(col(table.date).desc(), col(table.id).desc())
-                          .limit(_SCAN_PER_MODEL * len(want) + 100))
-    for row_id, model_id in newest:
-        if model_id in want and model_id not in found:
-            found[model_id] = row_id
+    found: dict[int, Any] = {}
+    newest = (col(table.date).desc(), col(table.id).desc())
+    scan = select(table.model_id, *columns).order_by(*newest)
+    for row in session.exec(scan.limit(_SCAN_PER_MODEL * len(want) + 50)):
+        if row.model_id in want and row.model_id not in found:
+            found[row.model_id] = row
     for model_id in want - found.keys():
-        row_id = session.exec(select(table.id).where(table.model_id == model_id)
-                              .order_by(col(table.date).desc(), col(table.id).desc())).first()
-        if row_id is not None:
-            found[model_id] = row_id
-    rows: dict[int, Any] = {}
-    ids = list(found.values())
-    for start in range(0, len(ids), 500):  # stay far below SQLite's bound on parameters
-        chunk = ids[start:start + 500]
-        for row in session.exec(select(table.model_id, *columns).where(col(table.id).in_(chunk))):
-            rows[row.model_id] = row
-    return rows
+        row = session.exec(scan.where(table.model_id == model_id).limit(1)).first()
+        if row is not None:
+            found[model_id] = row
+    return found
 
 
 def models_json(session: Session, models: list[Model], settings: Settings,

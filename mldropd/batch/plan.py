@@ -55,6 +55,23 @@ def attempts_so_far(session: Session, day: dt.date, model_id: int) -> int:
     ).one()
 
 
+def _attempts(session: Session, day: dt.date, model_ids: list[int]) -> dict[int, int]:
+    """attempts_so_far for many models in one query (a sweep plans hundreds at once)."""
+    counts: dict[int, int] = {}
+    for start in range(0, len(model_ids), 500):  # far below SQLite's bound on parameters
+        rows = session.exec(
+            select(ModelRun.model_id, func.count())
+            .where(
+                ModelRun.date == day,
+                col(ModelRun.model_id).in_(model_ids[start : start + 500]),
+                col(ModelRun.status).in_([ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED]),
+            )
+            .group_by(ModelRun.model_id)
+        ).all()
+        counts.update((model_id, n) for model_id, n in rows)
+    return counts
+
+
 def plan_batch(
     session: Session,
     day: dt.date,
@@ -87,6 +104,7 @@ def plan_batch(
     session.add(batch)
     session.flush()
     assert batch.id is not None
+    attempts = _attempts(session, day, [m.id for m in todo if m.id is not None])
     for model in todo:
         assert model.id is not None
         run = ModelRun(
@@ -95,7 +113,7 @@ def plan_batch(
             model_version=model.version,
             date=day,
             trigger=trigger,
-            attempt=attempts_so_far(session, day, model.id) + 1,
+            attempt=attempts.get(model.id, 0) + 1,
         )
         session.add(run)
         covered[model.id] = run

@@ -1,6 +1,10 @@
-"""Local engine: one DuckDB read of the union columns, streamed in Arrow record batches, each
-batch scored by every model, scores appended per model with pyarrow. Memory is bounded by the
-batch size, not by the table.
+"""Local engine: one read of the union columns, streamed in Arrow record batches, each batch
+scored by every model, scores appended per model with pyarrow. Memory is bounded by the batch
+size, not by the table.
+
+Reading and writing run in background threads (mldropd.engines.local_io), so the models score
+one batch while the next is read and the previous one is written. The models themselves run one
+at a time in this thread: the start/done events then name the one model whose code is running.
 
 Runs inside the sandboxed scoring child (jobs/score_models.py), which reports progress as JSON
 lines so the parent can tell which model hung or crashed the process.
@@ -11,19 +15,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mldropd.features import FeatureSource
+from mldropd.engines.local_io import (
+    PART_FILE,
+    Prefetch,
+    ScoreWriter,
+    open_scores_file,
+    read_batches,
+    scores_schema,
+)
 from mldropd.modelcall import check_scores, predict, to_input
 from mldropd.settings import FeatureSettings
 
-PART_FILE = "part-0.parquet"
+__all__ = ["PART_FILE", "ModelTask", "Reporter", "score_slice", "scores_schema"]
 
 
 @dataclass
@@ -68,29 +79,17 @@ class ModelTask:
         )
 
 
-def scores_schema(key_type: pa.DataType, entity_key: str) -> pa.Schema:
-    """Columns of a scores partition file (dt and model are in the path)."""
-    return pa.schema(
-        [
-            (entity_key, key_type),
-            ("score", pa.float64()),
-            ("model_id", pa.int64()),
-            ("model_version", pa.int64()),
-            ("run_id", pa.int64()),
-            ("scored_at", pa.timestamp("us", tz="UTC")),
-        ]
-    )
-
-
 class Reporter:
     """Progress events to the parent, one JSON object a line, flushed at once."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
 
-    def __call__(self, event: str, **fields: Any) -> None:
+    def __call__(self, event: str, *, flush: bool = True, **fields: Any) -> None:
+        """Write one event; flush=False only when another event follows at once (it flushes)."""
         self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
+        if flush:
+            self.stream.flush()
 
 
 def _fail(task: ModelTask, message: str, report: Reporter) -> None:
@@ -127,50 +126,44 @@ def score_slice(
     report: Reporter,
 ) -> int:
     """Stream the slice once and score every model on every batch; return rows read."""
-    source = FeatureSource(features)
     columns = list(
         dict.fromkeys([t.entity_key for t in tasks] + [f for t in tasks for f in t.features])
     )
-    load_models(tasks, report)
-    live = [t for t in tasks if t.error is None]
+    # The reader starts at once: the first batches are read while the models load.
+    batches = Prefetch(read_batches(features, slice_date, columns, batch_rows))
+    writer = ScoreWriter(scored_at)
+    inputs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mldropd-input")
     total = 0
-    with source.connect() as con:
-        reader = con.sql(source.select_sql(slice_date, columns)).to_arrow_reader(batch_rows)
-        for index, batch in enumerate(reader):
+    try:
+        load_models(tasks, report)
+        live = [t for t in tasks if t.error is None]
+        for index, batch in enumerate(batches):
             total += batch.num_rows
-            for task in list(live):
-                report("start", model_run_id=task.model_run_id, step="score", batch=index)
-                started = time.perf_counter()
-                try:
-                    scores = predict(
-                        task.pipeline,
-                        to_input(batch, task.features, task.input),
-                        task.call,
-                        task.output,
-                    )
-                    check_scores(scores, batch.num_rows)
-                except Exception as exc:  # the model's own failure: it fails alone
-                    _fail(
-                        task,
-                        f"scoring batch {index} ({batch.num_rows} rows) failed: "
-                        f"{type(exc).__name__}: {exc}",
-                        report,
-                    )
+            order = list(live)
+            # The next model's input is built in a helper thread while this model runs.
+            pending = (
+                inputs.submit(to_input, batch, order[0].features, order[0].input) if order else None
+            )
+            for j, task in enumerate(order):
+                current = pending
+                nxt = order[j + 1] if j + 1 < len(order) else None
+                pending = inputs.submit(to_input, batch, nxt.features, nxt.input) if nxt else None
+                assert current is not None
+                if not _score_batch(task, batch, index, current, writer, report, nxt is None):
                     live.remove(task)
-                    continue
-                _write(task, batch, scores, scored_at)
-                task.seconds += time.perf_counter() - started
-                report(
-                    "done",
-                    model_run_id=task.model_run_id,
-                    step="score",
-                    batch=index,
-                    seconds=task.seconds,
-                )
+            writer.check()
+    except BaseException:
+        writer.stop()
+        raise
+    finally:
+        batches.close()
+        inputs.shutdown(cancel_futures=True)
+    writer.finish()
     for task in live:
         if task.writer is None:  # an empty slice still gets a (empty) partition file
-            task.writer = pq.ParquetWriter(
-                Path(task.out_dir, PART_FILE), scores_schema(pa.int64(), task.entity_key)
+            Path(task.out_dir).mkdir(parents=True, exist_ok=True)
+            task.writer = open_scores_file(
+                Path(task.out_dir, PART_FILE), pa.int64(), task.entity_key
             )
         task.writer.close()
         task.writer = None
@@ -178,31 +171,38 @@ def score_slice(
     return total
 
 
-def _write(task: ModelTask, batch: pa.RecordBatch, scores: Any, scored_at: dt.datetime) -> None:
-    keys = batch.column(task.entity_key)
-    n = batch.num_rows
-    if task.writer is None:
-        Path(task.out_dir).mkdir(parents=True, exist_ok=True)
-        task.writer = pq.ParquetWriter(
-            Path(task.out_dir, PART_FILE), scores_schema(keys.type, task.entity_key)
+def _score_batch(
+    task: ModelTask,
+    batch: pa.RecordBatch,
+    index: int,
+    model_input: Future[Any],
+    writer: ScoreWriter,
+    report: Reporter,
+    last: bool,
+) -> bool:
+    """One model on one batch; False when the model failed (it fails alone)."""
+    report("start", model_run_id=task.model_run_id, step="score", batch=index)
+    started = time.perf_counter()
+    try:  # a column the model cannot take fails the model, as when converted here
+        scores = predict(task.pipeline, model_input.result(), task.call, task.output)
+        check_scores(scores, batch.num_rows)
+    except Exception as exc:  # the model's own failure
+        task.error = (
+            f"scoring batch {index} ({batch.num_rows} rows) failed: {type(exc).__name__}: {exc}"
         )
-
-    def constant(value: int) -> pa.Array:
-        return pa.array(np.full(n, value, dtype=np.int64))
-
-    stamp = pa.array(np.full(n, int(scored_at.timestamp() * 1_000_000), dtype=np.int64)).cast(
-        pa.timestamp("us", tz="UTC")
+        writer.discard(task)
+        report("failed", model_run_id=task.model_run_id, error=task.error)
+        return False
+    task.seconds += time.perf_counter() - started
+    writer.write(task, batch.column(task.entity_key), scores)
+    # The next model's "start" follows at once and flushes both lines in one write; the last
+    # model of a batch flushes before the next batch is awaited (then nothing model runs).
+    report(
+        "done",
+        flush=last,
+        model_run_id=task.model_run_id,
+        step="score",
+        batch=index,
+        seconds=task.seconds,
     )
-    table = pa.Table.from_arrays(
-        [
-            keys,
-            pa.array(scores, pa.float64()),
-            constant(task.model_id),
-            constant(task.model_version),
-            constant(task.model_run_id),
-            stamp,
-        ],
-        schema=task.writer.schema,
-    )
-    task.writer.write_table(table)
-    task.rows += n
+    return True
