@@ -1,5 +1,6 @@
-"""A model that raises, hangs, returns NaN or the wrong length, or kills its process fails alone:
-the good models of the same batch are still scored, in the same attempt."""
+"""A model that raises, hangs, exceeds its memory limit, returns NaN or the wrong length, or kills
+its process fails alone: the good models of the same batch are still scored, in the same attempt.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +57,13 @@ def _bad_models() -> dict[str, Callable[[Any], Any]]:
             os._exit(3)
         return np.full(len(frame), 0.5)
 
-    return {"raises": raises, "hangs": hangs, "nan": nan, "short": short, "exits": exits}
+    def hog(frame: Any) -> Any:
+        if len(frame) > 500:  # 8 GB: over the sandbox's address-space limit (4096 MB in tests)
+            return np.ones(10**9)[: len(frame)]
+        return np.full(len(frame), 0.5)
+
+    return {"raises": raises, "hangs": hangs, "nan": nan, "short": short, "exits": exits,
+            "hog": hog}
 
 
 @pytest.fixture
@@ -116,7 +123,7 @@ def test_each_bad_model_fails_alone(
             "/api/v1/runs", headers=headers, params={"date": day.isoformat()}
         ).json()
     }
-    assert len(runs) == 6
+    assert len(runs) == 7
     good = runs[ids["churn_lgbm"]]
     assert good["status"] == "succeeded" and good["rows"] == 3000, good
     expected = {
@@ -125,6 +132,7 @@ def test_each_bad_model_fails_alone(
         "nan": "returned 1 NaN or infinite scores",
         "short": "returned 999 scores for 1000 rows",
         "exits": "crashed the scoring process: the process exited with code 3",
+        "hog": "Unable to allocate",
     }
     for name, message in expected.items():
         run = runs[ids[name]]

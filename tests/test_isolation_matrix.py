@@ -194,8 +194,8 @@ def page_owned(ok: int, form: dict[str, str] | None = None) -> Check:
     anonymous and disabled are sent to sign in."""
 
     def check(w: World, actor: str, method: str, path: str) -> None:
-        model_id, _, _ = w.fresh()
-        url = path.replace("{model_id:int}", str(model_id))
+        model_id, run_id, _ = w.fresh()
+        url = path.replace("{model_id:int}", str(model_id)).replace("{run_id:int}", str(run_id))
         response = w.call_page(actor, method, url, form)
         if actor in ("owner", "admin"):
             assert response.status_code == ok, response.text
@@ -305,6 +305,8 @@ TABLE: dict[tuple[str, str], Check] = {
     ("POST", f"{P}/status"): page_owned(204, {"status": "active"}),
     ("POST", f"{P}/version"): page_owned(204, {"version": "1"}),
     ("POST", f"{P}/delete"): page_owned(204),
+    ("POST", f"{P}/runs/{{run_id:int}}/publish"): page_owned(204),
+    ("POST", f"{P}/runs/{{run_id:int}}/discard"): page_owned(204),
     ("GET", "/healthz"): public(200),
     ("GET", "/readyz"): public(200, 503),  # 503 here: the scheduler is not started
     ("GET", "/metrics"): public(200),

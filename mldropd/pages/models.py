@@ -13,12 +13,13 @@ from litestar.response import Template
 from sqlmodel import Session
 
 from mldropd.api.routes import request_run
+from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
 from mldropd.pages.context import detail_context, model_rows
 from mldropd.pages.web import FORM, after_action, error_response, page_or_partial
-from mldropd.records import User
-from mldropd.registry import delete_model, update_model
+from mldropd.records import ModelRun, User
+from mldropd.registry import MAX_ID, delete_model, update_model
 
 
 @get("/models", sync_to_thread=True)
@@ -145,4 +146,43 @@ def delete_page(
     )
 
 
-ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page]
+def _gate(state: State, user: User, model_id: int, run_id: int, action: Any) -> None:
+    """Publish or discard a held run of this model (404 when the run is not this model's)."""
+    daemon: Daemon = state.daemon
+    with Session(daemon.engine) as s:
+        run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None
+        if run is None or run.model_id != model_id:
+            raise NotFound(f"run {run_id} not found")
+    action(daemon.engine, daemon.settings, user, run_id)
+
+
+@post("/models/{model_id:int}/runs/{run_id:int}/publish", sync_to_thread=True)
+def publish_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    run_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
+    """Publish anyway: scores held back by the DQ gate go into the scores table."""
+    return _act(request, user, model_id, data.get("next"),
+                lambda: _gate(state, user, model_id, run_id, publish_held))
+
+
+@post("/models/{model_id:int}/runs/{run_id:int}/discard", sync_to_thread=True)
+def discard_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    user: User,
+    model_id: int,
+    run_id: int,
+    data: dict[str, str] = FORM,
+) -> Response[Any] | Template:
+    """Discard scores held back by the DQ gate (the date can then be scored again)."""
+    return _act(request, user, model_id, data.get("next"),
+                lambda: _gate(state, user, model_id, run_id, discard_held))
+
+
+ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page,
+          publish_page, discard_page]
