@@ -117,7 +117,7 @@ def test_report_of_a_real_run_by_smtp_and_the_outbox_in_an_outage(
     for fragment in figures:
         assert fragment in text, (fragment, text)
         assert fragment in html, (fragment, html)
-    assert re.search(r"^Time:\s+\d+\.\d s$", text, re.MULTILINE), text
+    assert re.search(r"^Time:\s+\d+\.\d+ s$", text, re.MULTILINE), text
     assert "succeeded (attempt 1 of 3)" in text and run["rows"] == 3000
     assert f'<a href="{BASE}/models/{mid}">' in html
     assert client.get("/api/v1/outbox", headers=auth(admin)).json() == []
