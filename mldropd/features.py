@@ -107,28 +107,27 @@ class FeatureSource:
             return duckdb.connect(self.settings.path, read_only=True)
         return duckdb.connect()
 
-    def _from_clause(self, day: dt.date) -> tuple[str, list[object]]:
+    def _from_clause(self, day: dt.date) -> str:
         s = self.settings
         if s.kind in _PATH_KINDS:
             pattern = str(Path(s.path) / f"{s.date_column}={day.isoformat()}" / "*.parquet")
-            return f"read_parquet({_sql_str(pattern)})", []
+            return f"read_parquet({_sql_str(pattern)})"
         # A date object formatted by isoformat() is safe to inline.
         return (
             f"{self.quote(s.table)} WHERE CAST({self.quote(s.date_column)} AS DATE) = "
-            f"DATE '{day.isoformat()}'",
-            [],
+            f"DATE '{day.isoformat()}'"
         )
 
     def columns(self, day: dt.date) -> list[str]:
         """Column names of the slice of `day` (without the partition key)."""
-        frm, params = self._from_clause(day)
+        frm = self._from_clause(day)
         with self._connect() as con:
-            names = [d[0] for d in con.execute(f"SELECT * FROM {frm} LIMIT 0", params).description]
+            names = [d[0] for d in con.execute(f"SELECT * FROM {frm} LIMIT 0").description]
         return [n for n in names if n != self.settings.date_column]
 
     def select_sql(self, day: dt.date, columns: list[str], limit: int | None = None) -> str:
         """SQL selecting only the given columns of the slice (DuckDB reads no other column)."""
-        frm, _ = self._from_clause(day)
+        frm = self._from_clause(day)
         cols = ", ".join(self.quote(c) for c in columns)
         sql = f"SELECT {cols} FROM {frm}"
         if limit is not None:
@@ -145,9 +144,9 @@ class FeatureSource:
             return con.sql(self.select_sql(day, columns, limit)).to_arrow_table()
 
     def count(self, day: dt.date) -> int:
-        frm, params = self._from_clause(day)
+        frm = self._from_clause(day)
         with self._connect() as con:
-            return int(con.execute(f"SELECT count(*) FROM {frm}", params).fetchone()[0])
+            return int(con.execute(f"SELECT count(*) FROM {frm}").fetchone()[0])
 
 
 def _sql_str(value: str) -> str:

@@ -189,13 +189,25 @@ def _to_login(response: Any) -> None:
     assert response.headers["location"].startswith("/login")
 
 
-def page_owned(ok: int, form: dict[str, str] | None = None) -> Check:
+def page_gate(ok: int) -> Check:
+    """The DQ-gate page route, checked for both of its actions."""
+    checks = {a: page_owned(ok, action=a) for a in ("publish", "discard")}
+
+    def check(w: World, actor: str, method: str, path: str) -> None:
+        for action_check in checks.values():
+            action_check(w, actor, method, path)
+
+    return check
+
+
+def page_owned(ok: int, form: dict[str, str] | None = None, action: str = "publish") -> Check:
     """A page on one owned model: owner and admin `ok`; another user 404 like a missing id;
     anonymous and disabled are sent to sign in."""
 
     def check(w: World, actor: str, method: str, path: str) -> None:
         model_id, run_id, _ = w.fresh()
-        url = path.replace("{model_id:int}", str(model_id)).replace("{run_id:int}", str(run_id))
+        url = (path.replace("{model_id:int}", str(model_id))
+               .replace("{run_id:int}", str(run_id)).replace("{action:str}", action))
         response = w.call_page(actor, method, url, form)
         if actor in ("owner", "admin"):
             assert response.status_code == ok, response.text
@@ -305,8 +317,7 @@ TABLE: dict[tuple[str, str], Check] = {
     ("POST", f"{P}/status"): page_owned(204, {"status": "active"}),
     ("POST", f"{P}/version"): page_owned(204, {"version": "1"}),
     ("POST", f"{P}/delete"): page_owned(204),
-    ("POST", f"{P}/runs/{{run_id:int}}/publish"): page_owned(204),
-    ("POST", f"{P}/runs/{{run_id:int}}/discard"): page_owned(204),
+    ("POST", f"{P}/runs/{{run_id:int}}/{{action:str}}"): page_gate(204),
     ("GET", "/healthz"): public(200),
     ("GET", "/readyz"): public(200, 503),  # 503 here: the scheduler is not started
     ("GET", "/metrics"): public(200),

@@ -156,33 +156,25 @@ def _gate(state: State, user: User, model_id: int, run_id: int, action: Any) -> 
     action(daemon.engine, daemon.settings, user, run_id)
 
 
-@post("/models/{model_id:int}/runs/{run_id:int}/publish", sync_to_thread=True)
-def publish_page(
+_GATE_ACTIONS = {"publish": publish_held, "discard": discard_held}
+
+
+@post("/models/{model_id:int}/runs/{run_id:int}/{action:str}", sync_to_thread=True)
+def gate_page(
     request: Request[Any, Any, Any],
     state: State,
     user: User,
     model_id: int,
     run_id: int,
+    action: str,
     data: dict[str, str] = FORM,
 ) -> Response[Any] | Template:
-    """Publish anyway: scores held back by the DQ gate go into the scores table."""
+    """Publish anyway or discard the scores of a run held back by the DQ gate."""
+    if action not in _GATE_ACTIONS:
+        raise NotFound(f"no action {action!r} on runs")
     return _act(request, user, model_id, data.get("next"),
-                lambda: _gate(state, user, model_id, run_id, publish_held))
-
-
-@post("/models/{model_id:int}/runs/{run_id:int}/discard", sync_to_thread=True)
-def discard_page(
-    request: Request[Any, Any, Any],
-    state: State,
-    user: User,
-    model_id: int,
-    run_id: int,
-    data: dict[str, str] = FORM,
-) -> Response[Any] | Template:
-    """Discard scores held back by the DQ gate (the date can then be scored again)."""
-    return _act(request, user, model_id, data.get("next"),
-                lambda: _gate(state, user, model_id, run_id, discard_held))
+                lambda: _gate(state, user, model_id, run_id, _GATE_ACTIONS[action]))
 
 
 ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page,
-          publish_page, discard_page]
+          gate_page]
