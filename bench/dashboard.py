@@ -1,5 +1,5 @@
-"""Model list and dashboard pages with 1,000 models and 365 days of runs and DQ each, served by
-a real daemon on 127.0.0.1 (target: <= 300 ms server time).
+"""Model list and dashboard pages (100 rows a page, first and tenth) with 1,000 models and 365 days
+of runs and DQ each, served by a real daemon on 127.0.0.1 (target: <= 300 ms server time).
 
     python -m bench.dashboard [--models 1000] [--days 365] [--repeat 10] [--data DIR]
 
@@ -31,7 +31,10 @@ from bench.perf_daemon import BenchDaemon, NotFoundError, settings_of, timed_get
 from bench.perf_registry import populate
 
 TARGET_S = 0.300
-PATHS = [("api", "/api/v1/models"), ("page", "/"), ("page", "/models"), ("page", "/dashboard")]
+PATHS = [
+    ("api", "/api/v1/models"), ("page", "/"), ("page", "/models"), ("page", "/models?page=10"),
+    ("page", "/dashboard"), ("page", "/dashboard?sort=psi&page=10"),
+]
 
 
 def prepare(home: Path, models: int, days: int, due: int) -> str:

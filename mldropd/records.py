@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -86,6 +86,14 @@ class ModelRun(SQLModel, table=True):
     """One model scored on one date in one attempt: what the API calls a run."""
 
     __tablename__ = "model_run"
+    __table_args__ = (
+        # A model's newest runs (last run, history) are one index seek, however long its history.
+        Index("ix_model_run_model_date", "model_id", "date", "id"),
+        # The few runs waiting or in progress, found without scanning the history.
+        Index(
+            "ix_model_run_busy", "model_id", sqlite_where=text("status IN ('pending', 'running')")
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     batch_id: int = Field(foreign_key="batch_run.id", index=True)
@@ -108,6 +116,8 @@ class ModelRun(SQLModel, table=True):
 
 class DQResult(SQLModel, table=True):
     __tablename__ = "dq_result"
+    # A model's newest results by date; psi included so sparklines read the index alone.
+    __table_args__ = (Index("ix_dq_result_history", "model_id", "date", "id", "psi"),)
 
     id: int | None = Field(default=None, primary_key=True)
     model_run_id: int = Field(foreign_key="model_run.id", index=True)

@@ -284,14 +284,41 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
     log.info("model deleted", extra={"model_id": model_id, "user": user.email})
 
 
+def _visible(query: Any, user: User, owner: str | None) -> Any:
+    """Restrict a query on Model to the user's models; an admin sees all, or one owner's."""
+    if not user.is_admin:
+        return query.where(Model.owner_id == user.id)
+    if owner:
+        return query.join(User, User.id == Model.owner_id).where(User.email == owner.lower())
+    return query
+
+
 def list_models(session: Session, user: User, owner: str | None = None) -> list[Model]:
     """The user's models; an admin sees all, or one owner's with owner=<email>."""
-    query = select(Model).order_by(Model.name)
-    if not user.is_admin:
-        query = query.where(Model.owner_id == user.id)
-    elif owner:
-        query = query.join(User, User.id == Model.owner_id).where(User.email == owner.lower())
+    return list(session.exec(_visible(select(Model).order_by(Model.name), user, owner)))
+
+
+def list_model_rows(
+    session: Session,
+    user: User,
+    owner: str | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Any]:
+    """list_models as read-only rows with the same attributes (a list of a thousand models then
+    builds no ORM objects), optionally one page of them."""
+    columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
+    query = _visible(select(*columns).order_by(Model.name, Model.id), user, owner)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
     return list(session.exec(query))
+
+
+def count_models(session: Session, user: User) -> int:
+    """How many models the user has (an admin: all)."""
+    query = _visible(select(func.count()).select_from(Model), user, None)
+    return int(session.exec(query).one())
 
 
 def versions(session: Session, model_id: int) -> list[ModelVersion]:

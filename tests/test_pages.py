@@ -401,6 +401,63 @@ def test_dashboard_sorts_and_filters(
     assert order(alerts) == ["b_alert"] and "1 alert" in alerts
 
 
+def test_long_lists_are_paged_and_links_keep_the_sort(
+    client: TestClient[Any], make_user: Callable[..., str]
+) -> None:
+    sign_in(client, make_user("ann@example.com"))
+    with session_scope(engine(client)) as s:
+        owner = s.exec(select(User).where(User.email == "ann@example.com")).one()
+        for i in range(105):
+            s.add(Model(owner_id=owner.id or 0, name=f"m{i:03d}", email=owner.email))
+
+    def names(text: str) -> list[str]:
+        return re.findall(r'<tr (?:id="model-\d+" )?data-model="([^"]+)"', text)
+
+    first = client.get("/models").text
+    assert names(first) == [f"m{i:03d}" for i in range(100)]
+    assert "1–100 of 105" in first and 'href="/models?page=2" rel="next"' in first
+    second = client.get("/models?page=2", headers=HX).text
+    assert names(second) == [f"m{i:03d}" for i in range(100, 105)]
+    assert 'hx-get="/models?page=2"' in second and 'rel="prev"' in second  # polls its own page
+    assert names(client.get("/models?page=9").text) == names(second)  # past the end: the last
+    assert names(client.get("/models?page=x").text) == names(first)  # not a number: the first
+
+    board = client.get("/dashboard?sort=name&page=2").text
+    assert names(board) == [f"m{i:03d}" for i in range(100, 105)]
+    assert 'href="/dashboard?sort=name&amp;page=1" rel="prev"' in board
+    assert "105 no DQ yet" in board  # the counts are of every model, not of the page
+
+
+def test_sparkline_shows_a_rescored_date_once_with_its_newest_result(
+    client: TestClient[Any], make_user: Callable[..., str]
+) -> None:
+    sign_in(client, make_user("ann@example.com"))
+    model_id = add_model(client, "ann@example.com", "churn", [("ok", 0.02), ("ok", 0.01)])
+    with session_scope(engine(client)) as s:  # the last date scored again: a newer result
+        last = s.exec(
+            select(DQResult).where(DQResult.model_id == model_id).order_by(DQResult.date.desc())
+        ).first()
+        assert last is not None
+        thresholds = {"psi_warn": 0.2, "psi_alert": 0.5, "auc_warn": 0.6, "auc_alert": 0.75}
+        s.add(
+            DQResult(
+                model_run_id=last.model_run_id,
+                model_id=model_id,
+                date=last.date,
+                psi=0.3,
+                status="warn",
+                details={"thresholds": thresholds},
+            )
+        )
+    board = client.get("/dashboard").text
+    assert "PSI over the last 2 dates: 0.020, 0.300" in board
+    spark = re.search(r'(<svg class="spark".*?</svg>)', board, re.S)
+    assert spark is not None
+    warn = [ln for ln in parse(spark.group(1)).iter(f"{SVG}line") if ln.get("class") == "thr-warn"]
+    assert len(warn) == 1  # drawn at the newest result's own warn threshold (0.2 of 0.3)
+    assert float(warn[0].get("y1", 0)) == pytest.approx(30 - 4 - 0.2 / 0.3 * 22, abs=0.06)
+
+
 # -- charts ----------------------------------------------------------------------------------
 
 

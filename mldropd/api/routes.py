@@ -20,7 +20,7 @@ from mldropd.daemon import Daemon
 from mldropd.db import session_scope
 from mldropd.errors import FieldError, NotFound, Unauthorized, ValidationFailed
 from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.registry import MAX_ID, delete_model, get_model, list_models, update_model
+from mldropd.registry import MAX_ID, delete_model, get_model, list_model_rows, update_model
 from mldropd.states import Trigger
 from mldropd.uploads import receive_upload
 
@@ -75,7 +75,7 @@ def list_models_route(
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         now = daemon.now()
-        return models_json(s, list_models(s, user, owner), daemon.settings, now)
+        return models_json(s, list_model_rows(s, user, owner), daemon.settings, now)
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")

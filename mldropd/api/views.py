@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import bindparam, text
 from sqlmodel import Session, col, select
 
 from mldropd.inspect import scan_notes
@@ -107,47 +110,74 @@ def _model_data(model: Model, owner: str | None, current: Any, run: Any, dq: Any
 
 
 # -- lists: a fixed number of queries, however many models --------------------------------------
-_SCAN_PER_MODEL = 3  # newest rows scanned per listed model before looking models up one by one
-
-
 def latest_by_model(session: Session, table: type[ModelRun] | type[DQResult],
                     model_ids: list[int], columns: list[Any]) -> dict[int, Any]:
     """Each model's newest row of table (by date, then id), as last_run/last_dq pick it, with
     only the given columns (DQ details are large JSON documents a list does not show).
 
-    The newest rows of the whole table come first through the date index, so models scored
-    lately are all found in one short scan; the others (paused long ago, never scored) are
-    looked up one by one, which costs little for them."""
-    want = set(model_ids)
+    Two queries a chunk: the newest row's id of every model, each one seek in the
+    (model_id, date, id) index, then those rows by id."""
+    newest = (select(table.id).where(table.model_id == Model.id)
+              .order_by(col(table.date).desc(), col(table.id).desc()).limit(1)
+              .correlate(Model).scalar_subquery())
     found: dict[int, Any] = {}
-    newest = (col(table.date).desc(), col(table.id).desc())
-    scan = select(table.model_id, *columns).order_by(*newest)
-    for row in session.exec(scan.limit(_SCAN_PER_MODEL * len(want) + 50)):
-        if row.model_id in want and row.model_id not in found:
+    for start in range(0, len(model_ids), 500):
+        chunk = model_ids[start:start + 500]
+        ids = [i for i in session.exec(select(newest).where(col(Model.id).in_(chunk)))
+               if i is not None]
+        for row in session.exec(select(table.model_id, *columns).where(col(table.id).in_(ids))):
             found[row.model_id] = row
-    for model_id in want - found.keys():
-        row = session.exec(scan.where(table.model_id == model_id).limit(1)).first()
-        if row is not None:
-            found[model_id] = row
     return found
 
 
-def models_json(session: Session, models: list[Model], settings: Settings,
+@dataclass(frozen=True)
+class _VersionInfo:
+    """What a list shows of a model's current version: parsed once, then kept (read-only)."""
+
+    features: list[str]
+    contract: dict[str, Any]
+    dry_run: dict[str, Any]
+
+
+# A version row never changes after its upload, so its parsed JSON documents (a list's main cost
+# at a thousand models) are kept. Keyed by row id and upload time: SQLite may reuse the id of a
+# deleted newest row, never with the same upload time.
+_VERSIONS: dict[tuple[int, dt.datetime], _VersionInfo] = {}
+_VERSIONS_KEPT = 20_000
+
+
+def _current_versions(session: Session, ids: list[int]) -> dict[int, _VersionInfo]:
+    """Each model's current version, parsing only versions not seen before."""
+    V = ModelVersion  # noqa: N806
+    keys: dict[int, tuple[int, dt.datetime]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for model_id, version_id, uploaded in session.exec(
+                select(V.model_id, V.id, V.uploaded_at)
+                .join(Model, (Model.id == V.model_id) & (Model.version == V.version))
+                .where(col(Model.id).in_(chunk))):
+            keys[model_id] = (version_id, uploaded)
+    missing = [k[0] for k in keys.values() if k not in _VERSIONS]
+    if len(_VERSIONS) + len(missing) > _VERSIONS_KEPT:
+        _VERSIONS.clear()
+    for start in range(0, len(missing), 500):
+        for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
+                              .where(col(V.id).in_(missing[start:start + 500]))):
+            _VERSIONS[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
+    return {m: info for m, key in keys.items() if (info := _VERSIONS.get(key)) is not None}
+
+
+def models_json(session: Session, models: list[Any], settings: Settings,
                 now: dt.datetime) -> list[dict[str, Any]]:
-    """Many models as model_json shows each (without detail), in a few queries in all."""
+    """Many models as model_json shows each (without detail), in a few queries in all.
+
+    models are Model records or the rows of registry.list_model_rows."""
     ids = [m.id for m in models if m.id is not None]
     if not ids:
         return []
     owner_ids = list({m.owner_id for m in models})
     owners = {u.id: u.email for u in session.exec(select(User).where(col(User.id).in_(owner_ids)))}
-    current: dict[int, Any] = {}
-    V = ModelVersion  # noqa: N806
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for v in session.exec(select(V.model_id, V.features, V.contract, V.dry_run)
-                              .join(Model, (Model.id == V.model_id) & (Model.version == V.version))
-                              .where(col(Model.id).in_(chunk))):
-            current[v.model_id] = v
+    current = _current_versions(session, ids)
     R, D = ModelRun, DQResult  # noqa: N806
     runs = latest_by_model(session, R, ids, [R.id, R.status, R.date, R.rows, R.seconds,
                                              R.attempt, R.error])
@@ -166,6 +196,58 @@ def models_json(session: Session, models: list[Model], settings: Settings,
         if version is not None:
             data["dry_run"] = version.dry_run
         out.append(data)
+    return out
+
+
+def version_numbers(session: Session, model_ids: list[int]) -> dict[int, list[int]]:
+    """Each model's kept version numbers, newest first, in one query."""
+    out: dict[int, list[int]] = {}
+    V = ModelVersion  # noqa: N806
+    for start in range(0, len(model_ids), 500):
+        chunk = model_ids[start:start + 500]
+        for model_id, version in session.exec(
+                select(V.model_id, V.version).where(col(V.model_id).in_(chunk))
+                .order_by(col(V.version).desc())):
+            out.setdefault(model_id, []).append(version)
+    return out
+
+
+def busy_model_ids(session: Session) -> set[int]:
+    """Models with a run waiting or in progress (the partial index holds only those runs)."""
+    return set(session.exec(select(ModelRun.model_id).distinct()  # type: ignore[call-overload]
+                            .where(text("status IN ('pending', 'running')"))))
+
+
+_PSI_HISTORY = text("""
+    SELECT m.id,
+      (SELECT json_group_array(json_array(h.date, h.id, h.psi)) FROM
+         (SELECT date, id, psi FROM dq_result WHERE model_id = m.id
+          ORDER BY date DESC, id DESC LIMIT :scan) AS h),
+      (SELECT json_extract(details, '$.thresholds.psi_warn') FROM dq_result
+        WHERE model_id = m.id ORDER BY date DESC, id DESC LIMIT 1)
+    FROM model AS m WHERE m.id IN :ids""").bindparams(bindparam("ids", expanding=True))
+
+
+def psi_histories(session: Session, model_ids: list[int],
+                  points: int) -> dict[int, tuple[list[float | None], float | None]]:
+    """Each model's PSI on its last `points` scored dates, oldest first (a re-scored date counts
+    once, with its newest result), and the PSI warn threshold of its newest result.
+
+    One query: SQLite reads each model's newest rows from the (model_id, date, id, psi) index
+    alone, neither older rows nor the large details documents (only the newest one's warn
+    threshold). A few re-scored dates among the newest rows cost the line as many points."""
+    out: dict[int, tuple[list[float | None], float | None]] = {}
+    for start in range(0, len(model_ids), 500):
+        chunk = model_ids[start:start + 500]
+        rows = session.connection().execute(_PSI_HISTORY, {"ids": chunk, "scan": points + 10})
+        for model_id, history, warn in rows:
+            newest: dict[str, tuple[int, float | None]] = {}
+            for day, row_id, psi in json.loads(history or "[]"):
+                if day not in newest or row_id > newest[day][0]:
+                    newest[day] = (row_id, psi)
+            days = sorted(newest)[-points:]
+            out[model_id] = ([newest[d][1] for d in days],
+                             None if warn is None else float(warn))
     return out
 
 

@@ -321,7 +321,9 @@ def sparkline_svg(
     if warn is not None:
         wy = xy(0, warn)[1]
         body.append(f'<line class="thr-warn" x1="0" x2="{width}" y1="{wy:.1f}" y2="{wy:.1f}"/>')
-    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in known))
+    # Inline arithmetic: a dashboard draws a thousand of these (30k points) per request.
+    sx, sy, base = (width - 2 * pad) / n, (height - 2 * pad) / top, height - pad
+    pts = " ".join([f"{pad + i * sx:.1f},{base - v * sy:.1f}" for i, v in known])
     body.append(f'<polyline class="line" points="{pts}"/>')
     lx, ly = xy(*known[-1])
     body.append(f'<circle class="dot last {escape(status)}" cx="{lx:.1f}" cy="{ly:.1f}" r="3"/>')

@@ -5,21 +5,33 @@ so a page and its API twin agree."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlmodel import Session, col, select
 
-from mldropd.api.views import dq_json, model_json, run_json
+from mldropd.api.views import (
+    busy_model_ids,
+    dq_json,
+    model_json,
+    models_json,
+    psi_histories,
+    run_json,
+    version_numbers,
+)
 from mldropd.pages import charts
 from mldropd.records import DQResult, Model, ModelRun, OutboxMessage, User
-from mldropd.registry import get_model, list_models, versions
+from mldropd.registry import count_models, get_model, list_model_rows
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, ModelStatus
 
-BUSY = (ModelRunStatus.PENDING, ModelRunStatus.RUNNING)
 SEVERITY = {"alert": 0, "warn": 1, "ok": 2}
 SPARK_POINTS = 30
+PAGE_SIZE = 100  # rows of the models table and the dashboard per page
+DQ_POINTS = 90  # dates on a model page's trend charts
 
 
 def when(value: str | None) -> str:
@@ -35,18 +47,6 @@ def when(value: str | None) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def busy_model_ids(s: Session, model_ids: list[int]) -> set[int]:
-    """Models with a run waiting or in progress: their pages poll until it finishes."""
-    if not model_ids:
-        return set()
-    rows = s.exec(
-        select(ModelRun.model_id).where(
-            col(ModelRun.model_id).in_(model_ids), col(ModelRun.status).in_(BUSY)
-        )
-    )
-    return set(rows)
-
-
 def health(model: dict[str, Any]) -> str:
     """The status badge: paused, failing (last run failed) or active."""
     if model["status"] != ModelStatus.ACTIVE:
@@ -55,22 +55,62 @@ def health(model: dict[str, Any]) -> str:
     return "failing" if last and last["status"] == ModelRunStatus.FAILED else "active"
 
 
+@dataclass(frozen=True)
+class Pager:
+    """One page of a long list: which rows it shows and the links to its neighbours."""
+
+    path: str
+    page: int
+    total: int
+    size: int = PAGE_SIZE
+    params: dict[str, str] = field(default_factory=dict)  # kept in the links (sort, filter)
+
+    @classmethod
+    def of(cls, path: str, page: int | None, total: int, **params: str | None) -> Pager:
+        """The asked-for page, moved into range (a page past the end shows the last one)."""
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        kept = {k: v for k, v in params.items() if v}
+        return cls(path, min(max(page or 1, 1), pages), total, params=kept)
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.size))
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+    @property
+    def first(self) -> int:
+        return min(self.offset + 1, self.total)
+
+    @property
+    def last(self) -> int:
+        return min(self.offset + self.size, self.total)
+
+    def url(self, page: int | None = None) -> str:
+        """This list's address on another page (default: this one)."""
+        query = {**self.params, **({"page": str(page or self.page)} if self.pages > 1 else {})}
+        return f"{self.path}?{urlencode(query)}" if query else self.path
+
+
+def page_number(value: str | None) -> int:
+    """?page=N from a link or a hand-edited address; anything else is the first page."""
+    return int(value) if value and value.isdigit() and len(value) < 10 else 1
+
+
 def model_rows(
-    s: Session, user: User, settings: Settings, now: dt.datetime
-) -> list[dict[str, Any]]:
-    """The user's models (admin: all) for the models table."""
-    models = list_models(s, user)
-    busy = busy_model_ids(s, [m.id for m in models if m.id is not None])
-    rows = []
-    for model in models:
-        row = model_json(s, model, settings, now)
-        row.update(
-            health=health(row),
-            busy=model.id in busy,
-            versions=[v.version for v in versions(s, model.id or 0)],
-        )
-        rows.append(row)
-    return rows
+    s: Session, user: User, settings: Settings, now: dt.datetime, page: int | None = None
+) -> tuple[list[dict[str, Any]], Pager]:
+    """One page of the user's models (admin: all) for the models table, by name."""
+    pager = Pager.of("/models", page, count_models(s, user))
+    models = list_model_rows(s, user, limit=pager.size, offset=pager.offset)
+    rows = models_json(s, models, settings, now)
+    busy = busy_model_ids(s)
+    numbers = version_numbers(s, [r["id"] for r in rows])
+    for row in rows:
+        row.update(health=health(row), busy=row["id"] in busy, versions=numbers.get(row["id"], []))
+    return rows, pager
 
 
 def _thresholds(dq: list[dict[str, Any]], settings: Settings) -> dict[str, float]:
@@ -187,15 +227,14 @@ def detail_context(
     ]
     for r in runs:
         r["finished"] = when(r["finished_at"]) if r["finished_at"] else None
-    dq = [
-        dq_json(r)
-        for r in s.exec(
-            select(DQResult)
-            .where(DQResult.model_id == model_id)
-            .order_by(col(DQResult.date), col(DQResult.id))
-        )
-    ]
-    dq = list({d["date"]: d for d in dq}.values())[-90:]  # a re-scored date shows its last result
+    newest = s.exec(
+        select(DQResult)
+        .where(DQResult.model_id == model_id)
+        .order_by(col(DQResult.date).desc(), col(DQResult.id).desc())
+        .limit(2 * DQ_POINTS)
+    )
+    # Oldest first; a re-scored date shows its last result.
+    dq = list({d["date"]: d for d in map(dq_json, reversed(list(newest)))}.values())[-DQ_POINTS:]
     current = next((v for v in data["versions"] if v["version"] == data["version"]), None)
     return {
         "model": data,
@@ -204,7 +243,7 @@ def detail_context(
         "charts": dq_charts(dq, settings),
         "dry_run_chart": dry_run_chart(current["dry_run"] if current else None),
         "report": last_report(s, model),
-        "busy": bool(busy_model_ids(s, [model_id])),
+        "busy": model_id in busy_model_ids(s),
     }
 
 
@@ -221,41 +260,45 @@ def _sort_key(sort: str) -> Any:
     return {"status": status_key, "psi": psi_key}.get(sort, lambda r: (r["name"], r["owner"]))
 
 
-def dashboard_rows(
-    s: Session, user: User, settings: Settings, now: dt.datetime, *, sort: str = "status"
-) -> list[dict[str, Any]]:
-    """Every model the user may see with its DQ status and PSI history, sorted."""
-    models = list_models(s, user)
-    history: dict[int, list[DQResult]] = {}
-    ids = [m.id for m in models if m.id is not None]
-    if ids:
-        for row in s.exec(
-            select(DQResult)
-            .where(col(DQResult.model_id).in_(ids))
-            .order_by(col(DQResult.date), col(DQResult.id))
-        ):
-            history.setdefault(row.model_id, []).append(row)
-    rows = []
-    for model in models:
-        row = model_json(s, model, settings, now)
-        by_date = {d.date: d for d in history.get(model.id or 0, [])}
-        points = list(by_date.values())[-SPARK_POINTS:]
-        warn = (
-            (points[-1].details or {}).get("thresholds", {}).get("psi_warn")
-            if points
-            else settings.dq.psi_warn
-        )
+@dataclass
+class Dashboard:
+    """The dashboard's page of rows, its pager, and the DQ status counts of every model."""
+
+    rows: list[dict[str, Any]]
+    pager: Pager
+    counts: dict[str, int]
+
+
+def dashboard(
+    s: Session,
+    user: User,
+    settings: Settings,
+    now: dt.datetime,
+    *,
+    sort: str = "status",
+    only_alerts: bool = False,
+    page: int | None = None,
+) -> Dashboard:
+    """One page of the models the user may see (only the alerts, if asked), sorted, with
+    their DQ status; the PSI history is read and drawn for the rows shown only."""
+    rows = sorted(models_json(s, list_model_rows(s, user), settings, now), key=_sort_key(sort))
+    counts = dashboard_counts(rows)
+    if only_alerts:
+        rows = [r for r in rows if r["last_dq"] and r["last_dq"]["status"] == "alert"]
+    pager = Pager.of(
+        "/dashboard", page, len(rows), sort=sort, only="alerts" if only_alerts else None
+    )
+    shown = rows[pager.offset : pager.offset + pager.size]
+    history = psi_histories(s, [r["id"] for r in shown], SPARK_POINTS)
+    for row in shown:
+        points, warn = history.get(row["id"], ([], None))
         row["health"] = health(row)
         row["spark"] = charts.sparkline_svg(
-            [d.psi for d in points], row["last_dq"]["status"] if row["last_dq"] else "", warn
+            points,
+            row["last_dq"]["status"] if row["last_dq"] else "",
+            settings.dq.psi_warn if warn is None else warn,
         )
-        rows.append(row)
-    return sorted(rows, key=_sort_key(sort))
-
-
-def alerts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Only the rows whose latest DQ result is an alert."""
-    return [r for r in rows if r["last_dq"] and r["last_dq"]["status"] == "alert"]
+    return Dashboard(shown, pager, counts)
 
 
 def dashboard_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

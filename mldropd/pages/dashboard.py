@@ -10,7 +10,7 @@ from litestar.response import Template
 from sqlmodel import Session
 
 from mldropd.daemon import Daemon
-from mldropd.pages.context import alerts, dashboard_counts, dashboard_rows
+from mldropd.pages.context import dashboard, page_number
 from mldropd.pages.web import page_or_partial
 from mldropd.records import User
 
@@ -24,18 +24,27 @@ def dashboard_page(
     user: User,
     sort: str = "status",
     only: str | None = None,
+    page: str | None = None,
 ) -> Template:
     daemon: Daemon = state.daemon
     sort = sort if sort in SORTS else "status"
     with Session(daemon.engine) as s:
-        rows = dashboard_rows(s, user, daemon.settings, daemon.now(), sort=sort)
-    shown = alerts(rows) if only == "alerts" else rows
+        board = dashboard(
+            s,
+            user,
+            daemon.settings,
+            daemon.now(),
+            sort=sort,
+            only_alerts=only == "alerts",
+            page=page_number(page),
+        )
     context = {
         "user": user,
         "page": "dashboard",
-        "rows": shown,
-        "total": len(rows),
-        "counts": dashboard_counts(rows),
+        "rows": board.rows,
+        "pager": board.pager,
+        "total": sum(board.counts.values()),
+        "counts": board.counts,
         "sort": sort,
         "sorts": SORTS,
         "only": only == "alerts",

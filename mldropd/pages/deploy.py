@@ -19,7 +19,7 @@ from mldropd.pages import schedule
 from mldropd.pages.context import dry_run_chart
 from mldropd.pages.web import is_htmx
 from mldropd.records import User
-from mldropd.registry import get_model, list_models
+from mldropd.registry import count_models, get_model
 from mldropd.uploads import receive_upload
 
 FORM_FIELDS = ("email", "schedule", "name")  # shown next to their input; the rest by the file
@@ -45,7 +45,7 @@ def _deploy_context(
 ) -> dict[str, Any]:
     form = {"email": user.email, "schedule": "daily", "name": "", **(form or {})}
     with Session(daemon.engine) as s:
-        count = len(list_models(s, user))
+        count = count_models(s, user)
     other, by_field = _split(errors or [])
     return {
         "user": user,

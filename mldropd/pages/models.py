@@ -16,18 +16,26 @@ from mldropd.api.routes import request_run
 from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
-from mldropd.pages.context import detail_context, model_rows
+from mldropd.pages.context import detail_context, model_rows, page_number
 from mldropd.pages.web import FORM, after_action, error_response, page_or_partial
 from mldropd.records import ModelRun, User
 from mldropd.registry import MAX_ID, delete_model, update_model
 
 
 @get("/models", sync_to_thread=True)
-def models_page(request: Request[Any, Any, Any], state: State, user: User) -> Template:
+def models_page(
+    request: Request[Any, Any, Any], state: State, user: User, page: str | None = None
+) -> Template:
     daemon: Daemon = state.daemon
     with Session(daemon.engine) as s:
-        rows = model_rows(s, user, daemon.settings, daemon.now())
-    context = {"user": user, "page": "models", "models": rows, "busy": any(r["busy"] for r in rows)}
+        rows, pager = model_rows(s, user, daemon.settings, daemon.now(), page_number(page))
+    context = {
+        "user": user,
+        "page": "models",
+        "models": rows,
+        "pager": pager,
+        "busy": any(r["busy"] for r in rows),
+    }
     return page_or_partial(request, "models.html", "_models_table.html", context)
 
 
