@@ -5,6 +5,7 @@ user; every lookup here is scoped to the user (admins see everyone's)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -308,11 +309,18 @@ def list_model_rows(
 ) -> list[Any]:
     """list_models as read-only rows with the same attributes (a list of a thousand models then
     builds no ORM objects), optionally one page of them."""
-    columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
-    query = _visible(select(*columns).order_by(Model.name, Model.id), user, owner)
+    query = _visible(_rows_query(), user, owner)
     if limit is not None:
         query = query.limit(limit).offset(offset)
     return list(session.exec(query))
+
+
+@functools.cache
+def _rows_query() -> Any:
+    """Every column of Model, by name (built once: an API list call would spend a fifth of its
+    time building it)."""
+    columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
+    return select(*columns).order_by(Model.name, Model.id)
 
 
 def count_models(session: Session, user: User) -> int:

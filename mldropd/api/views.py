@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -110,26 +112,6 @@ def _model_data(model: Model, owner: str | None, current: Any, run: Any, dq: Any
 
 
 # -- lists: a fixed number of queries, however many models --------------------------------------
-def latest_by_model(session: Session, table: type[ModelRun] | type[DQResult],
-                    model_ids: list[int], columns: list[Any]) -> dict[int, Any]:
-    """Each model's newest row of table (by date, then id), as last_run/last_dq pick it, with
-    only the given columns (DQ details are large JSON documents a list does not show).
-
-    Two queries a chunk: the newest row's id of every model, each one seek in the
-    (model_id, date, id) index, then those rows by id."""
-    newest = (select(table.id).where(table.model_id == Model.id)
-              .order_by(col(table.date).desc(), col(table.id).desc()).limit(1)
-              .correlate(Model).scalar_subquery())
-    found: dict[int, Any] = {}
-    for start in range(0, len(model_ids), 500):
-        chunk = model_ids[start:start + 500]
-        ids = [i for i in session.exec(select(newest).where(col(Model.id).in_(chunk)))
-               if i is not None]
-        for row in session.exec(select(table.model_id, *columns).where(col(table.id).in_(ids))):
-            found[row.model_id] = row
-    return found
-
-
 @dataclass(frozen=True)
 class _VersionInfo:
     """What a list shows of a model's current version: parsed once, then kept (read-only)."""
@@ -146,53 +128,82 @@ _VERSIONS: dict[tuple[int, dt.datetime], _VersionInfo] = {}
 _VERSIONS_KEPT = 20_000
 
 
-def _current_versions(session: Session, ids: list[int]) -> dict[int, _VersionInfo]:
-    """Each model's current version, parsing only versions not seen before."""
-    V = ModelVersion  # noqa: N806
-    keys: dict[int, tuple[int, dt.datetime]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for model_id, version_id, uploaded in session.exec(
-                select(V.model_id, V.id, V.uploaded_at)
-                .join(Model, (Model.id == V.model_id) & (Model.version == V.version))
-                .where(col(Model.id).in_(chunk))):
-            keys[model_id] = (version_id, uploaded)
-    missing = [k[0] for k in keys.values() if k not in _VERSIONS]
+def _versions(session: Session, keys: list[tuple[int, dt.datetime]]) -> None:
+    """Parse and keep the versions not seen before."""
+    missing = [key[0] for key in keys if key not in _VERSIONS]
     if len(_VERSIONS) + len(missing) > _VERSIONS_KEPT:
         _VERSIONS.clear()
+    V = ModelVersion  # noqa: N806
     for start in range(0, len(missing), 500):
         for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
                               .where(col(V.id).in_(missing[start:start + 500]))):
             _VERSIONS[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
-    return {m: info for m, key in keys.items() if (info := _VERSIONS.get(key)) is not None}
+
+
+def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
+    """The id of the model's newest row of table (by date, then id), as last_run/last_dq pick
+    it: one seek in the (model_id, date, id) index."""
+    return (select(table.id).where(table.model_id == Model.id)
+            .order_by(col(table.date).desc(), col(table.id).desc()).limit(1)
+            .correlate(Model).scalar_subquery())
+
+
+@functools.cache
+def _summary_query() -> Any:
+    """For each model: owner, current version's key, newest run and newest DQ result (only the
+    columns a list shows: DQ details are large). Built once: building it costs as much as
+    running it for a few models."""
+    R, D, V = ModelRun, DQResult, ModelVersion  # noqa: N806
+    return (
+        select(Model.id, User.email.label("owner"),  # type: ignore[attr-defined]
+               V.id.label("version_id"), V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
+               R.id.label("run_id"), R.status.label("run_status"), R.date.label("run_date"),
+               R.rows, R.seconds, R.attempt, R.error,
+               D.date.label("dq_date"), D.status.label("dq_status"), D.psi, D.auc, D.reason)
+        .select_from(Model)
+        .join(User, User.id == Model.owner_id)
+        .outerjoin(V, (V.model_id == Model.id) & (V.version == Model.version))
+        .outerjoin(R, R.id == _newest(R))
+        .outerjoin(D, D.id == _newest(D))
+    )
+
+
+def _summaries(session: Session, ids: list[int]) -> dict[int, Any]:
+    """_summary_query's rows by model id, one query a chunk of 500 models."""
+    out: dict[int, Any] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for row in session.exec(_summary_query().where(col(Model.id).in_(chunk))):
+            out[row.id] = row
+    return out
 
 
 def models_json(session: Session, models: list[Any], settings: Settings,
                 now: dt.datetime) -> list[dict[str, Any]]:
-    """Many models as model_json shows each (without detail), in a few queries in all.
+    """Many models as model_json shows each (without detail): one query for all of them (and
+    one more for versions this process has not parsed yet).
 
     models are Model records or the rows of registry.list_model_rows."""
     ids = [m.id for m in models if m.id is not None]
     if not ids:
         return []
-    owner_ids = list({m.owner_id for m in models})
-    owners = {u.id: u.email for u in session.exec(select(User).where(col(User.id).in_(owner_ids)))}
-    current = _current_versions(session, ids)
-    R, D = ModelRun, DQResult  # noqa: N806
-    runs = latest_by_model(session, R, ids, [R.id, R.status, R.date, R.rows, R.seconds,
-                                             R.attempt, R.error])
-    dqs = latest_by_model(session, D, ids, [D.date, D.status, D.psi, D.auc, D.reason])
+    found = _summaries(session, ids)
+    _versions(session, [(f.version_id, f.uploaded_at) for f in found.values() if f.version_id])
     fire = sweep_fire_time(settings, now)
     schedules: dict[str, Schedule] = {}
     out = []
     for model in models:
-        assert model.id is not None
+        f = found[model.id]
         schedule = schedules.get(model.schedule) or parse_schedule(model.schedule)
         schedules[model.schedule] = schedule
         nxt = schedule.next_due(fire.date()) if fire and model.status == "active" else None
-        version = current.get(model.id)
-        data = _model_data(model, owners.get(model.owner_id), version, runs.get(model.id),
-                           dqs.get(model.id), nxt, schedule)
+        version = _VERSIONS.get((f.version_id, f.uploaded_at)) if f.version_id else None
+        run = None if f.run_id is None else SimpleNamespace(
+            id=f.run_id, status=f.run_status, date=f.run_date, rows=f.rows, seconds=f.seconds,
+            attempt=f.attempt, error=f.error)
+        dq = None if f.dq_date is None else SimpleNamespace(
+            date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason)
+        data = _model_data(model, f.owner, version, run, dq, nxt, schedule)
         if version is not None:
             data["dry_run"] = version.dry_run
         out.append(data)

@@ -9,11 +9,13 @@ silently drops runs missed while the daemon was down.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -109,6 +111,12 @@ def sweep_dates_between(settings: Settings, start: dt.date, now: dt.datetime) ->
 
 def sweep_fire_time(settings: Settings, now: dt.datetime) -> dt.datetime | None:
     """The next time the sweep fires at or after now."""
-    return parse_cron(settings.scheduler.sweep, settings.scheduler.timezone).get_next_fire_time(
+    return _trigger(settings.scheduler.sweep, settings.scheduler.timezone).get_next_fire_time(
         None, now
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _trigger(cron: str, timezone: str) -> CronTrigger:
+    """Triggers are immutable: every model list asks for the sweep's next fire time."""
+    return parse_cron(cron, timezone)
