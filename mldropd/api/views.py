@@ -122,22 +122,24 @@ class _VersionInfo:
 
 
 # A version row never changes after its upload, so its parsed JSON documents (a list's main cost
-# at a thousand models) are kept. Keyed by row id and upload time: SQLite may reuse the id of a
-# deleted newest row, never with the same upload time.
-_VERSIONS: dict[tuple[int, dt.datetime], _VersionInfo] = {}
+# at a thousand models) are kept. Keyed by database, row id and upload time: SQLite may reuse the
+# id of a deleted newest row, never with the same upload time.
+_VERSIONS: dict[tuple[str, int, dt.datetime], _VersionInfo] = {}
 _VERSIONS_KEPT = 20_000
 
 
-def _versions(session: Session, keys: list[tuple[int, dt.datetime]]) -> None:
+def _versions(session: Session, keys: list[tuple[str, int, dt.datetime]]) -> None:
     """Parse and keep the versions not seen before."""
-    missing = [key[0] for key in keys if key not in _VERSIONS]
+    missing = [key[1] for key in keys if key not in _VERSIONS]
+    db = str(session.get_bind().url)
     if len(_VERSIONS) + len(missing) > _VERSIONS_KEPT:
         _VERSIONS.clear()
     V = ModelVersion  # noqa: N806
     for start in range(0, len(missing), 500):
         for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
                               .where(col(V.id).in_(missing[start:start + 500]))):
-            _VERSIONS[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
+            _VERSIONS[(db, v.id, v.uploaded_at)] = _VersionInfo(
+                v.features, v.contract, v.dry_run)
 
 
 def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
@@ -188,7 +190,9 @@ def models_json(session: Session, models: list[Any], settings: Settings,
     if not ids:
         return []
     found = _summaries(session, ids)
-    _versions(session, [(f.version_id, f.uploaded_at) for f in found.values() if f.version_id])
+    db = str(session.get_bind().url)
+    keys = {m: (db, f.version_id, f.uploaded_at) for m, f in found.items() if f.version_id}
+    _versions(session, list(keys.values()))
     fire = sweep_fire_time(settings, now)
     schedules: dict[str, Schedule] = {}
     out = []
@@ -197,7 +201,7 @@ def models_json(session: Session, models: list[Any], settings: Settings,
         schedule = schedules.get(model.schedule) or parse_schedule(model.schedule)
         schedules[model.schedule] = schedule
         nxt = schedule.next_due(fire.date()) if fire and model.status == "active" else None
-        version = _VERSIONS.get((f.version_id, f.uploaded_at)) if f.version_id else None
+        version = _VERSIONS.get(keys[model.id]) if model.id in keys else None
         run = None if f.run_id is None else SimpleNamespace(
             id=f.run_id, status=f.run_status, date=f.run_date, rows=f.rows, seconds=f.seconds,
             attempt=f.attempt, error=f.error)

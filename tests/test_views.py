@@ -1,0 +1,156 @@
+"""The list views (one summary query for many models) against the per-model view they replace,
+on a registry with the awkward cases: re-scored dates, runs recorded out of date order, switched
+versions, paused and never-run models, several owners."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlmodel import Session, select
+
+from mldropd.api.views import model_json, models_json, psi_histories
+from mldropd.db import init_db, make_engine, session_scope
+from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
+from mldropd.registry import list_model_rows, list_models
+from mldropd.settings import Settings
+
+NOW = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
+DAY = dt.date(2026, 3, 1)
+
+
+def _version(model: Model, number: int, features: list[str]) -> ModelVersion:
+    return ModelVersion(
+        model_id=model.id or 0,
+        version=number,
+        artifact_key=f"k{number}",
+        sha256="0" * 64,
+        size=1,
+        features=features,
+        contract={"dq": {"psi_warn": 0.2}},
+        dry_run={"rows": number},
+        uploaded_by=model.email,
+    )
+
+
+def _run(s: Session, model: Model, day: dt.date, status: str, psi: float | None) -> None:
+    batch = BatchRun(date=day, trigger="schedule", status="succeeded")
+    s.add(batch)
+    s.flush()
+    run = ModelRun(
+        batch_id=batch.id or 0,
+        model_id=model.id or 0,
+        model_version=model.version,
+        date=day,
+        trigger="schedule",
+        status=status,
+        rows=10,
+        seconds=0.5,
+    )
+    s.add(run)
+    s.flush()
+    if psi is not None:
+        s.add(
+            DQResult(
+                model_run_id=run.id or 0,
+                model_id=model.id or 0,
+                date=day,
+                psi=psi,
+                status="ok",
+                details={"thresholds": {"psi_warn": 0.3}},
+            )
+        )
+
+
+@pytest.fixture
+def engine(settings: Settings):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.database.path)
+    init_db(engine)
+    with session_scope(engine) as s:
+        ann, bob = (
+            User(email="ann@example.com", token_hash="a"),
+            User(email="bob@example.com", token_hash="b"),
+        )
+        admin = User(email="root@example.com", token_hash="r", is_admin=True)
+        s.add_all([ann, bob, admin])
+        s.flush()
+        models = {
+            name: Model(
+                owner_id=owner.id or 0,
+                name=name,
+                email=owner.email,
+                status=status,
+                schedule=schedule,
+                version=version,
+            )
+            for name, owner, status, schedule, version in [
+                ("churn", ann, "active", "daily", 2),
+                ("fraud", ann, "paused", "weekly:mon", 1),
+                ("upsell", bob, "active", "monthly:15", 1),
+                ("fresh", bob, "active", "daily", 1),
+            ]
+        }
+        s.add_all(models.values())
+        s.flush()
+        for m in models.values():
+            s.add(_version(m, 1, ["a", "b"]))
+            if m.version == 2:
+                s.add(_version(m, 2, ["a", "b", "c"]))
+        churn, fraud, upsell = models["churn"], models["fraud"], models["upsell"]
+        _run(s, churn, DAY, "succeeded", 0.05)
+        _run(s, churn, DAY + dt.timedelta(days=1), "succeeded", 0.06)
+        _run(s, churn, DAY + dt.timedelta(days=1), "succeeded", 0.07)  # re-scored: newest wins
+        _run(s, fraud, DAY + dt.timedelta(days=5), "succeeded", 0.01)
+        _run(s, fraud, DAY + dt.timedelta(days=2), "succeeded", 0.02)  # recorded later, older
+        _run(s, upsell, DAY, "failed", None)  # a run, no DQ
+    yield engine
+    engine.dispose()
+
+
+def _user(s: Session, email: str) -> User:
+    return s.exec(select(User).where(User.email == email)).one()
+
+
+@pytest.mark.parametrize("email", ["ann@example.com", "bob@example.com", "root@example.com"])
+def test_list_matches_the_per_model_view(engine, settings: Settings, email: str) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        user = _user(s, email)
+        expected = [model_json(s, m, settings, NOW) for m in list_models(s, user)]
+        got = models_json(s, list_model_rows(s, user), settings, NOW)
+        assert got == expected
+        assert models_json(s, list_model_rows(s, user), settings, NOW) == expected  # cached
+    by_name = {m["name"]: m for m in expected}
+    if email == "ann@example.com":
+        churn, fraud = by_name["churn"], by_name["fraud"]
+        assert churn["last_run"]["status"] == "succeeded" and churn["features"] == ["a", "b", "c"]
+        assert churn["last_dq"]["psi"] == 0.07 and churn["dq"] == {"psi_warn": 0.2}
+        assert fraud["last_dq"]["psi"] == 0.01 and fraud["next_run_date"] is None
+
+
+def test_switching_versions_shows_the_new_current_version(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        ann = _user(s, "ann@example.com")
+        before = {m["name"]: m for m in models_json(s, list_model_rows(s, ann), settings, NOW)}
+        assert before["churn"]["features"] == ["a", "b", "c"]
+    with session_scope(engine) as s:
+        churn = s.exec(select(Model).where(Model.name == "churn")).one()
+        churn.version = 1
+        s.add(churn)
+    with Session(engine) as s:
+        after = {m["name"]: m for m in models_json(s, list_model_rows(s, ann), settings, NOW)}
+    assert after["churn"]["features"] == ["a", "b"] and after["churn"]["dry_run"] == {"rows": 1}
+
+
+def test_a_page_of_rows_and_the_psi_lines(engine) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        admin = _user(s, "root@example.com")
+        names = [r.name for r in list_model_rows(s, admin)]
+        assert names == ["churn", "fraud", "fresh", "upsell"]
+        assert [r.name for r in list_model_rows(s, admin, limit=2, offset=2)] == names[2:]
+        ids = {r.name: r.id for r in list_model_rows(s, admin)}
+        lines = psi_histories(s, list(ids.values()), points=30)
+    assert lines[ids["churn"]] == ([0.05, 0.07], 0.3)  # the re-scored date once, its newest PSI
+    assert lines[ids["fraud"]] == ([0.02, 0.01], 0.3)  # by date, not by the order recorded
+    assert lines[ids["upsell"]] == ([], None) and lines[ids["fresh"]] == ([], None)
+    with Session(engine) as s:
+        assert psi_histories(s, [ids["churn"]], points=1)[ids["churn"]] == ([0.07], 0.3)
