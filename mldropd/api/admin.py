@@ -9,7 +9,7 @@ from typing import Any
 from litestar import get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlmodel import Session, col, select
 
 from mldropd.daemon import Daemon
@@ -65,7 +65,7 @@ def outbox_json(row: OutboxMessage) -> dict[str, Any]:
     summary='Admin: set a user\'s quota of active models, {"quota": N} (null: the default)',
 )
 def patch_user_route(
-    state: State, user: NamedDependency[User], email: FromPath[str], data: dict[str, Any]
+    state: State, user: NamedDependency[User], email: FromPath[str], data: JSONBody[dict[str, Any]]
 ) -> dict[str, Any]:
     _require_admin(user, f"user {email}")
     unknown = sorted(set(data) - {"quota"})
@@ -87,7 +87,10 @@ def patch_user_route(
     summary="Admin: messages waiting in the outbox (pending) and given up (failed)",
 )
 def outbox_route(
-    state: State, user: NamedDependency[User], status: str | None = None, limit: int = 200
+    state: State,
+    user: NamedDependency[User],
+    status: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 200,
 ) -> list[dict[str, Any]]:
     _require_admin(user, "outbox")
     wanted = ["pending", "failed"] if status is None else [status]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from sqlmodel import Session
 
 from mldropd.audit import MAX_LIMIT, event_json, events
@@ -25,10 +25,10 @@ API = "/api/v1"
 def audit_route(
     state: State,
     user: NamedDependency[User],
-    limit: int = Parameter(default=100, ge=1, le=MAX_LIMIT),
-    actor: str | None = None,
-    action: str | None = None,
-    target: str | None = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
+    actor: FromQuery[str | None] = None,
+    action: FromQuery[str | None] = None,
+    target: FromQuery[str | None] = None,
 ) -> list[dict[str, Any]]:
     if not user.is_admin:
         raise NotFound("audit log not found")

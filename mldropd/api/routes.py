@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from litestar import Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
@@ -70,7 +70,7 @@ def _model_detail(daemon: Daemon, user: User, model_id: int | None) -> dict[str,
 
 @get(f"{API}/models", sync_to_thread=True, summary="The caller's models (admin: all)")
 def list_models_route(
-    state: State, user: NamedDependency[User], owner: str | None = None
+    state: State, user: NamedDependency[User], owner: FromQuery[str | None] = None
 ) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
@@ -91,7 +91,10 @@ def get_model_route(
     summary="Change schedule, email, status (active/paused) or version (roll back)",
 )
 def patch_model_route(
-    state: State, user: NamedDependency[User], model_id: FromPath[int], data: dict[str, Any]
+    state: State,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: JSONBody[dict[str, Any]],
 ) -> dict[str, Any]:
     daemon = _daemon(state)
     update_model(daemon.engine, daemon.settings, user, model_id, data)
@@ -151,7 +154,7 @@ def run_model_route(
     state: State,
     user: NamedDependency[User],
     model_id: FromPath[int],
-    data: dict[str, Any] | None = None,
+    data: JSONBody[dict[str, Any] | None] = None,
 ) -> dict[str, Any]:
     daemon = _daemon(state)
     day = parse_date(data["date"]) if data and data.get("date") else None
@@ -178,7 +181,7 @@ def _range(data: dict[str, Any], today: dt.date) -> list[dt.date]:
 
 @post(f"{API}/runs", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
       summary="Score models for a date or a date range (backfill), oldest date first")
-def backfill_route(state: State, user: NamedDependency[User], data: dict[str, Any]
+def backfill_route(state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
                    ) -> dict[str, Any]:
     daemon = _daemon(state)
     ids = data.get("model_ids")
@@ -199,7 +202,7 @@ def backfill_route(state: State, user: NamedDependency[User], data: dict[str, An
 
 @post(f"{API}/runs/rerun-failed", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
       summary="Score again every model whose latest run of a date failed")
-def rerun_failed_route(state: State, user: NamedDependency[User], data: dict[str, Any]
+def rerun_failed_route(state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
                        ) -> dict[str, Any]:
     daemon = _daemon(state)
     day = parse_date(data.get("date"))
@@ -245,9 +248,9 @@ def _owned_model_ids(s: Session, user: User) -> list[int] | None:
 def list_runs_route(
     state: State,
     user: NamedDependency[User],
-    model_id: int | None = None,
-    day: str | None = Parameter(query="date", default=None),
-    limit: int = 200,
+    model_id: FromQuery[int | None] = None,
+    day: Annotated[str | None, QueryParameter(name="date")] = None,
+    limit: FromQuery[int] = 200,
 ) -> list[dict[str, Any]]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:

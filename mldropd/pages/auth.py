@@ -7,12 +7,13 @@ from typing import Any
 import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
 from mldropd.auth import user_for_token
 from mldropd.errors import Unauthorized
-from mldropd.pages.web import FORM, safe_next
+from mldropd.pages.web import safe_next
 from mldropd.records import User
 from mldropd.security import proxy_user, prune_sessions, start_session
 
@@ -44,7 +45,7 @@ def _token_user(state: State, token: str) -> User | None:
 
 @get("/login", sync_to_thread=True)
 def login_page(
-    request: Request[Any, Any, Any], state: State, next: str | None = None
+    request: Request[Any, Any, Any], state: State, next: FromQuery[str | None] = None
 ) -> Template | Redirect:
     try:
         session_user(request, state)
@@ -55,7 +56,7 @@ def login_page(
 
 @post("/login")
 async def login(
-    request: Request[Any, Any, Any], state: State, data: dict[str, str] = FORM
+    request: Request[Any, Any, Any], state: State, data: URLEncodedBody[dict[str, str]]
 ) -> Template | Redirect:
     user = await anyio.to_thread.run_sync(_token_user, state, data.get("token") or "")
     if user is None:

@@ -6,6 +6,8 @@ from typing import Any
 
 from litestar import Request, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 from litestar.response import Template
 from sqlmodel import Session
 
@@ -21,10 +23,10 @@ SORTS = {"status": "worst status first", "name": "name", "psi": "highest PSI fir
 def dashboard_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    sort: str = "status",
-    only: str | None = None,
-    page: str | None = None,
+    user: NamedDependency[User],
+    sort: FromQuery[str] = "status",
+    only: FromQuery[str | None] = None,
+    page: FromQuery[str | None] = None,
 ) -> Template:
     daemon: Daemon = state.daemon
     sort = sort if sort in SORTS else "status"

@@ -3,12 +3,13 @@ errors, and the schedule preview."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -62,7 +63,7 @@ def _deploy_context(
 
 
 @get("/", sync_to_thread=True)
-def deploy_page(state: State, user: User) -> Template:
+def deploy_page(state: State, user: NamedDependency[User]) -> Template:
     return Template("deploy.html", context=_deploy_context(state.daemon, user))
 
 
@@ -81,7 +82,7 @@ def _card_context(daemon: Daemon, user: User, model_id: int) -> dict[str, Any]:
 
 @post("/upload")
 async def upload_page(
-    request: Request[Any, Any, Any], state: State, user: User
+    request: Request[Any, Any, Any], state: State, user: NamedDependency[User]
 ) -> Template | Redirect:
     """Drop zone (HTMX): the model card or the errors partial; plain form: redirect or page."""
     daemon: Daemon = state.daemon
@@ -109,7 +110,9 @@ async def upload_page(
 
 @get("/schedule-preview", sync_to_thread=False)
 def schedule_preview(
-    state: State, user: User, schedule_text: str = Parameter(query="schedule", default="daily")
+    state: State,
+    user: NamedDependency[User],
+    schedule_text: Annotated[str, QueryParameter(name="schedule")] = "daily",
 ) -> Template:
     """The schedule in words and its first run date (a fragment for the deploy form)."""
     daemon: Daemon = state.daemon

@@ -9,6 +9,8 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Template
 from sqlmodel import Session
 
@@ -17,14 +19,17 @@ from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
 from mldropd.pages.context import detail_context, model_rows, page_number
-from mldropd.pages.web import FORM, after_action, error_response, page_or_partial
+from mldropd.pages.web import after_action, error_response, page_or_partial
 from mldropd.records import ModelRun, User
 from mldropd.registry import MAX_ID, delete_model, update_model
 
 
 @get("/models", sync_to_thread=True)
 def models_page(
-    request: Request[Any, Any, Any], state: State, user: User, page: str | None = None
+    request: Request[Any, Any, Any],
+    state: State,
+    user: NamedDependency[User],
+    page: FromQuery[str | None] = None,
 ) -> Template:
     daemon: Daemon = state.daemon
     with Session(daemon.engine) as s:
@@ -41,7 +46,10 @@ def models_page(
 
 @get("/models/{model_id:int}", sync_to_thread=True)
 def model_page(
-    request: Request[Any, Any, Any], state: State, user: User, model_id: int
+    request: Request[Any, Any, Any],
+    state: State,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
 ) -> Template:
     daemon: Daemon = state.daemon
     try:
@@ -74,9 +82,9 @@ def _act(
 def run_now_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    model_id: int,
-    data: dict[str, str] = FORM,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     return _act(
         request,
@@ -91,9 +99,9 @@ def run_now_page(
 def status_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    model_id: int,
-    data: dict[str, str] = FORM,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     daemon: Daemon = state.daemon
     return _act(
@@ -118,9 +126,9 @@ def _version(data: dict[str, str]) -> int:
 def version_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    model_id: int,
-    data: dict[str, str] = FORM,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     """Roll back (or forward) to a stored version: the registry's update_model({"version"})."""
     daemon: Daemon = state.daemon
@@ -139,9 +147,9 @@ def version_page(
 def delete_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    model_id: int,
-    data: dict[str, str] = FORM,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     daemon: Daemon = state.daemon
     return _act(
@@ -171,11 +179,11 @@ _GATE_ACTIONS = {"publish": publish_held, "discard": discard_held}
 def gate_page(
     request: Request[Any, Any, Any],
     state: State,
-    user: User,
-    model_id: int,
-    run_id: int,
-    action: str,
-    data: dict[str, str] = FORM,
+    user: NamedDependency[User],
+    model_id: FromPath[int],
+    run_id: FromPath[int],
+    action: FromPath[str],
+    data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     """Publish anyway or discard the scores of a run held back by the DQ gate."""
     if action not in _GATE_ACTIONS:

@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from mldropd.errors import MldropdError
 from mldropd.records import User
 
-FORM = Body(media_type=RequestEncodingType.URL_ENCODED)  # an HTML form body
 CHANGED = "models-changed"  # the event that makes tables and detail views refresh themselves
 
 
