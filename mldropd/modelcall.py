@@ -29,8 +29,10 @@ def to_input(batch: pa.Table | pa.RecordBatch, features: list[str], input_kind: 
         for j, col in enumerate(columns.columns):
             out[:, j] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
         return out
-    # One copy into a single writeable float block (what notebooks get from to_pandas()).
-    return columns.to_pandas()
+    # One copy into a single writeable float block (what notebooks get from to_pandas()), in
+    # the calling thread only: when scoring, a model runs meanwhile and Arrow's thread pool
+    # would take its cores (same values either way).
+    return columns.to_pandas(use_threads=False)
 
 
 def predict(pipeline: Any, x: Any, call: str, output: str) -> np.ndarray:

@@ -123,3 +123,20 @@ def test_reader_error_stops_the_pass(tmp_path: Path) -> None:
     task = _task(tmp_path, 1, _models()["linear"], ["x", "y", "kind"])
     with pytest.raises(Exception, match="y"):
         _run(settings, [task], batch_rows=200)
+
+
+def test_full_batches_across_row_groups_and_files(tmp_path: Path) -> None:
+    """Batches hold exactly batch_rows rows (the last one fewer), whatever the row groups."""
+    parts = [_slice(0, 1500), _slice(1500, 700)]
+    settings = _features(tmp_path / "features", parts, row_group_size=300)
+
+    def batch_size(frame: Any) -> Any:
+        return np.full(len(frame), float(len(frame)))
+
+    task = _task(tmp_path, 1, batch_size, ["x"])
+    rows, events = _run(settings, [task], batch_rows=1000)
+    assert rows == 2200
+    got = pq.read_table(Path(task.out_dir, PART_FILE)).column("score").to_numpy()
+    assert got.tolist() == [1000.0] * 2000 + [200.0] * 200
+    done = [e["batch"] for e in events if e["event"] == "done" and e.get("step") == "score"]
+    assert done == [0, 1, 2]

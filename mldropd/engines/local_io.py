@@ -64,27 +64,53 @@ def read_batches(
 def _parquet_batches(
     files: list[Path], columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """pyarrow reads whole row groups (columns decoded in parallel), grouped up to batch_rows.
+    """pyarrow reads whole row groups (columns decoded in parallel), cut into batches of exactly
+    batch_rows rows (the last one shorter), across row-group and file boundaries.
 
     Measured faster than DuckDB's Arrow reader and, unlike Polars' streaming batches, it never
-    reads ahead of the consumer, so peak memory does not grow with the slice."""
+    reads ahead of the consumer, so peak memory does not grow with the slice. Full batches, not
+    a short remainder at every row-group end (131,072-row groups at 100,000-row batches gave 16
+    batches per million rows instead of 10), cut the models' per-call overhead by a third."""
     schema: pa.Schema | None = None
+    carry: pa.Table | None = None  # rows read but not yet handed out (fewer than batch_rows)
     for path in files:
         pf = pq.ParquetFile(path)
         groups: list[int] = []
-        rows = 0
+        rows = carry.num_rows if carry is not None else 0
         for index in range(pf.num_row_groups):
             groups.append(index)
             rows += pf.metadata.row_group(index).num_rows
-            if rows >= batch_rows or index == pf.num_row_groups - 1:
-                table = _plain(pf.read_row_groups(groups, columns=columns, use_threads=True))
-                schema = schema or table.schema
-                if table.schema != schema:  # files of one slice written with other types
-                    table = table.cast(schema)
-                if len(groups) > 1:  # small row groups: one batch instead of many tiny ones
-                    table = table.combine_chunks()
-                yield from table.to_batches(max_chunksize=batch_rows)
-                groups, rows = [], 0
+            if rows < batch_rows and index < pf.num_row_groups - 1:
+                continue
+            table = _plain(pf.read_row_groups(groups, columns=columns, use_threads=True))
+            schema = schema or table.schema
+            if table.schema != schema:  # files of one slice written with other types
+                table = table.cast(schema)
+            if carry is not None:  # first complete the batch begun by the previous read
+                need = batch_rows - carry.num_rows
+                head, table = pa.concat_tables([carry, table.slice(0, need)]), table.slice(need)
+                carry = None  # no longer keeps the previous read's whole table alive
+                if head.num_rows < batch_rows:
+                    carry, groups, rows = head, [], head.num_rows
+                    continue
+                yield _one_batch(head)
+                del head
+            start = 0
+            while table.num_rows - start >= batch_rows:
+                yield _one_batch(table.slice(start, batch_rows))
+                start += batch_rows
+            carry = table.slice(start) if start < table.num_rows else None
+            groups, rows = [], carry.num_rows if carry is not None else 0
+    if carry is not None:
+        yield _one_batch(carry)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """The table as one record batch: zero-copy within one chunk, one copy across chunks."""
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return table.combine_chunks().to_batches()[0]
 
 
 def _plain(table: pa.Table) -> pa.Table:
