@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limits = [reads[fastest][i] + sum(raw[i]) for i in range(args.repeat)]
     ratios = [engine[i] / limits[i] for i in range(args.repeat)]
     per_model = [median([r[m] for r in raw]) for m in range(len(specs))]
+    # Best of the repeats on both sides: a model's raw call is sometimes several times slower
+    # (e.g. a linear model on numpy right after LightGBM: 0.4-0.8 s instead of 0.09 s), which
+    # inflates that repeat's limit in the engine's favour. The minimum is the machine's limit.
+    best_limit = min(reads[fastest]) + sum(min(r[m] for r in raw) for m in range(len(specs)))
+    best_ratio = min(engine) / best_limit
     rows_out: list[list[Any]] = [
         [f"read union ({len(columns)} columns), {k}", median(v), ""] for k, v in reads.items()
     ]
@@ -173,16 +178,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"median of {args.repeat}"
     )
     print_table(title, ["measure", "seconds", "ratio"], rows_out)
-    ratio = median(ratios)
-    print_table("Target", ["measure", "value", "target", ""],
-                [target_row("engine / limit", ratio, "<=", TARGET)])
+    ratio = max(median(ratios), best_ratio)  # the less favourable of the two
+    print_table("Target", ["measure", "value", "target", ""], [
+        target_row("engine / limit, median of the repeats' ratios", median(ratios), "<=", TARGET),
+        target_row("best engine / best limit (each part's best)", best_ratio, "<=", TARGET),
+    ])
     print(f"scores bit-identical to predict_proba on the whole slice: {same}")
     result = {
         "params": vars(args) | {"out": str(args.out) if args.out else None},
         "models": [vars(s) | {"features": len(s.features)} for s in specs],
         "reads_s": reads, "raw_predict_s": raw, "limit_s": limits, "engine_s": engine,
         "child_s": child, "engine_cpu_s": engine_cpu, "limit_cpu_s": limit_cpu,
-        "ratios": ratios, "ratio": ratio, "target": TARGET, "met": ratio <= TARGET,
+        "ratios": ratios, "median_ratio": median(ratios), "best_limit_s": best_limit,
+        "best_ratio": best_ratio, "ratio": ratio, "target": TARGET, "met": ratio <= TARGET,
         "fastest_reader": fastest, "bit_identical": same,
     }
     write_result("engine_limit", result, args.out)

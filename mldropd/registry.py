@@ -5,7 +5,6 @@ user; every lookup here is scoped to the user (admins see everyone's)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -285,7 +284,7 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
     log.info("model deleted", extra={"model_id": model_id, "user": user.email})
 
 
-def _visible(query: Any, user: User, owner: str | None) -> Any:
+def visible_models(query: Any, user: User, owner: str | None = None) -> Any:
     """Restrict a query on Model to the user's models; an admin sees all, or one owner's."""
     if not user.is_admin:
         return query.where(Model.owner_id == user.id)
@@ -296,36 +295,12 @@ def _visible(query: Any, user: User, owner: str | None) -> Any:
 
 def list_models(session: Session, user: User, owner: str | None = None) -> list[Model]:
     """The user's models; an admin sees all, or one owner's with owner=<email>."""
-    return list(session.exec(_visible(select(Model).order_by(Model.name), user, owner)))
-
-
-def list_model_rows(
-    session: Session,
-    user: User,
-    owner: str | None = None,
-    *,
-    limit: int | None = None,
-    offset: int = 0,
-) -> list[Any]:
-    """list_models as read-only rows with the same attributes (a list of a thousand models then
-    builds no ORM objects), optionally one page of them."""
-    query = _visible(_rows_query(), user, owner)
-    if limit is not None:
-        query = query.limit(limit).offset(offset)
-    return list(session.exec(query))
-
-
-@functools.cache
-def _rows_query() -> Any:
-    """Every column of Model, by name (built once: an API list call would spend a fifth of its
-    time building it)."""
-    columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
-    return select(*columns).order_by(Model.name, Model.id)
+    return list(session.exec(visible_models(select(Model).order_by(Model.name), user, owner)))
 
 
 def count_models(session: Session, user: User) -> int:
     """How many models the user has (an admin: all)."""
-    query = _visible(select(func.count()).select_from(Model), user, None)
+    query = visible_models(select(func.count()).select_from(Model), user)
     return int(session.exec(query).one())
 
 

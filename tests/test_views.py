@@ -9,10 +9,10 @@ import datetime as dt
 import pytest
 from sqlmodel import Session, select
 
-from mldropd.api.views import model_json, models_json, psi_histories
+from mldropd.api.views import model_json, model_list, psi_histories
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
-from mldropd.registry import list_model_rows, list_models
+from mldropd.registry import list_models
 from mldropd.settings import Settings
 
 NOW = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
@@ -116,9 +116,9 @@ def test_list_matches_the_per_model_view(engine, settings: Settings, email: str)
     with Session(engine) as s:
         user = _user(s, email)
         expected = [model_json(s, m, settings, NOW) for m in list_models(s, user)]
-        got = models_json(s, list_model_rows(s, user), settings, NOW)
+        got = model_list(s, user, settings, NOW)
         assert got == expected
-        assert models_json(s, list_model_rows(s, user), settings, NOW) == expected  # cached
+        assert model_list(s, user, settings, NOW) == expected  # cached
     by_name = {m["name"]: m for m in expected}
     if email == "ann@example.com":
         churn, fraud = by_name["churn"], by_name["fraud"]
@@ -130,24 +130,28 @@ def test_list_matches_the_per_model_view(engine, settings: Settings, email: str)
 def test_switching_versions_shows_the_new_current_version(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     with Session(engine) as s:
         ann = _user(s, "ann@example.com")
-        before = {m["name"]: m for m in models_json(s, list_model_rows(s, ann), settings, NOW)}
+        before = {m["name"]: m for m in model_list(s, ann, settings, NOW)}
         assert before["churn"]["features"] == ["a", "b", "c"]
     with session_scope(engine) as s:
         churn = s.exec(select(Model).where(Model.name == "churn")).one()
         churn.version = 1
         s.add(churn)
     with Session(engine) as s:
-        after = {m["name"]: m for m in models_json(s, list_model_rows(s, ann), settings, NOW)}
+        after = {m["name"]: m for m in model_list(s, ann, settings, NOW)}
     assert after["churn"]["features"] == ["a", "b"] and after["churn"]["dry_run"] == {"rows": 1}
 
 
-def test_a_page_of_rows_and_the_psi_lines(engine) -> None:  # type: ignore[no-untyped-def]
+def test_a_page_of_rows_and_the_psi_lines(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     with Session(engine) as s:
         admin = _user(s, "root@example.com")
-        names = [r.name for r in list_model_rows(s, admin)]
+        names = [r["name"] for r in model_list(s, admin, settings, NOW)]
         assert names == ["churn", "fraud", "fresh", "upsell"]
-        assert [r.name for r in list_model_rows(s, admin, limit=2, offset=2)] == names[2:]
-        ids = {r.name: r.id for r in list_model_rows(s, admin)}
+        page = model_list(s, admin, settings, NOW, limit=2, offset=2)
+        assert [r["name"] for r in page] == names[2:]
+        bobs = model_list(s, admin, settings, NOW, owner="Bob@example.com")
+        assert [r["name"] for r in bobs] == ["fresh", "upsell"]
+        assert {r["owner"] for r in bobs} == {"bob@example.com"}
+        ids = {r["name"]: r["id"] for r in model_list(s, admin, settings, NOW)}
         lines = psi_histories(s, list(ids.values()), points=30)
     assert lines[ids["churn"]] == ([0.05, 0.07], 0.3)  # the re-scored date once, its newest PSI
     assert lines[ids["fraud"]] == ([0.02, 0.01], 0.3)  # by date, not by the order recorded

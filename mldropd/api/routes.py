@@ -14,13 +14,13 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
 from mldropd import audit
-from mldropd.api.views import dq_json, model_json, models_json, run_json
+from mldropd.api.views import dq_json, model_json, model_list, run_json
 from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.db import session_scope
 from mldropd.errors import FieldError, NotFound, Unauthorized, ValidationFailed
 from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.registry import MAX_ID, delete_model, get_model, list_model_rows, update_model
+from mldropd.registry import MAX_ID, delete_model, get_model, update_model
 from mldropd.states import Trigger
 from mldropd.uploads import receive_upload
 
@@ -75,7 +75,7 @@ def list_models_route(
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         now = daemon.now()
-        return models_json(s, list_model_rows(s, user, owner), daemon.settings, now)
+        return model_list(s, user, daemon.settings, now, owner=owner)
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, text
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from mldropd.inspect import scan_notes
 from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User
-from mldropd.registry import versions
+from mldropd.registry import versions, visible_models
 from mldropd.scheduling.scheduler import sweep_fire_time
 from mldropd.scheduling.schedules import Schedule, parse_schedule
 from mldropd.settings import Settings
@@ -151,63 +152,55 @@ def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
 
 
 @functools.cache
-def _summary_query() -> Any:
-    """For each model: owner, current version's key, newest run and newest DQ result (only the
-    columns a list shows: DQ details are large). Built once: building it costs as much as
-    running it for a few models."""
-    R, D, V = ModelRun, DQResult, ModelVersion  # noqa: N806
+def _list_query() -> Any:
+    """Every column of Model and, for each model: owner, current version's key, newest run and
+    newest DQ result (only the columns a list shows: DQ details are large). Built once: building
+    it costs as much as running it for a few models."""
+    R, D, V, Owner = ModelRun, DQResult, ModelVersion, aliased(User)  # noqa: N806
+    model_columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
     return (
-        select(Model.id, User.email.label("owner"),  # type: ignore[attr-defined]
+        select(*model_columns, Owner.email.label("owner"),
                V.id.label("version_id"), V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
                R.id.label("run_id"), R.status.label("run_status"), R.date.label("run_date"),
                R.rows, R.seconds, R.attempt, R.error,
                D.date.label("dq_date"), D.status.label("dq_status"), D.psi, D.auc, D.reason)
         .select_from(Model)
-        .join(User, User.id == Model.owner_id)
+        .join(Owner, Owner.id == Model.owner_id)
         .outerjoin(V, (V.model_id == Model.id) & (V.version == Model.version))
         .outerjoin(R, R.id == _newest(R))
         .outerjoin(D, D.id == _newest(D))
+        .order_by(Model.name, Model.id)
     )
 
 
-def _summaries(session: Session, ids: list[int]) -> dict[int, Any]:
-    """_summary_query's rows by model id, one query a chunk of 500 models."""
-    out: dict[int, Any] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for row in session.exec(_summary_query().where(col(Model.id).in_(chunk))):
-            out[row.id] = row
-    return out
-
-
-def models_json(session: Session, models: list[Any], settings: Settings,
-                now: dt.datetime) -> list[dict[str, Any]]:
-    """Many models as model_json shows each (without detail): one query for all of them (and
-    one more for versions this process has not parsed yet).
-
-    models are Model records or the rows of registry.list_model_rows."""
-    ids = [m.id for m in models if m.id is not None]
-    if not ids:
-        return []
-    found = _summaries(session, ids)
+def model_list(session: Session, user: User, settings: Settings, now: dt.datetime, *,
+               owner: str | None = None, limit: int | None = None,
+               offset: int = 0) -> list[dict[str, Any]]:
+    """The user's models (an admin: all, or one owner's) by name, as model_json shows each
+    without detail, optionally one page of them: one query in all (and one more for versions
+    this process has not parsed yet), however many models."""
+    query = visible_models(_list_query(), user, owner)
+    if limit is not None:  # pick the page's models first: SQLite would join all, then sort
+        page = visible_models(select(Model.id).order_by(Model.name, Model.id), user, owner)
+        query = query.where(col(Model.id).in_(page.limit(limit).offset(offset).scalar_subquery()))
+    found = list(session.exec(query))
     db = str(session.get_bind().url)
-    keys = {m: (db, f.version_id, f.uploaded_at) for m, f in found.items() if f.version_id}
+    keys = {f.id: (db, f.version_id, f.uploaded_at) for f in found if f.version_id}
     _versions(session, list(keys.values()))
     fire = sweep_fire_time(settings, now)
     schedules: dict[str, Schedule] = {}
     out = []
-    for model in models:
-        f = found[model.id]
-        schedule = schedules.get(model.schedule) or parse_schedule(model.schedule)
-        schedules[model.schedule] = schedule
-        nxt = schedule.next_due(fire.date()) if fire and model.status == "active" else None
-        version = _VERSIONS.get(keys[model.id]) if model.id in keys else None
+    for f in found:
+        schedule = schedules.get(f.schedule) or parse_schedule(f.schedule)
+        schedules[f.schedule] = schedule
+        nxt = schedule.next_due(fire.date()) if fire and f.status == "active" else None
+        version = _VERSIONS.get(keys[f.id]) if f.id in keys else None
         run = None if f.run_id is None else SimpleNamespace(
             id=f.run_id, status=f.run_status, date=f.run_date, rows=f.rows, seconds=f.seconds,
             attempt=f.attempt, error=f.error)
         dq = None if f.dq_date is None else SimpleNamespace(
             date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason)
-        data = _model_data(model, f.owner, version, run, dq, nxt, schedule)
+        data = _model_data(f, f.owner, version, run, dq, nxt, schedule)
         if version is not None:
             data["dry_run"] = version.dry_run
         out.append(data)

@@ -17,14 +17,14 @@ from mldropd.api.views import (
     busy_model_ids,
     dq_json,
     model_json,
-    models_json,
+    model_list,
     psi_histories,
     run_json,
     version_numbers,
 )
 from mldropd.pages import charts
 from mldropd.records import DQResult, Model, ModelRun, OutboxMessage, User
-from mldropd.registry import count_models, get_model, list_model_rows
+from mldropd.registry import count_models, get_model
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, ModelStatus
 
@@ -104,8 +104,7 @@ def model_rows(
 ) -> tuple[list[dict[str, Any]], Pager]:
     """One page of the user's models (admin: all) for the models table, by name."""
     pager = Pager.of("/models", page, count_models(s, user))
-    models = list_model_rows(s, user, limit=pager.size, offset=pager.offset)
-    rows = models_json(s, models, settings, now)
+    rows = model_list(s, user, settings, now, limit=pager.size, offset=pager.offset)
     busy = busy_model_ids(s)
     numbers = version_numbers(s, [r["id"] for r in rows])
     for row in rows:
@@ -281,7 +280,7 @@ def dashboard(
 ) -> Dashboard:
     """One page of the models the user may see (only the alerts, if asked), sorted, with
     their DQ status; the PSI history is read and drawn for the rows shown only."""
-    rows = sorted(models_json(s, list_model_rows(s, user), settings, now), key=_sort_key(sort))
+    rows = sorted(model_list(s, user, settings, now), key=_sort_key(sort))
     counts = dashboard_counts(rows)
     if only_alerts:
         rows = [r for r in rows if r["last_dq"] and r["last_dq"]["status"] == "alert"]
