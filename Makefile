@@ -33,7 +33,7 @@ lint: install
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) test-artifacts .pytest_cache
 
-# Performance benchmarks (docs/performance.md): each writes bench/results/<name>.json.
+# Performance benchmarks (README "Performance"): each writes bench/results/<name>.json.
 # BENCH_ARGS is passed to every script (e.g. BENCH_ARGS="--repeat 5").
 BENCH_LOCAL := engine_limit fused_local memory_flat api_latency planning dashboard
 bench: install
