@@ -157,7 +157,7 @@ def test_idle_sessions_expire_and_use_renews_them(
 
 def test_secure_cookies_behind_tls(settings: Settings, make_user: Callable[..., str]) -> None:
     settings.server.secure_cookies = True
-    client = TestClient(create_app(settings), base_url="https://testserver")
+    client = TestClient(create_app(settings), base_url="https://testserver.local")
     form = client.get("/login")
     assert "Secure" in form.headers["set-cookie"]  # the CSRF cookie
     response = client.post(
