@@ -5,6 +5,8 @@ versions, paused and never-run models, several owners."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -158,3 +160,38 @@ def test_a_page_of_rows_and_the_psi_lines(engine, settings: Settings) -> None:  
     assert lines[ids["upsell"]] == ([], None) and lines[ids["fresh"]] == ([], None)
     with Session(engine) as s:
         assert psi_histories(s, [ids["churn"]], points=1)[ids["churn"]] == ([0.07], 0.3)
+
+
+def test_a_list_is_reused_only_while_the_database_is_unchanged(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    def churn(now: dt.datetime = NOW) -> dict[str, Any]:
+        with Session(engine) as s:
+            rows = model_list(s, _user(s, "ann@example.com"), settings, now)
+        return next(r for r in rows if r["name"] == "churn")
+
+    first = churn()
+    first["last_run"] = "changed by a caller"  # a caller's change stays with the caller
+    assert churn()["last_run"]["status"] == "succeeded"
+    # Another process (the batch job) commits through its own connection: seen at once.
+    with sqlite3.connect(settings.database.path) as other:
+        other.execute("UPDATE model_run SET status = 'running' WHERE model_id = ?", (first["id"],))
+    assert churn()["last_run"]["status"] == "running"
+    # next_run_date follows the clock, not only the data.
+    later = churn(NOW + dt.timedelta(days=3))["next_run_date"]
+    assert later is not None and later > churn()["next_run_date"]
+
+
+def test_a_session_with_its_own_writes_reads_the_list_itself(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as s:
+        ann = _user(s, "ann@example.com")
+        before = model_list(s, ann, settings, NOW)
+    with Session(engine) as s:
+        model = s.exec(select(Model).where(Model.name == "fraud")).one()
+        model.status = "active"
+        s.add(model)
+        s.flush()  # not committed: neither served from nor stored in the cache
+        assert {r["name"]: r["status"] for r in model_list(s, ann, settings, NOW)}["fraud"] == (
+            "active"
+        )
+        s.rollback()
+    with Session(engine) as s:
+        assert model_list(s, ann, settings, NOW) == before

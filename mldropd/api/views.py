@@ -5,6 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import sqlite3
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -173,12 +177,83 @@ def _list_query() -> Any:
     )
 
 
+class _ListCache:
+    """Lists answered again while the database has not changed.
+
+    SQLite's `PRAGMA data_version`, read on a connection of the cache's own that never writes,
+    changes whenever any other connection commits, in this process or another (the batch job):
+    a list is reused only under the data version it was read after. Polling clients (pages
+    refreshing themselves, dashboards, scripts) then cost the token check and the encoding."""
+
+    KEPT = 64
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._lists: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+
+    def data_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def get(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+        with self._lock:
+            rows = self._lists.get(key)
+            if rows is not None:
+                self._lists.move_to_end(key)
+            return rows
+
+    def put(self, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._lists[key] = rows
+            while len(self._lists) > self.KEPT:
+                self._lists.popitem(last=False)
+
+
+_LIST_CACHES: weakref.WeakKeyDictionary[Any, _ListCache] = weakref.WeakKeyDictionary()
+_LIST_CACHES_LOCK = threading.Lock()
+
+
+def _list_cache(session: Session) -> _ListCache | None:
+    """The engine's list cache; none for a session holding writes of its own that are not
+    committed (sqlite3 opens a transaction at the first write only), or a database that is
+    not a file."""
+    engine = session.get_bind()
+    path = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if session.new or session.dirty or session.deleted:
+        return None
+    if getattr(session.connection().connection.dbapi_connection, "in_transaction", True):
+        return None
+    with _LIST_CACHES_LOCK:
+        cache = _LIST_CACHES.get(engine)
+        if cache is None:
+            cache = _LIST_CACHES[engine] = _ListCache(path)
+        return cache
+
+
 def model_list(session: Session, user: User, settings: Settings, now: dt.datetime, *,
                owner: str | None = None, limit: int | None = None,
                offset: int = 0) -> list[dict[str, Any]]:
     """The user's models (an admin: all, or one owner's) by name, as model_json shows each
     without detail, optionally one page of them: one query in all (and one more for versions
-    this process has not parsed yet), however many models."""
+    this process has not parsed yet), however many models; the same list again while the
+    database has not changed (callers may change the rows they get, not what is inside)."""
+    cache = _list_cache(session)
+    fire = sweep_fire_time(settings, now)  # next_run_date depends on the time, not the data
+    key = None if cache is None else (cache.data_version(), user.id, user.is_admin,
+                                      (owner or "").lower(), limit, offset, fire)
+    rows = cache.get(key) if cache is not None and key is not None else None
+    if rows is None:
+        rows = _read_model_list(session, user, fire, owner=owner, limit=limit, offset=offset)
+        if cache is not None and key is not None:
+            cache.put(key, rows)
+    return [dict(row) for row in rows]
+
+
+def _read_model_list(session: Session, user: User, fire: dt.datetime | None, *,
+                     owner: str | None, limit: int | None, offset: int) -> list[dict[str, Any]]:
     query = visible_models(_list_query(), user, owner)
     if limit is not None:  # pick the page's models first: SQLite would join all, then sort
         page = visible_models(select(Model.id).order_by(Model.name, Model.id), user, owner)
@@ -187,7 +262,6 @@ def model_list(session: Session, user: User, settings: Settings, now: dt.datetim
     db = str(session.get_bind().url)
     keys = {f.id: (db, f.version_id, f.uploaded_at) for f in found if f.version_id}
     _versions(session, list(keys.values()))
-    fire = sweep_fire_time(settings, now)
     schedules: dict[str, Schedule] = {}
     out = []
     for f in found:
