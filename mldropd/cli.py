@@ -11,20 +11,9 @@ from typing import Any
 
 import click
 
-from mldropd import logs
+from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
-from mldropd.settings import ENV_PREFIX, Settings, describe, load_settings
-
-CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
-
-
-def _load(config: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
-    try:
-        settings = load_settings(config, overrides=overrides)
-    except MldropdError as exc:
-        raise click.ClickException(f"configuration error: {exc.message}") from None
-    logs.configure(settings.server.log_format, settings.server.log_level)
-    return settings
+from mldropd.settings import ENV_PREFIX, Settings, describe
 
 
 def _server_overrides(host: str | None, port: int | None) -> dict[str, dict[str, Any]]:
@@ -68,12 +57,12 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--host", help="Bind address (overrides [server] host).")
 @click.option("--port", type=int, help="Port (overrides [server] port).")
 def serve(config: str | None, host: str | None, port: int | None) -> None:
     """Run the daemon (web, API, scheduler) in the foreground."""
-    _serve(_load(config, _server_overrides(host, port)))
+    _serve(load_config(config, _server_overrides(host, port)))
 
 
 @main.command()
@@ -96,7 +85,7 @@ def demo(home: str, host: str | None, port: int | None, no_serve: bool) -> None:
     email = "admin@example.com"
     click.echo(f"Preparing the demo home in {home_path} (features and models, once) ...", err=True)
     model_files = write_demo_home(home_path, port=port or 8080, email=email)
-    settings = _load(str(home_path / "config.toml"), _server_overrides(host, port))
+    settings = load_config(str(home_path / "config.toml"), _server_overrides(host, port))
     token = _demo_admin(settings, email, model_files)
     banner = [
         "",
@@ -159,15 +148,12 @@ def users() -> None:
 @click.argument("email")
 @click.option("--admin", is_flag=True, help="Give admin rights (sees every model).")
 @click.option("--quota", type=int, help="Active models allowed (default from [limits]).")
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 def users_add(email: str, admin: bool, quota: int | None, config: str | None) -> None:
     """Create a user; prints the API token as the last line (shown only once)."""
     from mldropd.auth import create_user
-    from mldropd.db import init_db, make_engine
 
-    settings = _load(config)
-    engine = make_engine(settings.database.path)
-    init_db(engine)
+    engine = open_registry(load_config(config))
     try:
         user, token = create_user(engine, email, admin=admin, quota=quota)
     except MldropdError as exc:
@@ -183,13 +169,13 @@ def models() -> None:
 
 @models.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def models_check(file: str, config: str | None, as_json: bool) -> None:
     """Inspect and validate a model file as the upload would; print every problem."""
     from mldropd.inspect import inspect_file
 
-    settings = _load(config)
+    settings = load_config(config)
     result = inspect_file(Path(file), settings)
     if as_json:
         click.echo(
@@ -253,7 +239,7 @@ def _parse_day(value: str, hint: str) -> dt.date:
     multiple=True,
     help="Model id to score (repeatable). Default: every active model due on the date.",
 )
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 def run(
     day: str | None,
     first: str | None,
@@ -271,7 +257,7 @@ def run(
     from mldropd.daemon import Daemon
     from mldropd.records import Model
 
-    settings = _load(config)
+    settings = load_config(config)
     daemon = Daemon(settings, with_scheduler=False)
     if day and (first or last):
         raise click.UsageError("use either --date or --from/--to")
@@ -339,7 +325,7 @@ def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None, *, backf
 
 
 @main.command("check-config")
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--host", help="As for serve: show the effect of this flag.")
 @click.option("--port", type=int, help="As for serve: show the effect of this flag.")
 def check_config(config: str | None, host: str | None, port: int | None) -> None:
@@ -351,7 +337,7 @@ def check_config(config: str | None, host: str | None, port: int | None) -> None
     import dataclasses
     import re
 
-    settings = _load(config, _server_overrides(host, port))
+    settings = load_config(config, _server_overrides(host, port))
     click.echo(f"# config file: {settings.config_file or '(none: defaults and environment)'}")
     values = settings.to_dict()
     secrets = {

@@ -20,20 +20,14 @@ import click
 from sqlmodel import Session, select
 
 from mldropd import __version__
+from mldropd.cli_common import config_option, load_config
 from mldropd.records import ModelVersion
 from mldropd.settings import Settings
 from mldropd.store.base import ArtifactStore, sha256_file
 
-CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
 MANIFEST = "manifest.json"
 DB_FILE = "mldropd.db"
 FORMAT = 1
-
-
-def _settings(config: str | None) -> Settings:
-    from mldropd.cli import _load  # not at import time: mldropd.cli imports this module
-
-    return _load(config)
 
 
 def _daemon_address(settings: Settings) -> str | None:
@@ -137,10 +131,10 @@ def _restore_artifacts(manifest: dict[str, Any], folder: Path, store: ArtifactSt
 
 @click.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 def backup(folder: Path, config: str | None) -> None:
     """Back up the database and the model artifacts into FOLDER (the daemon may keep running)."""
-    settings = _settings(config)
+    settings = load_config(config)
     manifest = write_backup(settings, folder.resolve())
     artifacts = manifest["artifacts"]
     how = "copied" if manifest["storage"]["copied"] else "listed (they stay in the bucket)"
@@ -154,14 +148,14 @@ def backup(folder: Path, config: str | None) -> None:
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--force", is_flag=True, help="Restore even though a daemon seems to be running.")
 def restore(folder: Path, config: str | None, force: bool) -> None:
     """Restore the database and the artifacts from a backup FOLDER (stop the daemon first)."""
     from mldropd.db import copy_database
     from mldropd.store import make_store
 
-    settings = _settings(config)
+    settings = load_config(config)
     address = _daemon_address(settings)
     if address and not force:
         raise click.ClickException(

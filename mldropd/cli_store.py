@@ -16,27 +16,10 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
 from mldropd.records import Model, ModelVersion
-from mldropd.settings import Settings
 from mldropd.store.base import ArtifactStore, manifest_key, sha256_file
-
-CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
-
-
-def _settings(config: str | None) -> Settings:
-    from mldropd.cli import _load  # not at import time: mldropd.cli imports this module
-
-    return _load(config)
-
-
-def _engine(settings: Settings) -> Engine:
-    from mldropd.db import init_db, make_engine
-
-    engine = make_engine(settings.database.path)
-    init_db(engine)
-    return engine
-
 
 # ---- store check ---------------------------------------------------------------------------
 
@@ -181,17 +164,17 @@ def store_group() -> None:
 
 
 @store_group.command("check")
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--verbose", "-v", is_flag=True, help="List the artifacts that are fine too.")
 def store_check(config: str | None, verbose: bool) -> None:
     """Verify every artifact's presence and sha256 (downloaded) and list orphans; exit 1 on
     problems."""
     from mldropd.store import make_store
 
-    settings = _settings(config)
+    settings = load_config(config)
     try:
         store = make_store(settings.storage)
-        report = check_store(_engine(settings), store, settings.server.work_dir)
+        report = check_store(open_registry(settings), store, settings.server.work_dir)
     except MldropdError as exc:
         raise click.ClickException(exc.message) from None
     print_report(report, verbose)
@@ -218,15 +201,15 @@ def _parse_quota(value: str) -> int | None:
 @click.command("set-quota")
 @click.argument("email")
 @click.argument("n")
-@click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 def set_quota_command(email: str, n: str, config: str | None) -> None:
     """Set EMAIL's quota of active models to N ('default': back to [limits])."""
     from mldropd.registry import quota_of, set_quota
 
-    settings = _settings(config)
+    settings = load_config(config)
     quota = _parse_quota(n)
     try:
-        user, active = set_quota(_engine(settings), settings, email, quota)
+        user, active = set_quota(open_registry(settings), settings, email, quota)
     except MldropdError as exc:
         raise click.ClickException(exc.message) from None
     limit = quota_of(user, settings)

@@ -16,27 +16,11 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
 from mldropd.records import Model, User
 from mldropd.settings import Settings
 from mldropd.states import ModelStatus
-
-CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
-config_option = click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-
-
-def _settings(config: str | None) -> Settings:
-    from mldropd.cli import _load  # not at import time: mldropd.cli imports this module
-
-    return _load(config)
-
-
-def _engine(settings: Settings) -> Engine:
-    from mldropd.db import init_db, make_engine
-
-    engine = make_engine(settings.database.path)
-    init_db(engine)
-    return engine
 
 
 def _do(action: Callable[[], Any]) -> Any:
@@ -86,8 +70,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
 @config_option
 def users_list(as_json: bool, config: str | None) -> None:
     """List users: email, admin, disabled, quota, active models, created."""
-    settings = _settings(config)
-    rows = user_rows(_engine(settings), settings)
+    settings = load_config(config)
+    rows = user_rows(open_registry(settings), settings)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -112,7 +96,7 @@ def users_disable(email: str, config: str | None) -> None:
     """Disable EMAIL: its token, web sessions and proxy sign-in are refused everywhere."""
     from mldropd.auth import set_disabled
 
-    user = _do(lambda: set_disabled(_engine(_settings(config)), email, True))
+    user = _do(lambda: set_disabled(open_registry(load_config(config)), email, True))
     click.echo(f"disabled {user.email}: its token, web sessions and proxy sign-in are refused")
 
 
@@ -123,7 +107,7 @@ def users_enable(email: str, config: str | None) -> None:
     """Enable EMAIL again (its token works again)."""
     from mldropd.auth import set_disabled
 
-    user = _do(lambda: set_disabled(_engine(_settings(config)), email, False))
+    user = _do(lambda: set_disabled(open_registry(load_config(config)), email, False))
     click.echo(f"enabled {user.email}; its token works again")
 
 
@@ -134,7 +118,7 @@ def users_rotate_token(email: str, config: str | None) -> None:
     """Give EMAIL a new API token, printed as the last line; the old one stops working."""
     from mldropd.auth import rotate_token
 
-    token = _do(lambda: rotate_token(_engine(_settings(config)), email))
+    token = _do(lambda: rotate_token(open_registry(load_config(config)), email))
     click.echo(
         f"new API token for {email.strip().lower()} (shown once; the old token and its web "
         "sessions stopped working):"
@@ -150,7 +134,7 @@ def users_set_admin(email: str, on: bool, config: str | None) -> None:
     """Give (--on) or take (--off) EMAIL's admin rights (admins see every model)."""
     from mldropd.auth import set_admin
 
-    user = _do(lambda: set_admin(_engine(_settings(config)), email, on))
+    user = _do(lambda: set_admin(open_registry(load_config(config)), email, on))
     click.echo(f"{user.email} is {'now an admin' if on else 'no longer an admin'}")
 
 
@@ -163,7 +147,7 @@ def users_allow_global(email: str, name: str, revoke: bool, config: str | None) 
     """Allow the refused pickle global NAME (exact, e.g. posix.getcwd) in EMAIL's uploads."""
     from mldropd.auth import allow_global
 
-    user = _do(lambda: allow_global(_engine(_settings(config)), email, name, revoke=revoke))
+    user = _do(lambda: allow_global(open_registry(load_config(config)), email, name, revoke=revoke))
     if revoke:
         click.echo(f"{name} is refused again in uploads by {user.email}")
     else:
@@ -187,7 +171,7 @@ def audit_command(
     """Print the audit log, newest first: who did what to which object, and when."""
     from mldropd.audit import event_json, events
 
-    with Session(_engine(_settings(config))) as s:
+    with Session(open_registry(load_config(config))) as s:
         rows = [event_json(e) for e in events(s, limit=limit, actor=actor, action=action)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
