@@ -76,6 +76,23 @@ def settings(home: Path) -> Settings:
 
 
 @pytest.fixture
+def app(settings: Settings) -> Any:
+    """The app without its lifespan: requests work, no batch job ever starts."""
+    from mldropd.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """A browser-like client; not entered as a context manager, so the lifespan never runs.
+    Modules whose tests need the daemon running define their own `client`."""
+    from litestar.testing import TestClient
+
+    return TestClient(app, timeout=120)
+
+
+@pytest.fixture
 def make_user(settings: Settings) -> Callable[..., str]:
     from mldropd.auth import create_user
     from mldropd.db import init_db, make_engine

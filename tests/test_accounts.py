@@ -24,18 +24,6 @@ from mldropd.settings import Settings
 from tests.conftest import today
 from tests.test_security import HX, add_model, bearer, csrf, hold_scores, mldropd, sign_in
 
-
-@pytest.fixture
-def app(settings: Settings) -> Any:
-    """The app without its lifespan: requests work, no batch job ever starts."""
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Any) -> TestClient[Any]:
-    return TestClient(app, timeout=120)
-
-
 # ---- accounts ----------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from mldropd.pages import charts
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, OutboxMessage, User
 from mldropd.settings import Settings
 from tests.conftest import today, wait_for
+from tests.test_security import csrf
 
 HX = {"HX-Request": "true"}
 SVG = "{http://www.w3.org/2000/svg}"
@@ -30,13 +31,6 @@ SVG = "{http://www.w3.org/2000/svg}"
 def client(settings: Settings) -> Iterator[TestClient[Any]]:
     with TestClient(create_app(settings), timeout=120) as c:
         yield c
-
-
-def csrf(client: TestClient[Any]) -> str:
-    """The CSRF cookie, set by any GET page."""
-    if "csrftoken" not in client.cookies:
-        client.get("/login")
-    return str(client.cookies["csrftoken"])
 
 
 def sign_in(client: TestClient[Any], token: str) -> None:

@@ -23,7 +23,6 @@ import pytest
 from litestar.testing import TestClient
 from sqlmodel import select as sql_select
 
-from mldropd.app import create_app
 from mldropd.db import make_engine, session_scope
 from mldropd.inspect import FUNCTIONS_NOTE
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
@@ -137,18 +136,6 @@ def mldropd(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         cwd=home,
     )
-
-
-@pytest.fixture
-def app(settings: Settings) -> Any:
-    """The app without its lifespan: requests work, no batch job ever starts."""
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Any) -> TestClient[Any]:
-    """A browser-like client; not entered as a context manager, so the lifespan never runs."""
-    return TestClient(app, timeout=120)
 
 
 # ---- the sandbox: secrets, private folder, stdin ---------------------------------------------
