@@ -126,27 +126,6 @@ class _VersionInfo:
     dry_run: dict[str, Any]
 
 
-# A version row never changes after its upload, so its parsed JSON documents (a list's main cost
-# at a thousand models) are kept. Keyed by database, row id and upload time: SQLite may reuse the
-# id of a deleted newest row, never with the same upload time.
-_VERSIONS: dict[tuple[str, int, dt.datetime], _VersionInfo] = {}
-_VERSIONS_KEPT = 20_000
-
-
-def _versions(session: Session, keys: list[tuple[str, int, dt.datetime]]) -> None:
-    """Parse and keep the versions not seen before."""
-    missing = [key[1] for key in keys if key not in _VERSIONS]
-    db = str(session.get_bind().url)
-    if len(_VERSIONS) + len(missing) > _VERSIONS_KEPT:
-        _VERSIONS.clear()
-    V = ModelVersion  # noqa: N806
-    for start in range(0, len(missing), 500):
-        for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
-                              .where(col(V.id).in_(missing[start:start + 500]))):
-            _VERSIONS[(db, v.id, v.uploaded_at)] = _VersionInfo(
-                v.features, v.contract, v.dry_run)
-
-
 def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
     """The id of the model's newest row of table (by date, then id), as last_run/last_dq pick
     it: one seek in the (model_id, date, id) index."""
@@ -177,60 +156,88 @@ def _list_query() -> Any:
     )
 
 
-class _ListCache:
-    """Lists answered again while the database has not changed.
+class _RegistryCache:
+    """What model lists keep of one database, in this process.
 
-    SQLite's `PRAGMA data_version`, read on a connection of the cache's own that never writes,
-    changes whenever any other connection commits, in this process or another (the batch job):
-    a list is reused only under the data version it was read after. Polling clients (pages
-    refreshing themselves, dashboards, scripts) then cost the token check and the encoding."""
+    - Parsed current versions: a version row never changes after its upload, and parsing its
+      JSON documents is a list's main cost at a thousand models. Keyed by row id and upload
+      time: SQLite may reuse the id of a deleted newest row, never with the same upload time.
+    - Whole lists, reused while the database has not changed: SQLite's `PRAGMA data_version`,
+      read on a connection of the cache's own that never writes, changes whenever any other
+      connection commits, in this process or another (the batch job). Polling clients (pages
+      refreshing themselves, dashboards, scripts) then cost the token check and the encoding.
+    """
 
-    KEPT = 64
+    LISTS_KEPT = 64
+    VERSIONS_KEPT = 20_000
 
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    def __init__(self, path: str | None) -> None:
+        """path: the database file; None keeps versions for one call and lists never."""
+        self._conn = None if path is None else sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._lists: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._versions: dict[tuple[int, dt.datetime], _VersionInfo] = {}
 
-    def data_version(self) -> int:
+    def data_version(self) -> int | None:
+        if self._conn is None:
+            return None
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def get(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+    def get_list(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
         with self._lock:
             rows = self._lists.get(key)
             if rows is not None:
                 self._lists.move_to_end(key)
             return rows
 
-    def put(self, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
+    def keep_list(self, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._lists[key] = rows
-            while len(self._lists) > self.KEPT:
+            while len(self._lists) > self.LISTS_KEPT:
                 self._lists.popitem(last=False)
 
+    def versions(self, session: Session, keys: list[tuple[int, dt.datetime]]
+                 ) -> dict[tuple[int, dt.datetime], _VersionInfo]:
+        """The versions of keys, parsing only those not seen before."""
+        known = self._versions  # one dict for this call, even if another call starts afresh
+        found = {key: known[key] for key in keys if key in known}
+        missing = [key[0] for key in keys if key not in found]
+        V = ModelVersion  # noqa: N806
+        for start in range(0, len(missing), 500):
+            for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
+                                  .where(col(V.id).in_(missing[start:start + 500]))):
+                found[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
+        if len(known) + len(missing) > self.VERSIONS_KEPT:
+            self._versions = known = {}
+        known.update(found)
+        return found
 
-_LIST_CACHES: weakref.WeakKeyDictionary[Any, _ListCache] = weakref.WeakKeyDictionary()
-_LIST_CACHES_LOCK = threading.Lock()
+
+_CACHES: weakref.WeakKeyDictionary[Any, _RegistryCache] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
 
 
-def _list_cache(session: Session) -> _ListCache | None:
-    """The engine's list cache; none for a session holding writes of its own that are not
-    committed (sqlite3 opens a transaction at the first write only), or a database that is
-    not a file."""
+def _cache_of(session: Session) -> _RegistryCache:
+    """The cache of the session's database (a database that is not a file gets none to keep)."""
     engine = session.get_bind()
     path = engine.url.database
     if engine.url.get_backend_name() != "sqlite" or not path or path == ":memory:":
-        return None
-    if session.new or session.dirty or session.deleted:
-        return None
-    if getattr(session.connection().connection.dbapi_connection, "in_transaction", True):
-        return None
-    with _LIST_CACHES_LOCK:
-        cache = _LIST_CACHES.get(engine)
+        return _RegistryCache(None)
+    with _CACHES_LOCK:
+        cache = _CACHES.get(engine)
         if cache is None:
-            cache = _LIST_CACHES[engine] = _ListCache(path)
+            cache = _CACHES[engine] = _RegistryCache(path)
         return cache
+
+
+def _has_own_writes(session: Session) -> bool:
+    """Whether the session holds writes that are not committed (sqlite3 opens a transaction
+    at the first write only): its lists are neither reused nor kept."""
+    if session.new or session.dirty or session.deleted:
+        return True
+    return bool(getattr(session.connection().connection.dbapi_connection, "in_transaction", True))
 
 
 def model_list(session: Session, user: User, settings: Settings, now: dt.datetime, *,
@@ -240,35 +247,37 @@ def model_list(session: Session, user: User, settings: Settings, now: dt.datetim
     without detail, optionally one page of them: one query in all (and one more for versions
     this process has not parsed yet), however many models; the same list again while the
     database has not changed (callers may change the rows they get, not what is inside)."""
-    cache = _list_cache(session)
+    cache = _cache_of(session)
     fire = sweep_fire_time(settings, now)  # next_run_date depends on the time, not the data
-    key = None if cache is None else (cache.data_version(), user.id, user.is_admin,
-                                      (owner or "").lower(), limit, offset, fire)
-    rows = cache.get(key) if cache is not None and key is not None else None
+    data_version = None if _has_own_writes(session) else cache.data_version()
+    key = None if data_version is None else (
+        data_version, user.id, user.is_admin, (owner or "").lower(), limit, offset, fire)
+    rows = None if key is None else cache.get_list(key)
     if rows is None:
-        rows = _read_model_list(session, user, fire, owner=owner, limit=limit, offset=offset)
-        if cache is not None and key is not None:
-            cache.put(key, rows)
+        rows = _read_model_list(session, cache, user, fire, owner=owner, limit=limit,
+                                offset=offset)
+        if key is not None:
+            cache.keep_list(key, rows)
     return [dict(row) for row in rows]
 
 
-def _read_model_list(session: Session, user: User, fire: dt.datetime | None, *,
-                     owner: str | None, limit: int | None, offset: int) -> list[dict[str, Any]]:
+def _read_model_list(session: Session, cache: _RegistryCache, user: User,
+                     fire: dt.datetime | None, *, owner: str | None, limit: int | None,
+                     offset: int) -> list[dict[str, Any]]:
     query = visible_models(_list_query(), user, owner)
     if limit is not None:  # pick the page's models first: SQLite would join all, then sort
         page = visible_models(select(Model.id).order_by(Model.name, Model.id), user, owner)
         query = query.where(col(Model.id).in_(page.limit(limit).offset(offset).scalar_subquery()))
     found = list(session.exec(query))
-    db = str(session.get_bind().url)
-    keys = {f.id: (db, f.version_id, f.uploaded_at) for f in found if f.version_id}
-    _versions(session, list(keys.values()))
+    keys = {f.id: (f.version_id, f.uploaded_at) for f in found if f.version_id}
+    versions = cache.versions(session, list(keys.values()))
     schedules: dict[str, Schedule] = {}
     out = []
     for f in found:
         schedule = schedules.get(f.schedule) or parse_schedule(f.schedule)
         schedules[f.schedule] = schedule
         nxt = schedule.next_due(fire.date()) if fire and f.status == "active" else None
-        version = _VERSIONS.get(keys[f.id]) if f.id in keys else None
+        version = versions.get(keys[f.id]) if f.id in keys else None
         run = None if f.run_id is None else SimpleNamespace(
             id=f.run_id, status=f.run_status, date=f.run_date, rows=f.rows, seconds=f.seconds,
             attempt=f.attempt, error=f.error)

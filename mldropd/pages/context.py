@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -68,9 +68,8 @@ class Pager:
     @classmethod
     def of(cls, path: str, page: int | None, total: int, **params: str | None) -> Pager:
         """The asked-for page, moved into range (a page past the end shows the last one)."""
-        pages = max(1, math.ceil(total / PAGE_SIZE))
-        kept = {k: v for k, v in params.items() if v}
-        return cls(path, min(max(page or 1, 1), pages), total, params=kept)
+        first = cls(path, 1, total, params={k: v for k, v in params.items() if v})
+        return replace(first, page=min(max(page or 1, 1), first.pages))
 
     @property
     def pages(self) -> int:
