@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--features", type=int, default=50)
     ap.add_argument("--models", type=int, default=2, help="models uploaded and scored")
     ap.add_argument("--lgbm", type=int, default=1)
-    ap.add_argument("--listed", type=int, default=50,
-                    help="models of other users, which only the admin's list shows")
+    ap.add_argument(
+        "--listed",
+        type=int,
+        default=50,
+        help="models of other users, which only the admin's list shows",
+    )
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--requests", type=int, default=25, help="requests per client per phase")
     ap.add_argument("--repeat", type=int, default=2, help="idle and busy phases, interleaved")
@@ -89,8 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mldropd.db import init_db, make_engine
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    lat: dict[str, list[float]] = {f"{w}/{s}": [] for w in ("owner", "admin")
-                                   for s in ("idle", "busy")}
+    lat: dict[str, list[float]] = {
+        f"{w}/{s}": [] for w in ("owner", "admin") for s in ("idle", "busy")
+    }
     overlapped: list[bool] = []
     try:
         home = tmp / "home"
@@ -100,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_features(Path(settings.features.path), args.rows, args.features, day=day)
         engine = make_engine(settings.database.path)
         init_db(engine)
-        tokens = {"admin": populate(engine, models=args.listed, days=30, due=0,
-                                    day=day).admin_token,
-                  "owner": create_user(engine, "owner@example.com")[1]}
+        tokens = {
+            "admin": populate(engine, models=args.listed, days=30, due=0, day=day).admin_token,
+            "owner": create_user(engine, "owner@example.com")[1],
+        }
         engine.dispose()
         specs = mixed_specs(args.features, args.models, args.lgbm)
         paths = save_models(tmp / "models", specs, args.features, args.rows)
@@ -152,23 +158,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.repeat} phases each; batch: {args.rows:,} rows x {args.features} features, "
         f"{args.models} models",
         ["caller (models listed), daemon", "requests", "median ms", "p95 ms", "p99 ms"],
-        [[f"{k.split('/')[0]} ({listed[k.split('/')[0]]}), {k.split('/')[1]}", len(v),
-          median(v) * 1000, percentile(v, 95) * 1000, p99[k] * 1000] for k, v in lat.items()],
+        [
+            [
+                f"{k.split('/')[0]} ({listed[k.split('/')[0]]}), {k.split('/')[1]}",
+                len(v),
+                median(v) * 1000,
+                percentile(v, 95) * 1000,
+                p99[k] * 1000,
+            ]
+            for k, v in lat.items()
+        ],
     )
     print(f"batch still running when each busy phase ended: {overlapped}")
-    print_table("Target", ["measure", "value", "target", ""], [
-        row for w in ("owner", "admin") for row in (
-            target_row(f"{w}: p99 busy / idle", ratio[w], "<=", TARGET_RATIO),
-            target_row(f"{w}: p99 busy seconds", p99[f"{w}/busy"], "<=", TARGET_P99_S),
-        )
-    ])
-    met = {w: ratio[w] <= TARGET_RATIO and p99[f"{w}/busy"] <= TARGET_P99_S
-           for w in ("owner", "admin")}
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [
+            row
+            for w in ("owner", "admin")
+            for row in (
+                target_row(f"{w}: p99 busy / idle", ratio[w], "<=", TARGET_RATIO),
+                target_row(f"{w}: p99 busy seconds", p99[f"{w}/busy"], "<=", TARGET_P99_S),
+            )
+        ],
+    )
+    met = {
+        w: ratio[w] <= TARGET_RATIO and p99[f"{w}/busy"] <= TARGET_P99_S for w in ("owner", "admin")
+    }
     result = {
         "params": vars(args) | {"out": str(args.out) if args.out else None},
-        "latency_s": lat, "p99_s": p99, "ratio": ratio, "listed": listed,
-        "batch_overlapped": overlapped, "target_ratio": TARGET_RATIO,
-        "target_p99_s": TARGET_P99_S, "met": met, "all_overlapped": all(overlapped),
+        "latency_s": lat,
+        "p99_s": p99,
+        "ratio": ratio,
+        "listed": listed,
+        "batch_overlapped": overlapped,
+        "target_ratio": TARGET_RATIO,
+        "target_p99_s": TARGET_P99_S,
+        "met": met,
+        "all_overlapped": all(overlapped),
     }
     write_result("api_latency", result, args.out)
     return result

@@ -33,8 +33,12 @@ from bench.perf_registry import populate
 
 TARGET_S = 0.300
 PATHS = [
-    ("api", "/api/v1/models"), ("page", "/"), ("page", "/models"), ("page", "/models?page=10"),
-    ("page", "/dashboard"), ("page", "/dashboard?sort=psi&page=10"),
+    ("api", "/api/v1/models"),
+    ("page", "/"),
+    ("page", "/models"),
+    ("page", "/models?page=10"),
+    ("page", "/dashboard"),
+    ("page", "/dashboard?sort=psi&page=10"),
 ]
 
 
@@ -69,8 +73,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--due", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--data", type=Path, default=None,
-                    help="keep the daemon home (registry) here and reuse it on the next run")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="keep the daemon home (registry) here and reuse it on the next run",
+    )
     ap.add_argument("--timeout", type=float, default=60, help="seconds a request may take")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
@@ -120,26 +128,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rows = [[path, median(t) * 1000, percentile(t, 95) * 1000, median(reused[path]) * 1000]
-            for path, t in times.items()]
+    rows = [
+        [path, median(t) * 1000, percentile(t, 95) * 1000, median(reused[path]) * 1000]
+        for path, t in times.items()
+    ]
     print_table(
         f"Model list and dashboard: {args.models:,} models x {args.days} days of runs and DQ, "
         f"admin (sees all {listed:,}), real daemon, median of {args.repeat}",
-        ["GET", "median ms", "p95 ms", "unchanged db, ms"], rows,
+        ["GET", "median ms", "p95 ms", "unchanged db, ms"],
+        rows,
     )
     if missing:
         print(f"not measured (404, page does not exist): {', '.join(missing)}")
     if timed_out:
         print(f"MISSED: no answer within {args.timeout:.0f} s: {', '.join(timed_out)}")
-    print_table("Target", ["measure", "value", "target", ""],
-                [target_row(f"{p} seconds", median(t), "<=", TARGET_S) for p, t in times.items()])
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [target_row(f"{p} seconds", median(t), "<=", TARGET_S) for p, t in times.items()],
+    )
     result = {
-        "params": vars(args) | {"out": str(args.out) if args.out else None,
-                                "data": str(args.data) if args.data else None},
-        "setup_s": setup, "listed": listed, "seconds": times, "reused_s": reused,
+        "params": vars(args)
+        | {
+            "out": str(args.out) if args.out else None,
+            "data": str(args.data) if args.data else None,
+        },
+        "setup_s": setup,
+        "listed": listed,
+        "seconds": times,
+        "reused_s": reused,
         "missing": missing,
         "timed_out": timed_out,
-        "median_s": {p: median(t) for p, t in times.items()}, "target_s": TARGET_S,
+        "median_s": {p: median(t) for p, t in times.items()},
+        "target_s": TARGET_S,
         "met": not timed_out and all(median(t) <= TARGET_S for t in times.values()),
     }
     write_result("dashboard", result, args.out)

@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lgbm", type=int, default=2, help="how many of the models are LightGBM")
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--child", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the sandboxed scoring child (process start, imports, load)")
+    ap.add_argument(
+        "--child",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the sandboxed scoring child (process start, imports, load)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
@@ -168,8 +172,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     if child:
         rows_out.append(
-            ["sandboxed child (+ start, imports, load)", median(child),
-             f"{median(child) / median(limits):.3f}x"]
+            [
+                "sandboxed child (+ start, imports, load)",
+                median(child),
+                f"{median(child) / median(limits):.3f}x",
+            ]
         )
     rows_out.append(["CPU s: engine / limit", median(engine_cpu) / median(limit_cpu), ""])
     title = (
@@ -179,19 +186,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print_table(title, ["measure", "seconds", "ratio"], rows_out)
     ratio = max(median(ratios), best_ratio)  # the less favourable of the two
-    print_table("Target", ["measure", "value", "target", ""], [
-        target_row("engine / limit, median of the repeats' ratios", median(ratios), "<=", TARGET),
-        target_row("best engine / best limit (each part's best)", best_ratio, "<=", TARGET),
-    ])
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [
+            target_row(
+                "engine / limit, median of the repeats' ratios", median(ratios), "<=", TARGET
+            ),
+            target_row("best engine / best limit (each part's best)", best_ratio, "<=", TARGET),
+        ],
+    )
     print(f"scores bit-identical to predict_proba on the whole slice: {same}")
     result = {
         "params": vars(args) | {"out": str(args.out) if args.out else None},
         "models": [vars(s) | {"features": len(s.features)} for s in specs],
-        "reads_s": reads, "raw_predict_s": raw, "limit_s": limits, "engine_s": engine,
-        "child_s": child, "engine_cpu_s": engine_cpu, "limit_cpu_s": limit_cpu,
-        "ratios": ratios, "median_ratio": median(ratios), "best_limit_s": best_limit,
-        "best_ratio": best_ratio, "ratio": ratio, "target": TARGET, "met": ratio <= TARGET,
-        "fastest_reader": fastest, "bit_identical": same,
+        "reads_s": reads,
+        "raw_predict_s": raw,
+        "limit_s": limits,
+        "engine_s": engine,
+        "child_s": child,
+        "engine_cpu_s": engine_cpu,
+        "limit_cpu_s": limit_cpu,
+        "ratios": ratios,
+        "median_ratio": median(ratios),
+        "best_limit_s": best_limit,
+        "best_ratio": best_ratio,
+        "ratio": ratio,
+        "target": TARGET,
+        "met": ratio <= TARGET,
+        "fastest_reader": fastest,
+        "bit_identical": same,
     }
     write_result("engine_limit", result, args.out)
     return result

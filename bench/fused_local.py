@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fused-"))
     times: dict[str, list[float]] = {
-        "fused_engine": [], "separate_engine": [], "fused_child": [], "separate_child": []
+        "fused_engine": [],
+        "separate_engine": [],
+        "fused_child": [],
+        "separate_child": [],
     }
     try:
         root = tmp / "features"
@@ -71,39 +74,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             fresh()
             times["separate_child"].append(
-                sum(run_child(root, [t], args.batch_rows, tmp / "child")["seconds"]
-                    for t in tasks)
+                sum(run_child(root, [t], args.batch_rows, tmp / "child")["seconds"] for t in tasks)
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    engine_ratios = [s / f for s, f in
-                     zip(times["separate_engine"], times["fused_engine"], strict=True)]
-    child_ratios = [s / f for s, f in
-                    zip(times["separate_child"], times["fused_child"], strict=True)]
+    engine_ratios = [
+        s / f for s, f in zip(times["separate_engine"], times["fused_engine"], strict=True)
+    ]
+    child_ratios = [
+        s / f for s, f in zip(times["separate_child"], times["fused_child"], strict=True)
+    ]
     k = len(specs)
     rows = [
         ["engine: one fused pass", median(times["fused_engine"]), ""],
-        [f"engine: {k} separate passes", median(times["separate_engine"]),
-         f"{median(engine_ratios):.2f}x"],
+        [
+            f"engine: {k} separate passes",
+            median(times["separate_engine"]),
+            f"{median(engine_ratios):.2f}x",
+        ],
         ["scoring child: one fused pass", median(times["fused_child"]), ""],
-        [f"scoring child: {k} separate passes", median(times["separate_child"]),
-         f"{median(child_ratios):.2f}x"],
+        [
+            f"scoring child: {k} separate passes",
+            median(times["separate_child"]),
+            f"{median(child_ratios):.2f}x",
+        ],
     ]
     print_table(
         f"Fused vs separate passes: {args.rows:,} rows x {args.features} features, K={k} "
         f"linear models on {len(specs[0].features)} features each, median of {args.repeat}",
-        ["pass", "seconds", "separate / fused"], rows,
+        ["pass", "seconds", "separate / fused"],
+        rows,
     )
     ratio = median(child_ratios)
-    print_table("Target", ["measure", "value", "target", ""], [
-        target_row("separate / fused (scoring child)", ratio, ">=", TARGET),
-        target_row("separate / fused (engine only)", median(engine_ratios), ">=", TARGET),
-    ])
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [
+            target_row("separate / fused (scoring child)", ratio, ">=", TARGET),
+            target_row("separate / fused (engine only)", median(engine_ratios), ">=", TARGET),
+        ],
+    )
     result = {
         "params": vars(args) | {"out": str(args.out) if args.out else None},
-        "seconds": times, "engine_ratios": engine_ratios, "child_ratios": child_ratios,
-        "ratio": ratio, "engine_ratio": median(engine_ratios), "target": TARGET,
+        "seconds": times,
+        "engine_ratios": engine_ratios,
+        "child_ratios": child_ratios,
+        "ratio": ratio,
+        "engine_ratio": median(engine_ratios),
+        "target": TARGET,
         "met": ratio >= TARGET,
     }
     write_result("fused_local", result, args.out)

@@ -39,8 +39,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lgbm", type=int, default=1)
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--data", type=Path, default=None,
-                    help="keep the generated data here and reuse it on the next run")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="keep the generated data here and reuse it on the next run",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
@@ -76,15 +80,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ["rows", "peak RSS MB", "seconds", "rows/s"],
         [[f"{rows:,}", peak[rows], secs[rows], rows / secs[rows]] for rows in runs],
     )
-    print_table("Target", ["measure", "value", "target", ""],
-                [target_row("peak RSS large / small", ratio, "<=", TARGET)])
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [target_row("peak RSS large / small", ratio, "<=", TARGET)],
+    )
     result = {
-        "params": vars(args) | {"out": str(args.out) if args.out else None,
-                                "data": str(args.data) if args.data else None},
+        "params": vars(args)
+        | {
+            "out": str(args.out) if args.out else None,
+            "data": str(args.data) if args.data else None,
+        },
         "runs": {str(k): v for k, v in runs.items()},
         "peak_rss_mb": {str(k): v for k, v in peak.items()},
         "seconds": {str(k): v for k, v in secs.items()},
-        "ratio": ratio, "target": TARGET, "met": ratio <= TARGET,
+        "ratio": ratio,
+        "target": TARGET,
+        "met": ratio <= TARGET,
     }
     write_result("memory_flat", result, args.out)
     return result

@@ -66,9 +66,17 @@ class BenchDaemon:
     def __enter__(self) -> BenchDaemon:
         with open(self.home / "daemon.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mldropd", "serve", "--config",
-                 str(self.home / "config.toml")],
-                stdout=log, stderr=subprocess.STDOUT, process_group=0,
+                [
+                    sys.executable,
+                    "-m",
+                    "mldropd",
+                    "serve",
+                    "--config",
+                    str(self.home / "config.toml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
             )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -74,12 +74,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["sweep planning total", total, percentile(total_s, 95)],
         ],
     )
-    print_table("Target", ["measure", "value", "target", ""],
-                [target_row("planning seconds", total, "<=", TARGET_S)])
+    print_table(
+        "Target",
+        ["measure", "value", "target", ""],
+        [target_row("planning seconds", total, "<=", TARGET_S)],
+    )
     result = {
         "params": vars(args) | {"out": str(args.out) if args.out else None},
-        "setup_s": setup, "due_models_s": due_s, "plan_batch_s": plan_s, "total_s": total_s,
-        "planned_runs": planned, "seconds": total, "target_s": TARGET_S,
+        "setup_s": setup,
+        "due_models_s": due_s,
+        "plan_batch_s": plan_s,
+        "total_s": total_s,
+        "planned_runs": planned,
+        "seconds": total,
+        "target_s": TARGET_S,
         "met": total <= TARGET_S,
     }
     write_result("planning", result, args.out)

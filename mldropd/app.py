@@ -78,8 +78,17 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """A bug: log the traceback for the operator, answer without internals."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _errors_response(500, [{"field": "", "message": (
-        "internal error in mldropd; the operator finds the details in the daemon log")}])
+    return _errors_response(
+        500,
+        [
+            {
+                "field": "",
+                "message": (
+                    "internal error in mldropd; the operator finds the details in the daemon log"
+                ),
+            }
+        ],
+    )
 
 
 @get("/healthz", sync_to_thread=False, include_in_schema=True, summary="Liveness")

@@ -317,8 +317,11 @@ def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None, *, backf
             mr = s.get(ModelRun, covered[model.id].id)
             assert mr is not None
             failed += mr.status != "succeeded"
-            done = (f", {mr.rows} rows in {mr.seconds:.2f} s"
-                    if mr.rows is not None and mr.seconds is not None else "")
+            done = (
+                f", {mr.rows} rows in {mr.seconds:.2f} s"
+                if mr.rows is not None and mr.seconds is not None
+                else ""
+            )
             error = f"\n  error: {mr.error}" if mr.error else ""
             click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}{done}{error}")
     return failed

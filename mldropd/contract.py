@@ -293,8 +293,10 @@ def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldErro
         schedule=parse_schedule(obj["schedule"]).text if obj.get("schedule") else None,
         entity_key=entity_key,
         params={k: params[k] for k in ("batch_size", "engine", "timeout_s") if k in params},
-        dq={**{k: float(dq[k]) for k in DQ_KEYS if k in dq},
-            **({"gate": dq["gate"]} if dq.get("gate") else {})},
+        dq={
+            **{k: float(dq[k]) for k in DQ_KEYS if k in dq},
+            **({"gate": dq["gate"]} if dq.get("gate") else {}),
+        },
         meta=_jsonable(meta),
         importance=feature_importance(pipeline, features),
         ignored_keys=sorted(str(k) for k in obj if k not in KNOWN_KEYS),

@@ -94,8 +94,9 @@ def register_upload(
     if problems or inspection.summary is None:
         raise ValidationFailed(problems or [FieldError("file", "the model could not be checked")])
     with _name_lock(user.id or 0, name):  # one upload of a name at a time: versions don't clash
-        return _store_and_record(engine, store, settings, user, upload, inspection,
-                                 name, email, schedule)
+        return _store_and_record(
+            engine, store, settings, user, upload, inspection, name, email, schedule
+        )
 
 
 def _name_lock(owner_id: int, name: str) -> threading.Lock:
@@ -107,9 +108,17 @@ _LOCKS_GUARD = threading.Lock()
 _NAME_LOCKS: dict[tuple[int, str], threading.Lock] = {}
 
 
-def _store_and_record(engine: Engine, store: ArtifactStore, settings: Settings, user: User,
-                      upload: Path, inspection: Inspection, name: str, email: str,
-                      schedule: str) -> tuple[Model, ModelVersion]:
+def _store_and_record(
+    engine: Engine,
+    store: ArtifactStore,
+    settings: Settings,
+    user: User,
+    upload: Path,
+    inspection: Inspection,
+    name: str,
+    email: str,
+    schedule: str,
+) -> tuple[Model, ModelVersion]:
     """Store the object, then record the version (the object goes if the record fails)."""
     summary = inspection.summary
     assert summary is not None
@@ -161,8 +170,15 @@ def _store_and_record(engine: Engine, store: ArtifactStore, settings: Settings, 
             )
             s.add(row)
             audit.record(
-                s, user.email, "model.upload", f"model:{model.id}", name=name, version=version,
-                sha256=digest, size=size, functions=bool(inspection.scan.get("has_functions")),
+                s,
+                user.email,
+                "model.upload",
+                f"model:{model.id}",
+                name=name,
+                version=version,
+                sha256=digest,
+                size=size,
+                functions=bool(inspection.scan.get("has_functions")),
                 allowed_globals=inspection.scan.get("allowed", []),
             )
     except BaseException:
@@ -278,8 +294,9 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
                 s.delete(row)
             s.flush()  # children first: without ORM relationships nothing orders the deletes
         s.delete(model)
-        audit.record(s, user.email, "model.delete", f"model:{model_id}", name=model.name,
-                     owner=owner.email)
+        audit.record(
+            s, user.email, "model.delete", f"model:{model_id}", name=model.name, owner=owner.email
+        )
     store.delete_prefix(prefix)
     log.info("model deleted", extra={"model_id": model_id, "user": user.email})
 

@@ -141,7 +141,7 @@ class EngineSettings:
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
     spark_conf: dict[str, str] = _opt(
-        {}, "Spark settings passed to the session as they are (a table: \"spark.x\" = \"v\")."
+        {}, 'Spark settings passed to the session as they are (a table: "spark.x" = "v").'
     )
 
 

@@ -56,7 +56,9 @@ _RUN_TRANSITIONS: dict[RunStatus, set[RunStatus]] = {
 _MODEL_RUN_TRANSITIONS: dict[ModelRunStatus, set[ModelRunStatus]] = {
     ModelRunStatus.PENDING: {ModelRunStatus.RUNNING, ModelRunStatus.FAILED, ModelRunStatus.SKIPPED},
     ModelRunStatus.RUNNING: {
-        ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED, ModelRunStatus.PENDING,
+        ModelRunStatus.SUCCEEDED,
+        ModelRunStatus.FAILED,
+        ModelRunStatus.PENDING,
     },
     # SUCCEEDED -> FAILED: its scores were discarded at the DQ publish gate.
     ModelRunStatus.SUCCEEDED: {ModelRunStatus.FAILED},

@@ -185,8 +185,11 @@ def test_every_page_form_refuses_a_post_without_the_csrf_token(
     } <= set(posts)
     form = {"status": "active", "version": "1", "token": token}
     for path in posts:
-        url = (path.replace("{model_id:int}", str(model_id)).replace("{run_id:int}", "1")
-               .replace("{action:str}", "publish"))
+        url = (
+            path.replace("{model_id:int}", str(model_id))
+            .replace("{run_id:int}", "1")
+            .replace("{action:str}", "publish")
+        )
         for headers in ({}, HX, {**HX, "x-csrftoken": "forged"}):
             refused = client.post(url, data=form, headers=headers, follow_redirects=False)
             assert refused.status_code == 403, (url, headers, refused.text)

@@ -227,14 +227,21 @@ def test_patch_and_delete(
     )
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"schedule", "status"}
-    dq = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
-                      json={"dq": {"psi_alert": 0.3, "gate": "alert"}})
+    dq = client.patch(
+        f"/api/v1/models/{mid}",
+        headers=auth(token),
+        json={"dq": {"psi_alert": 0.3, "gate": "alert"}},
+    )
     assert dq.status_code == 200 and dq.json()["dq"] == {"psi_alert": 0.3, "gate": "alert"}
-    cleared = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
-                           json={"dq": {"gate": None}})
+    cleared = client.patch(
+        f"/api/v1/models/{mid}", headers=auth(token), json={"dq": {"gate": None}}
+    )
     assert cleared.json()["dq"] == {"psi_alert": 0.3}
-    wrong = client.patch(f"/api/v1/models/{mid}", headers=auth(token),
-                         json={"dq": {"psi_warn": "high", "colour": 1, "gate": "maybe"}})
+    wrong = client.patch(
+        f"/api/v1/models/{mid}",
+        headers=auth(token),
+        json={"dq": {"psi_warn": "high", "colour": 1, "gate": "maybe"}},
+    )
     assert wrong.status_code == 422
     assert {e["field"] for e in wrong.json()["errors"]} == {"dq.psi_warn", "dq.colour", "dq.gate"}
     second = upload(client, token, model_files["logreg"])
@@ -264,8 +271,11 @@ def test_health_and_schema(client: TestClient[Any]) -> None:
 
 
 def test_concurrent_uploads_of_one_name_make_two_versions(
-        client: TestClient[Any], settings: Settings, make_user: Callable[..., str],
-        model_files: dict[str, Path]) -> None:
+    client: TestClient[Any],
+    settings: Settings,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     token = make_user("ann@example.com")

@@ -61,8 +61,22 @@ def test_engine_limit_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     out = tmp_path / "engine_limit.json"
     result = engine_limit.main(
-        ["--rows", "3000", "--features", "6", "--models", "3", "--lgbm", "1",
-         "--batch-rows", "1000", "--repeat", "1", "--out", str(out)]
+        [
+            "--rows",
+            "3000",
+            "--features",
+            "6",
+            "--models",
+            "3",
+            "--lgbm",
+            "1",
+            "--batch-rows",
+            "1000",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
     doc = _doc(out)
     assert doc["ratio"] == result["ratio"] > 0 and len(doc["engine_s"]) == 1
@@ -75,8 +89,22 @@ def test_fused_local_bench_tiny(tmp_path: Path) -> None:
     from bench import fused_local
 
     out = tmp_path / "fused_local.json"
-    fused_local.main(["--rows", "3000", "--features", "6", "--models", "3", "--batch-rows",
-                      "1000", "--repeat", "1", "--out", str(out)])
+    fused_local.main(
+        [
+            "--rows",
+            "3000",
+            "--features",
+            "6",
+            "--models",
+            "3",
+            "--batch-rows",
+            "1000",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     doc = _doc(out)
     assert all(len(v) == 1 and v[0] > 0 for v in doc["seconds"].values())
     assert doc["ratio"] == pytest.approx(
@@ -88,8 +116,24 @@ def test_memory_flat_bench_tiny(tmp_path: Path) -> None:
     from bench import memory_flat
 
     out = tmp_path / "memory_flat.json"
-    memory_flat.main(["--small", "2000", "--large", "6000", "--features", "6", "--models", "2",
-                      "--batch-rows", "1000", "--repeat", "1", "--out", str(out)])
+    memory_flat.main(
+        [
+            "--small",
+            "2000",
+            "--large",
+            "6000",
+            "--features",
+            "6",
+            "--models",
+            "2",
+            "--batch-rows",
+            "1000",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     doc = _doc(out)
     assert set(doc["peak_rss_mb"]) == {"2000", "6000"}
     assert all(v > 50 for v in doc["peak_rss_mb"].values())  # a real process's RSS, in MB
@@ -100,8 +144,9 @@ def test_planning_bench_tiny(tmp_path: Path) -> None:
     from bench import planning
 
     out = tmp_path / "planning.json"
-    planning.main(["--models", "40", "--due", "8", "--days", "3", "--repeat", "2",
-                   "--out", str(out)])
+    planning.main(
+        ["--models", "40", "--due", "8", "--days", "3", "--repeat", "2", "--out", str(out)]
+    )
     doc = _doc(out)
     assert doc["planned_runs"] == 8 and len(doc["total_s"]) == 2
 
@@ -111,8 +156,9 @@ def test_dashboard_bench_tiny(tmp_path: Path) -> None:
     from bench import dashboard
 
     out = tmp_path / "dashboard.json"
-    dashboard.main(["--models", "12", "--days", "4", "--due", "3", "--repeat", "2",
-                    "--out", str(out)])
+    dashboard.main(
+        ["--models", "12", "--days", "4", "--due", "3", "--repeat", "2", "--out", str(out)]
+    )
     doc = _doc(out)
     assert doc["listed"] == 12
     assert {"/api/v1/models", "/", "/models"} <= set(doc["seconds"])
@@ -123,11 +169,33 @@ def test_api_latency_bench_tiny(tmp_path: Path) -> None:
     from bench import api_latency
 
     out = tmp_path / "api_latency.json"
-    api_latency.main(["--rows", "3000", "--features", "6", "--models", "1", "--lgbm", "0",
-                      "--listed", "5", "--clients", "3", "--requests", "4", "--repeat", "1",
-                      "--out", str(out)])
+    api_latency.main(
+        [
+            "--rows",
+            "3000",
+            "--features",
+            "6",
+            "--models",
+            "1",
+            "--lgbm",
+            "0",
+            "--listed",
+            "5",
+            "--clients",
+            "3",
+            "--requests",
+            "4",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     doc = _doc(out)
     assert {k: len(v) for k, v in doc["latency_s"].items()} == {
-        "owner/idle": 12, "owner/busy": 12, "admin/idle": 12, "admin/busy": 12
+        "owner/idle": 12,
+        "owner/busy": 12,
+        "admin/idle": 12,
+        "admin/busy": 12,
     }
     assert doc["listed"] == {"owner": 1, "admin": 6} and min(doc["p99_s"].values()) > 0

@@ -108,13 +108,34 @@ def test_demo_serves_scored_models_with_a_printed_token(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mldropd", "demo", "--dir", str(tmp_path / "home"),
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, process_group=0)
+            [
+                sys.executable,
+                "-m",
+                "mldropd",
+                "demo",
+                "--dir",
+                str(tmp_path / "home"),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
-        token = wait_for(lambda: next((line.strip() for line in log.read_text().splitlines()
-                                       if line.strip().startswith("mld_")), None),
-                         timeout=180, what="the printed token")
+        token = wait_for(
+            lambda: next(
+                (
+                    line.strip()
+                    for line in log.read_text().splitlines()
+                    if line.strip().startswith("mld_")
+                ),
+                None,
+            ),
+            timeout=180,
+            what="the printed token",
+        )
         assert url in log.read_text()
         headers = {"Authorization": f"Bearer {token}"}
 
@@ -131,8 +152,11 @@ def test_demo_serves_scored_models_with_a_printed_token(tmp_path: Path) -> None:
         assert sorted(m["name"] for m in models) == ["churn_lgbm", "churn_logreg"]
         dq = httpx.get(f"{url}/api/v1/models/{models[0]['id']}/dq", headers=headers).json()
         assert len(dq) == 2 and dq[1]["psi"] is not None and dq[1]["auc"] is not None
-        wait_for(lambda: list((tmp_path / "home" / "outbox").glob("*.eml")), timeout=60,
-                 what="a report in the outbox")
+        wait_for(
+            lambda: list((tmp_path / "home" / "outbox").glob("*.eml")),
+            timeout=60,
+            what="a report in the outbox",
+        )
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)

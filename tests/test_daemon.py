@@ -170,28 +170,47 @@ def test_catch_up_after_downtime(
     assert all("catch-up window of 2 days" in reason for reason in skipped.values())
 
 
-def test_sigterm_stops_after_grace_and_the_next_start_resumes(home: Path,
-                                                              daemon: Callable[..., Any],
-                                                              tmp_path: Path) -> None:
-    (home / "config.toml").write_text((home / "config.toml").read_text().replace(
-        "[engine]\n", "[engine]\nvalidate_sample_rows = 500\n"))
+def test_sigterm_stops_after_grace_and_the_next_start_resumes(
+    home: Path, daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    (home / "config.toml").write_text(
+        (home / "config.toml")
+        .read_text()
+        .replace("[engine]\n", "[engine]\nvalidate_sample_rows = 500\n")
+    )
     token = _token(home)
     first = daemon(MLDROPD_SCHEDULER__SHUTDOWN_GRACE_S="1")
     model = _upload(first.url, token, _slow_model(tmp_path / "slow.dill"))
-    httpx.post(f"{first.url}/api/v1/models/{model['id']}/runs", json={}, timeout=30,
-               headers={"Authorization": f"Bearer {token}"})
-    wait_for(lambda: any(r["status"] == "running" for r in _runs(first.url, token)),
-             timeout=60, what="the run to start")
+    httpx.post(
+        f"{first.url}/api/v1/models/{model['id']}/runs",
+        json={},
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    wait_for(
+        lambda: any(r["status"] == "running" for r in _runs(first.url, token)),
+        timeout=60,
+        what="the run to start",
+    )
     first.stop()  # SIGTERM: the batch gets 1 s, then is stopped to be resumed
     assert first.proc is not None and first.proc.returncode is not None
-    ours = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p)
-            and b"jobs.score_batch" in p.read_bytes() and str(home).encode() in p.read_bytes()]
+    ours = [
+        p
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if _readable(p)
+        and b"jobs.score_batch" in p.read_bytes()
+        and str(home).encode() in p.read_bytes()
+    ]
     assert not ours, "a batch job outlived the daemon"
     second = daemon()
     day = today().isoformat()
-    done = wait_for(lambda: [r for r in _runs(second.url, token, date=day)
-                             if r["status"] in ("succeeded", "failed")],
-                    timeout=120, what="the resumed run")
+    done = wait_for(
+        lambda: [
+            r for r in _runs(second.url, token, date=day) if r["status"] in ("succeeded", "failed")
+        ],
+        timeout=120,
+        what="the resumed run",
+    )
     assert [r["status"] for r in done] == ["succeeded"]
 
 

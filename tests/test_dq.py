@@ -302,8 +302,9 @@ def test_constant_scores_warn() -> None:
     [(110, None, ""), (130, "warn", "30.0% more rows"), (40, "alert", "60.0% fewer rows")],
 )
 def test_row_change_against_reference(rows: int, severity: str | None, words: str) -> None:
-    checks = basic_checks(np.linspace(0, 1, rows), np.linspace(0, 1, 100), is_probability=True,
-                          slice_rows=None)
+    checks = basic_checks(
+        np.linspace(0, 1, rows), np.linspace(0, 1, 100), is_probability=True, slice_rows=None
+    )
     assert checks["row_change"] == pytest.approx((rows - 100) / 100)
     if severity is None:
         assert checks["problems"] == []
@@ -339,8 +340,9 @@ def test_ks_matches_scipy_on_non_nan_scores() -> None:
 
 
 def test_thresholds_merge_overrides_and_ignore_unknown_keys() -> None:
-    merged = Thresholds.merged(Thresholds(), {"psi_warn": 0.2, "auc_alert": 0.9, "gate": "alert",
-                                              "auc_warn": None})
+    merged = Thresholds.merged(
+        Thresholds(), {"psi_warn": 0.2, "auc_alert": 0.9, "gate": "alert", "auc_warn": None}
+    )
     assert merged == Thresholds(psi_warn=0.2, psi_alert=0.25, auc_warn=0.6, auc_alert=0.9)
     assert Thresholds.merged(merged, None) is merged
     with pytest.raises(ValueError, match="psi_warn"):
@@ -349,12 +351,22 @@ def test_thresholds_merge_overrides_and_ignore_unknown_keys() -> None:
         Thresholds.merged(Thresholds(), {"auc_warn": 0.8})
 
 
-def run(current: pd.DataFrame, reference: pd.DataFrame | None,
-        thresholds: Thresholds | None = None, **kwargs: object) -> DQReport:
+def run(
+    current: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    thresholds: Thresholds | None = None,
+    **kwargs: object,
+) -> DQReport:
     """Evaluate with the test frames' feature list and probability scores."""
     thresholds = thresholds or Thresholds()
-    return evaluate(current, reference, features=["f0", "f1", "f2", "f3", "f4", "colour"],
-                    thresholds=thresholds, is_probability=True, **kwargs)
+    return evaluate(
+        current,
+        reference,
+        features=["f0", "f1", "f2", "f3", "f4", "colour"],
+        thresholds=thresholds,
+        is_probability=True,
+        **kwargs,
+    )
 
 
 def test_first_scored_date_uses_checks_only() -> None:
@@ -379,8 +391,10 @@ def test_evaluate_ok_without_drift() -> None:
     assert report.psi is not None and report.auc is not None and report.ks is not None
     assert report.reason == f"PSI {report.psi:.2f} < warn 0.10; AUC {report.auc:.2f} < warn 0.60"
     assert report.psi == psi(ref["score"], cur["score"]).psi
-    assert report.details["psi"]["edges"] == np.quantile(
-        ref["score"], [i / 10 for i in range(1, 10)]).tolist()
+    assert (
+        report.details["psi"]["edges"]
+        == np.quantile(ref["score"], [i / 10 for i in range(1, 10)]).tolist()
+    )
     assert report.ks == stats.ks_2samp(ref["score"], cur["score"]).statistic
     hist = report.details["histogram"]
     assert len(hist["edges"]) == 21 and sum(hist["current"]) == 3_000
@@ -393,8 +407,12 @@ def test_evaluate_uses_full_score_arrays_when_given() -> None:
     # The pipeline passes every score of both partitions and samples of (features, score).
     rng = np.random.default_rng(24)
     cur, ref = features_frame(rng, 4_000), features_frame(rng, 4_000)
-    report = run(cur.iloc[:500], ref.iloc[:500], current_scores=cur["score"].to_numpy(),
-                 reference_scores=ref["score"].to_numpy())
+    report = run(
+        cur.iloc[:500],
+        ref.iloc[:500],
+        current_scores=cur["score"].to_numpy(),
+        reference_scores=ref["score"].to_numpy(),
+    )
     assert report.details["checks"]["rows"] == 4_000
     assert report.details["checks"]["reference_rows"] == 4_000
     assert report.psi == psi(ref["score"], cur["score"]).psi
@@ -408,11 +426,17 @@ def test_evaluate_alerts_on_a_strong_shift_and_names_the_feature() -> None:
     report = run(features_frame(rng, 2_000, shift=3.0), features_frame(rng, 2_000))
     assert report.status == "alert"
     assert report.psi is not None and report.auc is not None
-    assert report.reason.startswith(f"PSI {report.psi:.2f} ≥ alert 0.25; AUC {report.auc:.2f} ≥ "
-                                    "alert 0.75; top moved features: f1")
+    assert report.reason.startswith(
+        f"PSI {report.psi:.2f} ≥ alert 0.25; AUC {report.auc:.2f} ≥ "
+        "alert 0.75; top moved features: f1"
+    )
     assert report.details["av"]["top_features"][0][0] == "f1"
-    assert report.details["thresholds"] == {"psi_warn": 0.1, "psi_alert": 0.25, "auc_warn": 0.6,
-                                            "auc_alert": 0.75}
+    assert report.details["thresholds"] == {
+        "psi_warn": 0.1,
+        "psi_alert": 0.25,
+        "auc_warn": 0.6,
+        "auc_alert": 0.75,
+    }
 
 
 def test_evaluate_with_overridden_thresholds() -> None:
@@ -434,11 +458,18 @@ def test_psi_within_noise_cannot_raise_the_status() -> None:
     assert report.psi is not None and report.psi_noise is not None
     assert 0.25 <= report.psi <= report.psi_noise
     assert report.details["psi"]["status"] == "ok" and report.details["psi"]["within_noise"]
-    assert report.reason.startswith(f"PSI {report.psi:.2f} ≥ alert 0.25, but within sampling "
-                                    "noise 0.90 (n_ref=20, n_cur=20): counted as ok; AUC ")
+    assert report.reason.startswith(
+        f"PSI {report.psi:.2f} ≥ alert 0.25, but within sampling "
+        "noise 0.90 (n_ref=20, n_cur=20): counted as ok; AUC "
+    )
     assert report.status == "ok"
-    bigger = evaluate(pd.concat([cur] * 10), pd.concat([ref] * 10), features=[],
-                      thresholds=Thresholds(), is_probability=False)
+    bigger = evaluate(
+        pd.concat([cur] * 10),
+        pd.concat([ref] * 10),
+        features=[],
+        thresholds=Thresholds(),
+        is_probability=False,
+    )
     assert bigger.psi == pytest.approx(report.psi)  # same shares, 10x the rows: now it counts
     assert bigger.details["psi"]["status"] == "alert" and bigger.status == "alert"
 
@@ -453,7 +484,8 @@ def test_evaluate_with_an_empty_current_partition() -> None:
         "PSI not computed: the current side is empty (after dropping NaN scores); "
         "adversarial validation: fewer than 10 rows on a side (50 reference, 0 current): "
         "AUC not computed; checks: no scores were written; 100.0% fewer rows than the "
-        "reference (0 vs 50)")
+        "reference (0 vs 50)"
+    )
     assert report.details["histogram"] is None
     json.dumps(report.details, allow_nan=False)
 
@@ -471,4 +503,9 @@ def test_evaluate_details_are_strict_json_with_inf_and_nan_scores() -> None:
     assert json.loads(text)["checks"]["max"] <= 1.0
     assert "3 infinite values treated as missing" in report.details["av"]["note"]
     assert json_safe([np.float64(np.inf), -np.inf, np.nan, np.int64(3), np.bool_(True)]) == [
-        "inf", "-inf", None, 3, True]
+        "inf",
+        "-inf",
+        None,
+        3,
+        True,
+    ]

@@ -25,29 +25,43 @@ def client(settings: Settings) -> Iterator[TestClient[Any]]:
 def _partition_rows(settings: Settings, model_id: int) -> tuple[list[str], tuple[int, int]]:
     part = Path(settings.scores.path) / f"dt={today()}" / f"model={model_id}"
     files = sorted(p.name for p in part.iterdir())
-    counts = duckdb.sql(f"SELECT count(*), count(DISTINCT entity_id) FROM "
-                        f"read_parquet('{part}/*.parquet')").fetchall()[0]
+    counts = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT entity_id) FROM read_parquet('{part}/*.parquet')"
+    ).fetchall()[0]
     return files, counts
 
 
 @pytest.mark.parametrize("point", ["claimed", "swapping", "checked"])
-def test_batch_job_killed_at_each_point(point: str, client: TestClient[Any], settings: Settings,
-                                        make_user: Callable[..., str],
-                                        model_files: dict[str, Path], tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_job_killed_at_each_point(
+    point: str,
+    client: TestClient[Any],
+    settings: Settings,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     headers = {"Authorization": f"Bearer {make_user('ann@example.com')}"}
     with open(model_files["logreg"], "rb") as f:
-        model = client.post("/api/v1/models", headers=headers,
-                            files={"file": ("m.dill", f)}).json()
+        model = client.post("/api/v1/models", headers=headers, files={"file": ("m.dill", f)}).json()
 
     def runs() -> list[dict[str, Any]]:
-        return sorted(client.get("/api/v1/runs", headers=headers,
-                                 params={"model_id": model["id"]}).json(), key=lambda r: r["id"])
+        return sorted(
+            client.get("/api/v1/runs", headers=headers, params={"model_id": model["id"]}).json(),
+            key=lambda r: r["id"],
+        )
 
     def settled(count: int) -> list[dict[str, Any]]:
-        return wait_for(lambda: (r := runs()) and len(r) == count and all(
-            x["status"] in ("succeeded", "failed") for x in r) and r, timeout=180,
-            what=f"{count} settled runs")
+        return wait_for(
+            lambda: (
+                (r := runs())
+                and len(r) == count
+                and all(x["status"] in ("succeeded", "failed") for x in r)
+                and r
+            ),
+            timeout=180,
+            what=f"{count} settled runs",
+        )
 
     client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
     settled(1)  # a first, clean partition for the date
@@ -59,14 +73,19 @@ def test_batch_job_killed_at_each_point(point: str, client: TestClient[Any], set
     else:
         history = settled(3)
         assert [(r["status"], r["trigger"]) for r in history] == [
-            ("succeeded", "manual"), ("failed", "manual"), ("succeeded", "retry")], history
+            ("succeeded", "manual"),
+            ("failed", "manual"),
+            ("succeeded", "retry"),
+        ], history
         assert "the batch job died" in history[1]["error"]
     assert (tmp_path / "fired").exists(), "the fault point was never reached"
     outbox = Path(settings.email.outbox)  # every batch's owner report went out, once
-    wait_for(lambda: len(list(outbox.glob("*.eml"))) == len(history), timeout=60,
-             what="one report per batch")
+    wait_for(
+        lambda: len(list(outbox.glob("*.eml"))) == len(history),
+        timeout=60,
+        what="one report per batch",
+    )
     files, counts = _partition_rows(settings, model["id"])
     assert files == ["part-0.parquet"] and counts == (N_ENTITIES, N_ENTITIES)
     staging = Path(settings.scores.path).parent / ".scores.staging"
-    assert not staging.exists() or not [p for p in staging.iterdir()
-                                        if p.name.startswith("trash-")]
+    assert not staging.exists() or not [p for p in staging.iterdir() if p.name.startswith("trash-")]

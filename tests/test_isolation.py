@@ -62,8 +62,14 @@ def _bad_models() -> dict[str, Callable[[Any], Any]]:
             return np.ones(10**9)[: len(frame)]
         return np.full(len(frame), 0.5)
 
-    return {"raises": raises, "hangs": hangs, "nan": nan, "short": short, "exits": exits,
-            "hog": hog}
+    return {
+        "raises": raises,
+        "hangs": hangs,
+        "nan": nan,
+        "short": short,
+        "exits": exits,
+        "hog": hog,
+    }
 
 
 @pytest.fixture

@@ -206,8 +206,11 @@ def page_owned(ok: int, form: dict[str, str] | None = None, action: str = "publi
 
     def check(w: World, actor: str, method: str, path: str) -> None:
         model_id, run_id, _ = w.fresh()
-        url = (path.replace("{model_id:int}", str(model_id))
-               .replace("{run_id:int}", str(run_id)).replace("{action:str}", action))
+        url = (
+            path.replace("{model_id:int}", str(model_id))
+            .replace("{run_id:int}", str(run_id))
+            .replace("{action:str}", action)
+        )
         response = w.call_page(actor, method, url, form)
         if actor in ("owner", "admin"):
             assert response.status_code == ok, response.text

@@ -45,8 +45,9 @@ def runs_of(client: TestClient[Any], headers: dict[str, str], **params: Any) -> 
     return client.get("/api/v1/runs", headers=headers, params=params).json()
 
 
-def settled(client: TestClient[Any], headers: dict[str, str], count: int, **params: Any
-            ) -> list[dict[str, Any]]:
+def settled(
+    client: TestClient[Any], headers: dict[str, str], count: int, **params: Any
+) -> list[dict[str, Any]]:
     def done() -> list[dict[str, Any]] | None:
         runs = runs_of(client, headers, **params)
         final = [r for r in runs if r["status"] in ("succeeded", "failed")]
@@ -66,12 +67,14 @@ def _flaky(marker: Path) -> Callable[[Any], Any]:
     return flaky
 
 
-def test_failed_model_is_retried_and_recovers(client: TestClient[Any], headers: dict[str, str],
-                                              settings: Settings, tmp_path: Path) -> None:
+def test_failed_model_is_retried_and_recovers(
+    client: TestClient[Any], headers: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
     marker = tmp_path / "broken"
     marker.touch()
-    path = save_model(tmp_path / "flaky.dill", pipeline=_flaky(marker), features=["f00"],
-                      name="flaky")
+    path = save_model(
+        tmp_path / "flaky.dill", pipeline=_flaky(marker), features=["f00"], name="flaky"
+    )
     model = upload(client, headers, path)
     client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
     first = settled(client, headers, 1, model_id=model["id"])[0]
@@ -79,27 +82,46 @@ def test_failed_model_is_retried_and_recovers(client: TestClient[Any], headers: 
     marker.unlink()  # fixed before the retry fires (retry_delay = 2 s in the test config)
     runs = settled(client, headers, 2, model_id=model["id"])
     assert [(r["attempt"], r["trigger"], r["status"]) for r in runs] == [
-        (1, "manual", "failed"), (2, "retry", "succeeded")]
+        (1, "manual", "failed"),
+        (2, "retry", "succeeded"),
+    ]
     outbox = Path(settings.email.outbox)
-    files = wait_for(lambda: len(list(outbox.glob("*.eml"))) == 2 and sorted(outbox.glob("*.eml")),
-                     timeout=30, what="two reports")
-    bodies = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
-              .get_body(preferencelist=("plain",)).get_content() for f in files]
+    files = wait_for(
+        lambda: len(list(outbox.glob("*.eml"))) == 2 and sorted(outbox.glob("*.eml")),
+        timeout=30,
+        what="two reports",
+    )
+    bodies = [
+        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+        .get_body(preferencelist=("plain",))
+        .get_content()
+        for f in files
+    ]
     assert "attempt 1 of 3" in bodies[0] and "A retry is scheduled at" in bodies[0]
     assert "after an earlier failure" in bodies[1]
 
 
-def test_sensor_waits_for_late_data_then_scores(client: TestClient[Any], headers: dict[str, str],
-                                                settings: Settings,
-                                                model_files: dict[str, Path]) -> None:
+def test_sensor_waits_for_late_data_then_scores(
+    client: TestClient[Any],
+    headers: dict[str, str],
+    settings: Settings,
+    model_files: dict[str, Path],
+) -> None:
     model = upload(client, headers, model_files["lgbm"])
     late = today() - dt.timedelta(days=10)  # no slice that old or within the staleness window
-    accepted = client.post(f"/api/v1/models/{model['id']}/runs", headers=headers,
-                           json={"date": late.isoformat()})
+    accepted = client.post(
+        f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": late.isoformat()}
+    )
     assert accepted.status_code == 202
-    waiting = wait_for(lambda: [r for r in runs_of(client, headers, date=late.isoformat())
-                                if r["error"] and "waiting for data" in r["error"]],
-                       timeout=60, what="the run to wait for data")[0]
+    waiting = wait_for(
+        lambda: [
+            r
+            for r in runs_of(client, headers, date=late.isoformat())
+            if r["error"] and "waiting for data" in r["error"]
+        ],
+        timeout=60,
+        what="the run to wait for data",
+    )[0]
     assert waiting["status"] == "pending"
     assert f"dt={late.isoformat()}" in waiting["error"]
     write_features(Path(settings.features.path), [late], N_ENTITIES, N_FEATURES)  # data lands
@@ -108,57 +130,78 @@ def test_sensor_waits_for_late_data_then_scores(client: TestClient[Any], headers
     assert run["slice_date"] == late.isoformat()
 
 
-def test_sensor_gives_up_at_the_deadline(client: TestClient[Any], headers: dict[str, str],
-                                         settings: Settings, model_files: dict[str, Path]
-                                         ) -> None:
+def test_sensor_gives_up_at_the_deadline(
+    client: TestClient[Any],
+    headers: dict[str, str],
+    settings: Settings,
+    model_files: dict[str, Path],
+) -> None:
     settings.scheduler.sensor_deadline = 3
     client.app.state.daemon.runner._write_settings()  # the batch job reads the settings file
     model = upload(client, headers, model_files["logreg"])
     late = today() - dt.timedelta(days=20)
-    client.post(f"/api/v1/models/{model['id']}/runs", headers=headers,
-                json={"date": late.isoformat()})
+    client.post(
+        f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": late.isoformat()}
+    )
     run = settled(client, headers, 1, date=late.isoformat())[0]
     assert run["status"] == "failed"
     assert "gave up waiting for the feature slice" in run["error"]
     assert f"dt={late.isoformat()}" in run["error"]
 
 
-def test_backfill_range_and_rerun_failed(client: TestClient[Any], headers: dict[str, str],
-                                         model_files: dict[str, Path]) -> None:
+def test_backfill_range_and_rerun_failed(
+    client: TestClient[Any], headers: dict[str, str], model_files: dict[str, Path]
+) -> None:
     a = upload(client, headers, model_files["lgbm"])
     b = upload(client, headers, model_files["logreg"])
     start = today() - dt.timedelta(days=2)
-    response = client.post("/api/v1/runs", headers=headers, json={
-        "model_ids": [a["id"], b["id"]], "from": start.isoformat()})
+    response = client.post(
+        "/api/v1/runs",
+        headers=headers,
+        json={"model_ids": [a["id"], b["id"]], "from": start.isoformat()},
+    )
     assert response.status_code == 202, response.text
     assert len(response.json()["runs"]) == 6
     runs = settled(client, headers, 6)
     by_date = [(r["date"], r["model_id"]) for r in sorted(runs, key=lambda r: r["id"])]
     assert [d for d, _ in by_date] == sorted(d for d, _ in by_date)  # oldest date first
     assert {r["trigger"] for r in runs} == {"backfill", "manual"}
-    bad = client.post("/api/v1/runs", headers=headers, json={
-        "model_ids": [a["id"]], "from": today().isoformat(), "to": start.isoformat()})
+    bad = client.post(
+        "/api/v1/runs",
+        headers=headers,
+        json={"model_ids": [a["id"]], "from": today().isoformat(), "to": start.isoformat()},
+    )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "to"
-    nothing = client.post("/api/v1/runs/rerun-failed", headers=headers,
-                          json={"date": today().isoformat()})
+    nothing = client.post(
+        "/api/v1/runs/rerun-failed", headers=headers, json={"date": today().isoformat()}
+    )
     assert nothing.json() == {"runs": []}
 
 
 def test_publish_gate_quarantines_then_publishes_or_discards(
-        client: TestClient[Any], headers: dict[str, str], settings: Settings,
-        model_files: dict[str, Path], tmp_path: Path) -> None:
+    client: TestClient[Any],
+    headers: dict[str, str],
+    settings: Settings,
+    model_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
     import dill
 
     with open(model_files["logreg"], "rb") as f:
         obj = dill.load(f)
-    gated = save_model(tmp_path / "gated.dill", pipeline=obj["pipeline"],
-                       features=obj["features"], name="gated",
-                       dq={"gate": "alert", "auc_warn": 0.0, "auc_alert": 0.0})
+    gated = save_model(
+        tmp_path / "gated.dill",
+        pipeline=obj["pipeline"],
+        features=obj["features"],
+        name="gated",
+        dq={"gate": "alert", "auc_warn": 0.0, "auc_alert": 0.0},
+    )
     model = upload(client, headers, gated)
     days = [today() - dt.timedelta(days=2), today() - dt.timedelta(days=1), today()]
     for day in days:
-        client.post(f"/api/v1/models/{model['id']}/runs", headers=headers,
-                    json={"date": day.isoformat()})
+        client.post(
+            f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": day.isoformat()}
+        )
         settled(client, headers, 1, date=day.isoformat())
     runs = {r["date"]: r for r in runs_of(client, headers, model_id=model["id"])}
     scores = Path(settings.scores.path)
@@ -166,18 +209,20 @@ def test_publish_gate_quarantines_then_publishes_or_discards(
     for day in days[1:]:
         assert runs[day.isoformat()]["quarantined"], runs[day.isoformat()]
         assert not (scores / f"dt={day}" / f"model={model['id']}").exists()
-    published = client.post(f"/api/v1/runs/{runs[days[1].isoformat()]['id']}/publish",
-                            headers=headers)
+    published = client.post(
+        f"/api/v1/runs/{runs[days[1].isoformat()]['id']}/publish", headers=headers
+    )
     assert published.status_code == 200 and not published.json()["quarantined"]
     assert (scores / f"dt={days[1]}" / f"model={model['id']}" / "part-0.parquet").exists()
-    discarded = client.post(f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/discard",
-                            headers=headers)
+    discarded = client.post(
+        f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/discard", headers=headers
+    )
     assert discarded.json()["status"] == "failed"
     assert "discarded at the DQ gate" in discarded.json()["error"]
     assert not (Path(settings.dq.quarantine_path) / f"dt={days[2]}").exists() or not any(
-        (Path(settings.dq.quarantine_path) / f"dt={days[2]}").iterdir())
-    again = client.post(f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/publish",
-                        headers=headers)
+        (Path(settings.dq.quarantine_path) / f"dt={days[2]}").iterdir()
+    )
+    again = client.post(f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/publish", headers=headers)
     assert again.status_code == 409
     dq = client.get(f"/api/v1/models/{model['id']}/dq", headers=headers).json()
     assert dq[-1]["status"] == "alert"

@@ -32,24 +32,43 @@ def _features(root: Path, parts: list[pa.Table], row_group_size: int) -> Feature
 
 def _slice(start: int, n: int) -> pa.Table:
     rng = np.random.default_rng(start)
-    return pa.table({
-        "entity_id": np.arange(start, start + n, dtype=np.int64),
-        "x": rng.standard_normal(n),
-        "y": rng.standard_normal(n),
-        "kind": pa.array(["a", "b"] * (n // 2) + ["a"] * (n % 2)).dictionary_encode(),
-    })
+    return pa.table(
+        {
+            "entity_id": np.arange(start, start + n, dtype=np.int64),
+            "x": rng.standard_normal(n),
+            "y": rng.standard_normal(n),
+            "kind": pa.array(["a", "b"] * (n // 2) + ["a"] * (n % 2)).dictionary_encode(),
+        }
+    )
 
 
-def _task(tmp: Path, run_id: int, fn: Callable[[Any], Any], features: list[str],
-          input_kind: str = "pandas") -> ModelTask:
-    path = save_model(tmp / f"m{run_id}.dill", pipeline=fn, features=features,
-                      name=f"m{run_id}", input=input_kind)
-    return ModelTask(run_id, run_id, 1, str(path), features, input_kind, "callable", "predict",
-                     "entity_id", str(tmp / f"out-{run_id}"))
+def _task(
+    tmp: Path,
+    run_id: int,
+    fn: Callable[[Any], Any],
+    features: list[str],
+    input_kind: str = "pandas",
+) -> ModelTask:
+    path = save_model(
+        tmp / f"m{run_id}.dill", pipeline=fn, features=features, name=f"m{run_id}", input=input_kind
+    )
+    return ModelTask(
+        run_id,
+        run_id,
+        1,
+        str(path),
+        features,
+        input_kind,
+        "callable",
+        "predict",
+        "entity_id",
+        str(tmp / f"out-{run_id}"),
+    )
 
 
-def _run(settings: FeatureSettings, tasks: list[ModelTask], batch_rows: int
-         ) -> tuple[int, list[dict[str, Any]]]:
+def _run(
+    settings: FeatureSettings, tasks: list[ModelTask], batch_rows: int
+) -> tuple[int, list[dict[str, Any]]]:
     stream = io.StringIO()
     rows = score_slice(settings, DAY, tasks, batch_rows, SCORED_AT, Reporter(stream))
     return rows, [json.loads(line) for line in stream.getvalue().splitlines()]

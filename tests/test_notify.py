@@ -64,7 +64,10 @@ class SmtpServer:
 
     def start(self) -> None:
         self.controller = Controller(
-            self.inbox, hostname="127.0.0.1", port=self.port, ready_timeout=5.0,
+            self.inbox,
+            hostname="127.0.0.1",
+            port=self.port,
+            ready_timeout=5.0,
             **self.smtp_parameters,
         )
         self.controller.start()
@@ -76,8 +79,11 @@ class SmtpServer:
 
     def settings(self, tmp_path: Path, **overrides: Any) -> EmailSettings:
         values: dict[str, Any] = {
-            "smtp_host": "127.0.0.1", "smtp_port": self.port, "starttls": False,
-            "sender": "mldropd <reports@mldropd.example>", "outbox": str(tmp_path / "outbox"),
+            "smtp_host": "127.0.0.1",
+            "smtp_port": self.port,
+            "starttls": False,
+            "sender": "mldropd <reports@mldropd.example>",
+            "outbox": str(tmp_path / "outbox"),
         }
         return EmailSettings(**{**values, **overrides})
 
@@ -100,19 +106,37 @@ def engine(tmp_path: Path) -> Iterator[sqlalchemy.Engine]:
 
 def _item(**overrides: Any) -> ReportItem:
     values: dict[str, Any] = {
-        "model_id": 12, "model_name": "churn_lgbm", "model_version": 3, "date": DAY,
-        "status": "succeeded", "attempt": 1, "max_attempts": 3, "rows": 1_234_567,
-        "seconds": 12.34, "error": None, "retry_at": None,
-        "dq": {"status": "ok", "reason": "", "psi": 0.0123, "psi_noise": 0.0041, "auc": 0.512,
-               "ks": 0.031, "reference_date": dt.date(2026, 11, 26)},
+        "model_id": 12,
+        "model_name": "churn_lgbm",
+        "model_version": 3,
+        "date": DAY,
+        "status": "succeeded",
+        "attempt": 1,
+        "max_attempts": 3,
+        "rows": 1_234_567,
+        "seconds": 12.34,
+        "error": None,
+        "retry_at": None,
+        "dq": {
+            "status": "ok",
+            "reason": "",
+            "psi": 0.0123,
+            "psi_noise": 0.0041,
+            "auc": 0.512,
+            "ks": 0.031,
+            "reference_date": dt.date(2026, 11, 26),
+        },
     }
     return ReportItem(**{**values, **overrides})
 
 
 FAILED = {
-    "status": "failed", "rows": None, "seconds": 3.2, "dq": None,
-    "error": "The model raised ValueError while scoring.\n  File \"model.py\", line 3\n"
-             "ValueError: input contains NaN & <inf>",
+    "status": "failed",
+    "rows": None,
+    "seconds": 3.2,
+    "dq": None,
+    "error": 'The model raised ValueError while scoring.\n  File "model.py", line 3\n'
+    "ValueError: input contains NaN & <inf>",
 }
 
 
@@ -142,7 +166,11 @@ def test_report_succeeded_has_every_figure() -> None:
     subject, text, html = build_report(OWNER, [_item()], BASE)
     assert subject == "mldropd: churn_lgbm scored 2026-11-27 — ok"
     for fragment in [
-        "churn_lgbm (v3)", "2026-11-27", "succeeded (attempt 1 of 3)", "1,234,567", "12.3 s",
+        "churn_lgbm (v3)",
+        "2026-11-27",
+        "succeeded (attempt 1 of 3)",
+        "1,234,567",
+        "12.3 s",
         "ok — PSI 0.012 (noise level 0.004), AUC 0.512, KS 0.031, compared with 2026-11-26",
         f"{BASE}/models/12",
     ]:
@@ -183,8 +211,15 @@ def test_report_recovered() -> None:
 
 
 def test_report_dq_alert() -> None:
-    dq = {"status": "alert", "reason": "score distribution shifted: PSI 0.41 >= 0.25",
-          "psi": 0.41, "psi_noise": 0.004, "auc": 0.83, "ks": 0.27, "reference_date": "2026-11-26"}
+    dq = {
+        "status": "alert",
+        "reason": "score distribution shifted: PSI 0.41 >= 0.25",
+        "psi": 0.41,
+        "psi_noise": 0.004,
+        "auc": 0.83,
+        "ks": 0.27,
+        "reference_date": "2026-11-26",
+    }
     subject, text, html = build_report(OWNER, [_item(dq=dq)], BASE)
     assert subject == "mldropd: churn_lgbm scored 2026-11-27 — DQ alert"
     assert "alert — PSI 0.410 (noise level 0.004), AUC 0.830, KS 0.270" in text
@@ -195,8 +230,13 @@ def test_report_dq_alert() -> None:
 def test_report_several_models_problems_first() -> None:
     items = [
         _item(),
-        _item(model_id=7, model_name="fraud_xgb", model_version=1, **FAILED,
-              retry_at=dt.datetime(2026, 11, 27, 6, 30, tzinfo=dt.UTC)),
+        _item(
+            model_id=7,
+            model_name="fraud_xgb",
+            model_version=1,
+            **FAILED,
+            retry_at=dt.datetime(2026, 11, 27, 6, 30, tzinfo=dt.UTC),
+        ),
     ]
     subject, text, html = build_report(OWNER, items, BASE)
     assert subject == "mldropd: 2 models scored 2026-11-27 — 1 failed"
@@ -213,8 +253,15 @@ def test_report_subject_counts_dq_and_skips() -> None:
         _item(dq={"status": "alert", "psi": 0.5}),
         _item(model_id=2, model_name="b", dq={"status": "alert", "psi": 0.6}),
         _item(model_id=3, model_name="c", dq=warn),
-        _item(model_id=4, model_name="d", status="skipped", rows=None, seconds=None, dq=None,
-              error="No feature slice for 2026-11-27 within 3 days."),
+        _item(
+            model_id=4,
+            model_name="d",
+            status="skipped",
+            rows=None,
+            seconds=None,
+            dq=None,
+            error="No feature slice for 2026-11-27 within 3 days.",
+        ),
     ]
     subject, text, _ = build_report(OWNER, items, BASE)
     assert subject == "mldropd: 4 models scored 2026-11-27 — 1 skipped, 2 DQ alerts, DQ warning"
@@ -225,8 +272,9 @@ def test_report_subject_counts_dq_and_skips() -> None:
 
 
 def test_deliver_to_outbox_folder(engine: sqlalchemy.Engine, tmp_path: Path) -> None:
-    settings = EmailSettings(smtp_host="", sender="reports@mldropd.example",
-                             outbox=str(tmp_path / "outbox"))
+    settings = EmailSettings(
+        smtp_host="", sender="reports@mldropd.example", outbox=str(tmp_path / "outbox")
+    )
     row_id = _enqueue_report(engine, [_item()])
 
     stats = deliver_pending(engine, settings)
@@ -286,9 +334,14 @@ def test_deliver_via_smtp(engine: sqlalchemy.Engine, server: SmtpServer, tmp_pat
     assert message["Subject"] == "mldropd: 2 models scored 2026-11-27 — 1 failed"
     assert message["To"] == OWNER
     text, html = _parts(message)
-    for fragment in ["churn_lgbm (v3)", "fraud_xgb (v3)", "1,234,567", "PSI 0.012",
-                     "No more retries: fix the model and upload a new version.",
-                     f"{BASE}/models/7"]:
+    for fragment in [
+        "churn_lgbm (v3)",
+        "fraud_xgb (v3)",
+        "1,234,567",
+        "PSI 0.012",
+        "No more retries: fix the model and upload a new version.",
+        f"{BASE}/models/7",
+    ]:
         assert fragment in text
         assert fragment in html
     assert not (tmp_path / "outbox").exists()  # SMTP mode writes no files
@@ -359,10 +412,12 @@ def _message() -> EmailMessage:
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_login_with_password_file(tmp_path: Path) -> None:
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
-                      auth_data: Any) -> AuthResult:
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-            b"mailer", b"s3cret"
+            b"mailer",
+            b"s3cret",
         )
         return AuthResult(success=ok, handled=False)
 
@@ -376,11 +431,14 @@ def test_login_with_password_file(tmp_path: Path) -> None:
 
         secret.write_text("wrong")
         with pytest.raises(smtp.SmtpError, match=rf"127\.0\.0\.1:{srv.port} rejected the login"):
-            smtp.send(_message(), srv.settings(tmp_path, username="mailer",
-                                               password_file=str(secret)))
+            smtp.send(
+                _message(), srv.settings(tmp_path, username="mailer", password_file=str(secret))
+            )
         with pytest.raises(smtp.SmtpError, match="cannot read the SMTP password file"):
-            smtp.send(_message(), srv.settings(tmp_path, username="mailer",
-                                               password_file=str(tmp_path / "missing")))
+            smtp.send(
+                _message(),
+                srv.settings(tmp_path, username="mailer", password_file=str(tmp_path / "missing")),
+            )
         assert len(srv.inbox.envelopes) == 1
     finally:
         srv.stop()

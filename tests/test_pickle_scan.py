@@ -111,8 +111,11 @@ def test_sklearn_pipeline_with_lambda_is_ok(xy: tuple[np.ndarray, np.ndarray]) -
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     pipe = Pipeline(
-        [("log", FunctionTransformer(lambda a: np.log1p(a))), ("s", StandardScaler()),
-         ("m", LogisticRegression())]  # fmt: skip
+        [
+            ("log", FunctionTransformer(lambda a: np.log1p(a))),
+            ("s", StandardScaler()),
+            ("m", LogisticRegression()),
+        ]  # fmt: skip
     ).fit(*xy)
     result = scan_bytes(ddump({"pipeline": pipe, "features": ["a", "b", "c"]}))
     assert result.ok and result.has_functions, result

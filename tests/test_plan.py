@@ -93,8 +93,17 @@ def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
         s.flush()
         assert job._slow_warning(s, model.id, 100.0) is None  # no history yet
         for seconds in (2.0, 2.5, 3.0):
-            s.add(ModelRun(batch_id=batch.id, model_id=model.id, model_version=1, date=MONDAY,
-                           trigger="schedule", status=ModelRunStatus.SUCCEEDED, seconds=seconds))
+            s.add(
+                ModelRun(
+                    batch_id=batch.id,
+                    model_id=model.id,
+                    model_version=1,
+                    date=MONDAY,
+                    trigger="schedule",
+                    status=ModelRunStatus.SUCCEEDED,
+                    seconds=seconds,
+                )
+            )
         s.flush()
         assert job._slow_warning(s, model.id, 7.0) is None  # 7.0 < 3 x median 2.5
         warning = job._slow_warning(s, model.id, 8.0)

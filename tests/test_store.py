@@ -73,7 +73,10 @@ def _start_child_server(log: Path, timeout: float = 20.0) -> tuple[subprocess.Po
         with open(log, "a") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _CHILD_SERVER, str(port)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -116,17 +119,27 @@ def _stop_inprocess_server(server: ThreadedMotoServer, timeout: float = 10.0) ->
 
 def _admin_client(url: str):  # type: ignore[no-untyped-def]
     return boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1",
-        aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
     )
 
 
 def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Leave boto3's standard credential chain empty."""
     for name in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-        "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
@@ -176,9 +189,7 @@ def _make_store(
         return S3Store(_s3_settings(url, prefix=prefix))
     _no_ambient_credentials(monkeypatch, tmp_path)  # so only the key files can work
     access, secret = _key_files(tmp_path)
-    return S3Store(
-        _s3_settings(url, prefix=prefix, access_key_file=access, secret_key_file=secret)
-    )
+    return S3Store(_s3_settings(url, prefix=prefix, access_key_file=access, secret_key_file=secret))
 
 
 @pytest.fixture(params=["local", "s3-env-credentials", "s3-key-files"])
@@ -281,7 +292,9 @@ def test_list_with_prefixes_and_relative_keys(store: ArtifactStore) -> None:
     assert store.list() == keys
     assert store.list("") == keys
     assert store.list(f"{ann}/m1/") == [
-        f"{ann}/m1/v1/manifest.json", f"{ann}/m1/v1/model.dill", f"{ann}/m1/v2/model.dill",
+        f"{ann}/m1/v1/manifest.json",
+        f"{ann}/m1/v1/model.dill",
+        f"{ann}/m1/v2/model.dill",
     ]
     assert store.list(f"{ann}/m1") == store.list(f"{ann}/m1/")  # a folder, not a text prefix
     assert store.list(model_prefix(USER, "m10")) == [f"{ann}/m10/v1/model.dill"]
@@ -387,8 +400,9 @@ def test_s3_empty_prefix_uses_bucket_root(
     store = S3Store(_s3_settings(moto_url, bucket=bucket, prefix=""))
     key = artifact_key(USER, "churn", 1)
     store.put_bytes(key, b"x")
-    assert [o["Key"] for o in _admin_client(moto_url).list_objects_v2(Bucket=bucket)["Contents"]] \
-        == [key]
+    assert [
+        o["Key"] for o in _admin_client(moto_url).list_objects_v2(Bucket=bucket)["Contents"]
+    ] == [key]
     assert store.list() == [key]
     store.delete_prefix("")
     assert store.list() == []
@@ -418,8 +432,11 @@ def test_s3_without_credentials_is_unavailable(
 def test_s3_key_file_problems_are_config_errors(moto_url: str, tmp_path: Path) -> None:
     access, secret = _key_files(tmp_path)
     with pytest.raises(ConfigError, match="access_key_file"):
-        S3Store(_s3_settings(moto_url, access_key_file=str(tmp_path / "missing"),
-                             secret_key_file=secret))
+        S3Store(
+            _s3_settings(
+                moto_url, access_key_file=str(tmp_path / "missing"), secret_key_file=secret
+            )
+        )
     with pytest.raises(ConfigError, match="set together"):
         S3Store(_s3_settings(moto_url, access_key_file=access))
     empty = tmp_path / "empty"
@@ -448,9 +465,7 @@ def test_s3_missing_bucket_is_unavailable_not_not_found(
     assert not (tmp_path / "x").exists()
 
 
-def test_s3_outage_is_reported_quickly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_outage_is_reported_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop the server mid-test: every call answers Unavailable naming the endpoint, fast."""
     _env_credentials(monkeypatch, tmp_path)
     server, url = _start_inprocess_server()
@@ -504,4 +519,3 @@ def test_s3_hung_server_is_reported_within_the_timeouts(
         elapsed = time.monotonic() - started
     assert elapsed < OUTAGE_LIMIT_S, f"check took {elapsed:.1f} s"
     assert url in caught.value.message
-

@@ -140,8 +140,15 @@ def _audit_runs(daemon: Daemon, user: User, action: str, covered: dict[int, Mode
     """One audit event per model whose scoring was asked for."""
     with session_scope(daemon.engine) as s:
         for model_id, run in covered.items():
-            audit.record(s, user.email, action, f"model:{model_id}", run_id=run.id,
-                         date=run.date, trigger=run.trigger)
+            audit.record(
+                s,
+                user.email,
+                action,
+                f"model:{model_id}",
+                run_id=run.id,
+                date=run.date,
+                trigger=run.trigger,
+            )
 
 
 @post(
@@ -179,10 +186,15 @@ def _range(data: dict[str, Any], today: dt.date) -> list[dt.date]:
     return days
 
 
-@post(f"{API}/runs", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
-      summary="Score models for a date or a date range (backfill), oldest date first")
-def backfill_route(state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
-                   ) -> dict[str, Any]:
+@post(
+    f"{API}/runs",
+    sync_to_thread=True,
+    status_code=HTTP_202_ACCEPTED,
+    summary="Score models for a date or a date range (backfill), oldest date first",
+)
+def backfill_route(
+    state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     ids = data.get("model_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
@@ -195,15 +207,22 @@ def backfill_route(state: State, user: NamedDependency[User], data: JSONBody[dic
         trigger = Trigger.MANUAL if day == daemon.today() else Trigger.BACKFILL
         _, covered = daemon.run_models(day, models, trigger, force=True)
         _audit_runs(daemon, user, "run.request", covered)
-        runs += [{"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
-                 for m, r in covered.items()]
+        runs += [
+            {"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
+            for m, r in covered.items()
+        ]
     return {"runs": runs}
 
 
-@post(f"{API}/runs/rerun-failed", sync_to_thread=True, status_code=HTTP_202_ACCEPTED,
-      summary="Score again every model whose latest run of a date failed")
-def rerun_failed_route(state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
-                       ) -> dict[str, Any]:
+@post(
+    f"{API}/runs/rerun-failed",
+    sync_to_thread=True,
+    status_code=HTTP_202_ACCEPTED,
+    summary="Score again every model whose latest run of a date failed",
+)
+def rerun_failed_route(
+    state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     day = parse_date(data.get("date"))
     with Session(daemon.engine) as s:
@@ -218,22 +237,36 @@ def rerun_failed_route(state: State, user: NamedDependency[User], data: JSONBody
         return {"runs": []}
     _, covered = daemon.run_models(day, models, Trigger.MANUAL)
     _audit_runs(daemon, user, "run.rerun_failed", covered)
-    return {"runs": [{"run_id": r.id, "model_id": m, "date": day.isoformat(),
-                      "status": r.status} for m, r in covered.items()]}
+    return {
+        "runs": [
+            {"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
+            for m, r in covered.items()
+        ]
+    }
 
 
-@post(f"{API}/runs/{{run_id:int}}/publish", sync_to_thread=True, status_code=200,
-      summary="Publish scores held back by the DQ gate")
-def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[int]
-                  ) -> dict[str, Any]:
+@post(
+    f"{API}/runs/{{run_id:int}}/publish",
+    sync_to_thread=True,
+    status_code=200,
+    summary="Publish scores held back by the DQ gate",
+)
+def publish_route(
+    state: State, user: NamedDependency[User], run_id: FromPath[int]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     return run_json(publish_held(daemon.engine, daemon.settings, user, run_id))
 
 
-@post(f"{API}/runs/{{run_id:int}}/discard", sync_to_thread=True, status_code=200,
-      summary="Discard scores held back by the DQ gate")
-def discard_route(state: State, user: NamedDependency[User], run_id: FromPath[int]
-                  ) -> dict[str, Any]:
+@post(
+    f"{API}/runs/{{run_id:int}}/discard",
+    sync_to_thread=True,
+    status_code=200,
+    summary="Discard scores held back by the DQ gate",
+)
+def discard_route(
+    state: State, user: NamedDependency[User], run_id: FromPath[int]
+) -> dict[str, Any]:
     daemon = _daemon(state)
     return run_json(discard_held(daemon.engine, daemon.settings, user, run_id))
 

@@ -37,56 +37,93 @@ def next_run_date(model: Model, settings: Settings, now: dt.datetime) -> dt.date
 
 def run_json(run: ModelRun) -> dict[str, Any]:
     return {
-        "id": run.id, "model_id": run.model_id, "batch_id": run.batch_id,
-        "model_version": run.model_version, "date": run.date.isoformat(),
-        "status": run.status, "attempt": run.attempt, "trigger": run.trigger, "rows": run.rows,
-        "seconds": None if run.seconds is None else round(run.seconds, 3), "error": run.error,
+        "id": run.id,
+        "model_id": run.model_id,
+        "batch_id": run.batch_id,
+        "model_version": run.model_version,
+        "date": run.date.isoformat(),
+        "status": run.status,
+        "attempt": run.attempt,
+        "trigger": run.trigger,
+        "rows": run.rows,
+        "seconds": None if run.seconds is None else round(run.seconds, 3),
+        "error": run.error,
         "slice_date": run.slice_date.isoformat() if run.slice_date else None,
         "warning": run.warning,
         "quarantined": run.quarantined,
-        "created_at": _iso(run.created_at), "started_at": _iso(run.started_at),
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
     }
 
 
 def dq_json(dq: DQResult) -> dict[str, Any]:
     return {
-        "model_id": dq.model_id, "model_run_id": dq.model_run_id, "date": dq.date.isoformat(),
+        "model_id": dq.model_id,
+        "model_run_id": dq.model_run_id,
+        "date": dq.date.isoformat(),
         "reference_date": dq.reference_date.isoformat() if dq.reference_date else None,
-        "psi": dq.psi, "psi_noise": dq.psi_noise, "auc": dq.auc, "ks": dq.ks,
-        "status": dq.status, "reason": dq.reason, "details": dq.details,
+        "psi": dq.psi,
+        "psi_noise": dq.psi_noise,
+        "auc": dq.auc,
+        "ks": dq.ks,
+        "status": dq.status,
+        "reason": dq.reason,
+        "details": dq.details,
     }
 
 
 def version_json(v: ModelVersion) -> dict[str, Any]:
     return {
-        "version": v.version, "sha256": v.sha256, "size": v.size, "features": v.features,
-        "uploaded_at": _iso(v.uploaded_at), "uploaded_by": v.uploaded_by,
-        "contract": v.contract, "dry_run": v.dry_run, "scan": v.scan,
+        "version": v.version,
+        "sha256": v.sha256,
+        "size": v.size,
+        "features": v.features,
+        "uploaded_at": _iso(v.uploaded_at),
+        "uploaded_by": v.uploaded_by,
+        "contract": v.contract,
+        "dry_run": v.dry_run,
+        "scan": v.scan,
         "scan_notes": scan_notes(v.scan),  # e.g. "contains serialized Python functions ..."
     }
 
 
 def last_run(session: Session, model_id: int) -> ModelRun | None:
-    return session.exec(select(ModelRun).where(ModelRun.model_id == model_id)
-                        .order_by(col(ModelRun.date).desc(), col(ModelRun.id).desc())).first()
+    return session.exec(
+        select(ModelRun)
+        .where(ModelRun.model_id == model_id)
+        .order_by(col(ModelRun.date).desc(), col(ModelRun.id).desc())
+    ).first()
 
 
 def last_dq(session: Session, model_id: int) -> DQResult | None:
-    return session.exec(select(DQResult).where(DQResult.model_id == model_id)
-                        .order_by(col(DQResult.date).desc(), col(DQResult.id).desc())).first()
+    return session.exec(
+        select(DQResult)
+        .where(DQResult.model_id == model_id)
+        .order_by(col(DQResult.date).desc(), col(DQResult.id).desc())
+    ).first()
 
 
-def model_json(session: Session, model: Model, settings: Settings, now: dt.datetime, *,
-               detail: bool = False) -> dict[str, Any]:
+def model_json(
+    session: Session, model: Model, settings: Settings, now: dt.datetime, *, detail: bool = False
+) -> dict[str, Any]:
     """A model as the API shows it; detail adds every version."""
     assert model.id is not None
     owner = session.get(User, model.owner_id)
-    current = session.exec(select(ModelVersion).where(
-        ModelVersion.model_id == model.id, ModelVersion.version == model.version)).first()
-    data = _model_data(model, owner.email if owner else None, current,
-                       last_run(session, model.id), last_dq(session, model.id),
-                       next_run_date(model, settings, now), parse_schedule(model.schedule))
+    current = session.exec(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model.id, ModelVersion.version == model.version
+        )
+    ).first()
+    data = _model_data(
+        model,
+        owner.email if owner else None,
+        current,
+        last_run(session, model.id),
+        last_dq(session, model.id),
+        next_run_date(model, settings, now),
+        parse_schedule(model.schedule),
+    )
     if detail:
         data["versions"] = [version_json(v) for v in versions(session, model.id)]
     elif current is not None:
@@ -94,25 +131,50 @@ def model_json(session: Session, model: Model, settings: Settings, now: dt.datet
     return data
 
 
-def _model_data(model: Model, owner: str | None, current: Any, run: Any, dq: Any,
-                nxt: dt.date | None, schedule: Schedule) -> dict[str, Any]:
+def _model_data(
+    model: Model,
+    owner: str | None,
+    current: Any,
+    run: Any,
+    dq: Any,
+    nxt: dt.date | None,
+    schedule: Schedule,
+) -> dict[str, Any]:
     """The list/detail shape; current, run and dq are records or rows of their columns."""
     return {
-        "id": model.id, "name": model.name, "owner": owner,
-        "email": model.email, "schedule": model.schedule,
-        "schedule_text": schedule.describe(), "status": model.status,
+        "id": model.id,
+        "name": model.name,
+        "owner": owner,
+        "email": model.email,
+        "schedule": model.schedule,
+        "schedule_text": schedule.describe(),
+        "status": model.status,
         "version": model.version,
         "dq": {**((current.contract.get("dq") or {}) if current else {}), **(model.dq or {})},
         "features": current.features if current else [],
         "next_run_date": nxt.isoformat() if nxt else None,
-        "last_run": None if run is None else {
-            "id": run.id, "status": run.status, "date": run.date.isoformat(),
-            "rows": run.rows, "seconds": run.seconds, "attempt": run.attempt,
-            "error": run.error},
-        "last_dq": None if dq is None else {
-            "date": dq.date.isoformat(), "status": dq.status, "psi": dq.psi, "auc": dq.auc,
-            "reason": dq.reason},
-        "created_at": _iso(model.created_at), "updated_at": _iso(model.updated_at),
+        "last_run": None
+        if run is None
+        else {
+            "id": run.id,
+            "status": run.status,
+            "date": run.date.isoformat(),
+            "rows": run.rows,
+            "seconds": run.seconds,
+            "attempt": run.attempt,
+            "error": run.error,
+        },
+        "last_dq": None
+        if dq is None
+        else {
+            "date": dq.date.isoformat(),
+            "status": dq.status,
+            "psi": dq.psi,
+            "auc": dq.auc,
+            "reason": dq.reason,
+        },
+        "created_at": _iso(model.created_at),
+        "updated_at": _iso(model.updated_at),
     }
 
 
@@ -129,9 +191,14 @@ class _VersionInfo:
 def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
     """The id of the model's newest row of table (by date, then id), as last_run/last_dq pick
     it: one seek in the (model_id, date, id) index."""
-    return (select(table.id).where(table.model_id == Model.id)
-            .order_by(col(table.date).desc(), col(table.id).desc()).limit(1)
-            .correlate(Model).scalar_subquery())
+    return (
+        select(table.id)
+        .where(table.model_id == Model.id)
+        .order_by(col(table.date).desc(), col(table.id).desc())
+        .limit(1)
+        .correlate(Model)
+        .scalar_subquery()
+    )
 
 
 @functools.cache
@@ -142,11 +209,24 @@ def _list_query() -> Any:
     R, D, V, Owner = ModelRun, DQResult, ModelVersion, aliased(User)  # noqa: N806
     model_columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
     return (
-        select(*model_columns, Owner.email.label("owner"),
-               V.id.label("version_id"), V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
-               R.id.label("run_id"), R.status.label("run_status"), R.date.label("run_date"),
-               R.rows, R.seconds, R.attempt, R.error,
-               D.date.label("dq_date"), D.status.label("dq_status"), D.psi, D.auc, D.reason)
+        select(
+            *model_columns,
+            Owner.email.label("owner"),
+            V.id.label("version_id"),
+            V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
+            R.id.label("run_id"),
+            R.status.label("run_status"),
+            R.date.label("run_date"),
+            R.rows,
+            R.seconds,
+            R.attempt,
+            R.error,
+            D.date.label("dq_date"),
+            D.status.label("dq_status"),
+            D.psi,
+            D.auc,
+            D.reason,
+        )
         .select_from(Model)
         .join(Owner, Owner.id == Model.owner_id)
         .outerjoin(V, (V.model_id == Model.id) & (V.version == Model.version))
@@ -173,8 +253,11 @@ class _RegistryCache:
 
     def __init__(self, path: str | None) -> None:
         """path: the database file; None keeps versions for one call and lists never."""
-        self._conn = None if path is None else sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None)
+        self._conn = (
+            None
+            if path is None
+            else sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        )
         self._lock = threading.Lock()
         self._lists: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
         self._versions: dict[tuple[int, dt.datetime], _VersionInfo] = {}
@@ -198,16 +281,20 @@ class _RegistryCache:
             while len(self._lists) > self.LISTS_KEPT:
                 self._lists.popitem(last=False)
 
-    def versions(self, session: Session, keys: list[tuple[int, dt.datetime]]
-                 ) -> dict[tuple[int, dt.datetime], _VersionInfo]:
+    def versions(
+        self, session: Session, keys: list[tuple[int, dt.datetime]]
+    ) -> dict[tuple[int, dt.datetime], _VersionInfo]:
         """The versions of keys, parsing only those not seen before."""
         known = self._versions  # one dict for this call, even if another call starts afresh
         found = {key: known[key] for key in keys if key in known}
         missing = [key[0] for key in keys if key not in found]
         V = ModelVersion  # noqa: N806
         for start in range(0, len(missing), 500):
-            for v in session.exec(select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run)
-                                  .where(col(V.id).in_(missing[start:start + 500]))):
+            for v in session.exec(
+                select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run).where(
+                    col(V.id).in_(missing[start : start + 500])
+                )
+            ):
                 found[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
         if len(known) + len(missing) > self.VERSIONS_KEPT:
             self._versions = known = {}
@@ -240,9 +327,16 @@ def _has_own_writes(session: Session) -> bool:
     return bool(getattr(session.connection().connection.dbapi_connection, "in_transaction", True))
 
 
-def model_list(session: Session, user: User, settings: Settings, now: dt.datetime, *,
-               owner: str | None = None, limit: int | None = None,
-               offset: int = 0) -> list[dict[str, Any]]:
+def model_list(
+    session: Session,
+    user: User,
+    settings: Settings,
+    now: dt.datetime,
+    *,
+    owner: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     """The user's models (an admin: all, or one owner's) by name, as model_json shows each
     without detail, optionally one page of them: one query in all (and one more for versions
     this process has not parsed yet), however many models; the same list again while the
@@ -250,20 +344,29 @@ def model_list(session: Session, user: User, settings: Settings, now: dt.datetim
     cache = _cache_of(session)
     fire = sweep_fire_time(settings, now)  # next_run_date depends on the time, not the data
     data_version = None if _has_own_writes(session) else cache.data_version()
-    key = None if data_version is None else (
-        data_version, user.id, user.is_admin, (owner or "").lower(), limit, offset, fire)
+    key = (
+        None
+        if data_version is None
+        else (data_version, user.id, user.is_admin, (owner or "").lower(), limit, offset, fire)
+    )
     rows = None if key is None else cache.get_list(key)
     if rows is None:
-        rows = _read_model_list(session, cache, user, fire, owner=owner, limit=limit,
-                                offset=offset)
+        rows = _read_model_list(session, cache, user, fire, owner=owner, limit=limit, offset=offset)
         if key is not None:
             cache.keep_list(key, rows)
     return [dict(row) for row in rows]
 
 
-def _read_model_list(session: Session, cache: _RegistryCache, user: User,
-                     fire: dt.datetime | None, *, owner: str | None, limit: int | None,
-                     offset: int) -> list[dict[str, Any]]:
+def _read_model_list(
+    session: Session,
+    cache: _RegistryCache,
+    user: User,
+    fire: dt.datetime | None,
+    *,
+    owner: str | None,
+    limit: int | None,
+    offset: int,
+) -> list[dict[str, Any]]:
     query = visible_models(_list_query(), user, owner)
     if limit is not None:  # pick the page's models first: SQLite would join all, then sort
         page = visible_models(select(Model.id).order_by(Model.name, Model.id), user, owner)
@@ -278,11 +381,26 @@ def _read_model_list(session: Session, cache: _RegistryCache, user: User,
         schedules[f.schedule] = schedule
         nxt = schedule.next_due(fire.date()) if fire and f.status == "active" else None
         version = versions.get(keys[f.id]) if f.id in keys else None
-        run = None if f.run_id is None else SimpleNamespace(
-            id=f.run_id, status=f.run_status, date=f.run_date, rows=f.rows, seconds=f.seconds,
-            attempt=f.attempt, error=f.error)
-        dq = None if f.dq_date is None else SimpleNamespace(
-            date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason)
+        run = (
+            None
+            if f.run_id is None
+            else SimpleNamespace(
+                id=f.run_id,
+                status=f.run_status,
+                date=f.run_date,
+                rows=f.rows,
+                seconds=f.seconds,
+                attempt=f.attempt,
+                error=f.error,
+            )
+        )
+        dq = (
+            None
+            if f.dq_date is None
+            else SimpleNamespace(
+                date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason
+            )
+        )
         data = _model_data(f, f.owner, version, run, dq, nxt, schedule)
         if version is not None:
             data["dry_run"] = version.dry_run
@@ -295,18 +413,25 @@ def version_numbers(session: Session, model_ids: list[int]) -> dict[int, list[in
     out: dict[int, list[int]] = {}
     V = ModelVersion  # noqa: N806
     for start in range(0, len(model_ids), 500):
-        chunk = model_ids[start:start + 500]
+        chunk = model_ids[start : start + 500]
         for model_id, version in session.exec(
-                select(V.model_id, V.version).where(col(V.model_id).in_(chunk))
-                .order_by(col(V.version).desc())):
+            select(V.model_id, V.version)
+            .where(col(V.model_id).in_(chunk))
+            .order_by(col(V.version).desc())
+        ):
             out.setdefault(model_id, []).append(version)
     return out
 
 
 def busy_model_ids(session: Session) -> set[int]:
     """Models with a run waiting or in progress (the partial index holds only those runs)."""
-    return set(session.exec(select(ModelRun.model_id).distinct()  # type: ignore[call-overload]
-                            .where(text("status IN ('pending', 'running')"))))
+    return set(
+        session.exec(
+            select(ModelRun.model_id)
+            .distinct()  # type: ignore[call-overload]
+            .where(text("status IN ('pending', 'running')"))
+        )
+    )
 
 
 _PSI_HISTORY = text("""
@@ -319,8 +444,9 @@ _PSI_HISTORY = text("""
     FROM model AS m WHERE m.id IN :ids""").bindparams(bindparam("ids", expanding=True))
 
 
-def psi_histories(session: Session, model_ids: list[int],
-                  points: int) -> dict[int, tuple[list[float | None], float | None]]:
+def psi_histories(
+    session: Session, model_ids: list[int], points: int
+) -> dict[int, tuple[list[float | None], float | None]]:
     """Each model's PSI on its last `points` scored dates, oldest first (a re-scored date counts
     once, with its newest result), and the PSI warn threshold of its newest result.
 
@@ -329,7 +455,7 @@ def psi_histories(session: Session, model_ids: list[int],
     threshold). A few re-scored dates among the newest rows cost the line as many points."""
     out: dict[int, tuple[list[float | None], float | None]] = {}
     for start in range(0, len(model_ids), 500):
-        chunk = model_ids[start:start + 500]
+        chunk = model_ids[start : start + 500]
         rows = session.connection().execute(_PSI_HISTORY, {"ids": chunk, "scan": points + 10})
         for model_id, history, warn in rows:
             newest: dict[str, tuple[int, float | None]] = {}
@@ -337,8 +463,7 @@ def psi_histories(session: Session, model_ids: list[int],
                 if day not in newest or row_id > newest[day][0]:
                     newest[day] = (row_id, psi)
             days = sorted(newest)[-points:]
-            out[model_id] = ([newest[d][1] for d in days],
-                             None if warn is None else float(warn))
+            out[model_id] = ([newest[d][1] for d in days], None if warn is None else float(warn))
     return out
 
 

@@ -42,8 +42,9 @@ def publish_held(engine: Engine, settings: Settings, user: User, run_id: int) ->
         publish(held, settings.scores.path, run.date, run.model_id)
         run.quarantined = False
         run.warning = f"published by {user.email} despite the DQ alert"
-        audit.record(s, user.email, "run.publish", f"run:{run_id}", model_id=run.model_id,
-                     date=run.date)
+        audit.record(
+            s, user.email, "run.publish", f"run:{run_id}", model_id=run.model_id, date=run.date
+        )
     log.info("quarantined scores published", extra={"model_run_id": run_id, "user": user.email})
     return run
 
@@ -52,13 +53,15 @@ def discard_held(engine: Engine, settings: Settings, user: User, run_id: int) ->
     """Delete a quarantined partition; the run counts as failed, so the date can be rescored."""
     with session_scope(engine) as s:
         run = _held(s, user, run_id)
-        shutil.rmtree(partition_dir(settings.dq.quarantine_path, run.date, run.model_id),
-                      ignore_errors=True)
+        shutil.rmtree(
+            partition_dir(settings.dq.quarantine_path, run.date, run.model_id), ignore_errors=True
+        )
         run.status = check_model_run_transition(run.status, ModelRunStatus.FAILED)
         run.quarantined = False
         run.error = f"scores discarded at the DQ gate by {user.email}"
         run.finished_at = utcnow()
-        audit.record(s, user.email, "run.discard", f"run:{run_id}", model_id=run.model_id,
-                     date=run.date)
+        audit.record(
+            s, user.email, "run.discard", f"run:{run_id}", model_id=run.model_id, date=run.date
+        )
     log.info("quarantined scores discarded", extra={"model_run_id": run_id, "user": user.email})
     return run

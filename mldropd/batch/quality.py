@@ -58,8 +58,13 @@ def _sample(
     ).df()
 
 
-def feature_drift(current: pd.DataFrame, reference: pd.DataFrame | None, features: list[str],
-                  importance: dict[str, float], top: int) -> list[dict[str, Any]]:
+def feature_drift(
+    current: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    features: list[str],
+    importance: dict[str, float],
+    top: int,
+) -> list[dict[str, Any]]:
     """PSI (same definition as for scores) of the model's most important features, on the DQ
     samples; the noise level says how much of it sampling alone explains."""
     if reference is None:
@@ -70,9 +75,15 @@ def feature_drift(current: pd.DataFrame, reference: pd.DataFrame | None, feature
         cur = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype=float)
         ref = pd.to_numeric(reference[name], errors="coerce").to_numpy(dtype=float)
         result = psi(ref, cur)
-        rows.append({"feature": name, "psi": result.psi, "noise": result.noise,
-                     "within_noise": result.within_noise,
-                     "importance": importance.get(name)})
+        rows.append(
+            {
+                "feature": name,
+                "psi": result.psi,
+                "noise": result.noise,
+                "within_noise": result.within_noise,
+                "importance": importance.get(name),
+            }
+        )
     return sorted(rows, key=lambda r: -(r["psi"] or 0.0))
 
 
@@ -132,14 +143,17 @@ def check_quality(
         current_scores=current_scores,
         reference_scores=reference_scores,
     )
-    drift = feature_drift(current, reference, features, importance or {},
-                          settings.feature_psi_top)
-    moved = [d for d in drift if d["psi"] is not None and not d["within_noise"]
-             and d["psi"] >= thresholds.psi_alert]
+    drift = feature_drift(current, reference, features, importance or {}, settings.feature_psi_top)
+    moved = [
+        d
+        for d in drift
+        if d["psi"] is not None and not d["within_noise"] and d["psi"] >= thresholds.psi_alert
+    ]
     reason = report.reason
     if moved:
         listed = ", ".join(f"{d['feature']} (PSI {d['psi']:.2f})" for d in moved[:5])
         reason = f"{reason}; feature drift: {listed}"
-    report = dataclasses.replace(report, reason=reason,
-                                 details={**report.details, "feature_psi": drift})
+    report = dataclasses.replace(
+        report, reason=reason, details={**report.details, "feature_psi": drift}
+    )
     return QualityResult(report, ref_date)

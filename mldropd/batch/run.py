@@ -78,17 +78,23 @@ class BatchJob:
         """Flag a run much slower than the model's median of its last 20 successful runs."""
         past = s.exec(
             select(ModelRun.seconds)
-            .where(ModelRun.model_id == model_id, ModelRun.status == ModelRunStatus.SUCCEEDED,
-                   col(ModelRun.seconds).is_not(None))
-            .order_by(col(ModelRun.id).desc()).limit(20)
+            .where(
+                ModelRun.model_id == model_id,
+                ModelRun.status == ModelRunStatus.SUCCEEDED,
+                col(ModelRun.seconds).is_not(None),
+            )
+            .order_by(col(ModelRun.id).desc())
+            .limit(20)
         ).all()
         if seconds is None or len(past) < 3:
             return None
         median = float(statistics.median(past))
         factor = self.settings.scheduler.duration_warning
         if median > 0 and seconds > factor * median:
-            return (f"slow: {seconds:.1f} s is more than {factor:g} times the median "
-                    f"{median:.1f} s of the model's last {len(past)} runs")
+            return (
+                f"slow: {seconds:.1f} s is more than {factor:g} times the median "
+                f"{median:.1f} s of the model's last {len(past)} runs"
+            )
         return None
 
     def heartbeat(self) -> None:
@@ -223,8 +229,10 @@ class BatchJob:
             )
         except Exception as exc:  # no session (Java missing, master unreachable), bad slice
             log.exception("the Spark engine failed", extra={"run_id": self.batch_id})
-            return {i: Outcome(error=f"the Spark engine failed: {type(exc).__name__}: {exc}")
-                    for i in ids}
+            return {
+                i: Outcome(error=f"the Spark engine failed: {type(exc).__name__}: {exc}")
+                for i in ids
+            }
 
     def _finish_model(
         self,
@@ -364,11 +372,19 @@ class BatchJob:
                             "reference_date": dq.reference_date,
                         },
                         recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
-                        note=" ".join(filter(None, [
-                            "Scores held back by the DQ publish gate: publish or discard them "
-                            "on the model page." if run.quarantined else None,
-                            f"Note: {run.warning}." if run.warning else None,
-                        ])) or None,
+                        note=" ".join(
+                            filter(
+                                None,
+                                [
+                                    "Scores held back by the DQ publish gate: publish or "
+                                    "discard them on the model page."
+                                    if run.quarantined
+                                    else None,
+                                    f"Note: {run.warning}." if run.warning else None,
+                                ],
+                            )
+                        )
+                        or None,
                     )
                 )
             batch.reported = True
@@ -393,16 +409,20 @@ class BatchJob:
             batch.error, batch.finished_at = error, utcnow()
             return RunStatus(batch.status)
 
-    def _wait_for_data(self, day: dt.date, runs: list[tuple[ModelRun, Model, ModelVersion]]
-                       ) -> bool:
+    def _wait_for_data(
+        self, day: dt.date, runs: list[tuple[ModelRun, Model, ModelVersion]]
+    ) -> bool:
         """Sensor: the slice is late. Put the batch back to wait, unless its deadline passed."""
         cfg = self.settings.scheduler
         now = utcnow()
         with session_scope(self.engine) as s:
             batch = s.get(BatchRun, self.batch_id)
             assert batch is not None
-            created = batch.created_at.replace(tzinfo=dt.UTC) if batch.created_at.tzinfo is None \
+            created = (
+                batch.created_at.replace(tzinfo=dt.UTC)
+                if batch.created_at.tzinfo is None
                 else batch.created_at
+            )
             deadline = created + dt.timedelta(seconds=cfg.sensor_deadline)
             missing = self.source.describe_missing(day)
             if now >= deadline:
@@ -415,10 +435,15 @@ class BatchJob:
                 assert row is not None
                 row.status = check_model_run_transition(row.status, ModelRunStatus.PENDING)
                 row.started_at = None
-                row.error = (f"waiting for data: {missing}; next check at {retry:%Y-%m-%d %H:%M} "
-                             f"UTC, gives up at {deadline:%Y-%m-%d %H:%M} UTC")
-        log.info("feature slice missing; batch waits until %s", retry.isoformat(),
-                 extra={"run_id": self.batch_id, "date": day.isoformat()})
+                row.error = (
+                    f"waiting for data: {missing}; next check at {retry:%Y-%m-%d %H:%M} "
+                    f"UTC, gives up at {deadline:%Y-%m-%d %H:%M} UTC"
+                )
+        log.info(
+            "feature slice missing; batch waits until %s",
+            retry.isoformat(),
+            extra={"run_id": self.batch_id, "date": day.isoformat()},
+        )
         return True
 
     def execute(self) -> RunStatus:

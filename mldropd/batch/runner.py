@@ -221,9 +221,12 @@ class Runner:
             return status
         if status in (RunStatus.RUNNING, RunStatus.PENDING):
             write.recover(self.settings.scores.path, clean=False)  # a swap it left half-done
-            why = (f"the batch job sent no heartbeat for "
-                   f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
-                   if stalled else f"the batch job died (exit code {proc.returncode})")
+            why = (
+                f"the batch job sent no heartbeat for "
+                f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
+                if stalled
+                else f"the batch job died (exit code {proc.returncode})"
+            )
             job = BatchJob(self.settings, batch_id, engine=self.engine)
             job.close(f"{why}; see the daemon log")
             with session_scope(self.engine) as s:

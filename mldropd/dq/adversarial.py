@@ -44,8 +44,9 @@ def _sample(frame: pd.DataFrame, max_rows: int, rng: np.random.Generator) -> pd.
     return frame.iloc[idx]
 
 
-def _design(ref: pd.DataFrame, cur: pd.DataFrame,
-            columns: list[str]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+def _design(
+    ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """Return a float matrix of both sides stacked (reference first) and a categorical mask."""
     both = pd.concat([ref[columns], cur[columns]], ignore_index=True)
     out = np.empty((len(both), len(columns)), dtype=float)
@@ -97,19 +98,29 @@ def adversarial_auc(
         notes.append("no common columns: AUC not computed")
         return AVResult(None, n_ref, n_cur, [], "; ".join(notes))
     if min(n_ref, n_cur) < 2 * folds:
-        notes.append(f"fewer than {2 * folds} rows on a side ({n_ref} reference, {n_cur} current): "
-                     "AUC not computed")
+        notes.append(
+            f"fewer than {2 * folds} rows on a side ({n_ref} reference, {n_cur} current): "
+            "AUC not computed"
+        )
         return AVResult(None, n_ref, n_cur, [], "; ".join(notes))
 
     with threadpool_limits(limits=AV_THREADS, user_api="openmp"):
         auc, top = _fit_and_score(ref, cur, columns, seed, folds, notes)
-    notes.append(f"{folds}-fold stratified CV on {len(columns)} columns; "
-                 "importance = drop in held-out AUC when the column is permuted (fold 1)")
+    notes.append(
+        f"{folds}-fold stratified CV on {len(columns)} columns; "
+        "importance = drop in held-out AUC when the column is permuted (fold 1)"
+    )
     return AVResult(auc, n_ref, n_cur, top, "; ".join(notes))
 
 
-def _fit_and_score(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], seed: int,
-                   folds: int, notes: list[str]) -> tuple[float, list[tuple[str, float]]]:
+def _fit_and_score(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    columns: list[str],
+    seed: int,
+    folds: int,
+    notes: list[str],
+) -> tuple[float, list[tuple[str, float]]]:
     """Return (pooled out-of-fold AUC, top features); appends remarks to notes."""
     x, categorical = _design(ref, cur, columns)
     n_ref, n_cur = len(ref), len(cur)
@@ -139,9 +150,13 @@ def _fit_and_score(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], see
     return auc, _top_features(first_model, x[first_test], y[first_test], columns, seed)
 
 
-def _top_features(model: HistGradientBoostingClassifier, x_test: NDArray[np.float64],
-                  y_test: NDArray[np.int_], columns: list[str],
-                  seed: int) -> list[tuple[str, float]]:
+def _top_features(
+    model: HistGradientBoostingClassifier,
+    x_test: NDArray[np.float64],
+    y_test: NDArray[np.int_],
+    columns: list[str],
+    seed: int,
+) -> list[tuple[str, float]]:
     """Return up to five (column, AUC drop) pairs with a positive drop, largest first."""
     # Importance method, chosen to be cheap and deterministic: permutation importance of the
     # first fold's model on its own held-out fold, n_repeats=1, on at most IMPORTANCE_ROWS
@@ -151,8 +166,14 @@ def _top_features(model: HistGradientBoostingClassifier, x_test: NDArray[np.floa
     if len(np.unique(y_test)) < 2:
         return []
     result = permutation_importance(
-        model, x_test, y_test, scoring="roc_auc", n_repeats=1, random_state=seed,
-        max_samples=min(IMPORTANCE_ROWS, len(y_test)), n_jobs=1,
+        model,
+        x_test,
+        y_test,
+        scoring="roc_auc",
+        n_repeats=1,
+        random_state=seed,
+        max_samples=min(IMPORTANCE_ROWS, len(y_test)),
+        n_jobs=1,
     )
     drops = result.importances_mean
     order = sorted(range(len(columns)), key=lambda j: (-drops[j], str(columns[j])))

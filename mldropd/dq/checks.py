@@ -106,22 +106,28 @@ def basic_checks(
     if row_change is not None and abs(row_change) > ROW_CHANGE_WARN:
         severity = "alert" if abs(row_change) > ROW_CHANGE_ALERT else "warn"
         direction = "more" if row_change > 0 else "fewer"
-        problems.append(_problem(
-            severity,
-            f"{_pct(abs(row_change))} {direction} rows than the reference "
-            f"({rows:,} vs {reference_rows:,})",
-        ))
+        problems.append(
+            _problem(
+                severity,
+                f"{_pct(abs(row_change))} {direction} rows than the reference "
+                f"({rows:,} vs {reference_rows:,})",
+            )
+        )
     if reference_rows == 0 and rows:
         problems.append(_problem("warn", "the reference has no rows: row change not computed"))
     if scored_share is not None and scored_share < SCORED_SHARE_WARN:
-        problems.append(_problem(
-            "warn",
-            f"only {_pct(scored_share)} of the slice's {slice_rows:,} entities were scored",
-        ))
+        problems.append(
+            _problem(
+                "warn",
+                f"only {_pct(scored_share)} of the slice's {slice_rows:,} entities were scored",
+            )
+        )
     if scored_share is not None and scored_share > 1:
-        problems.append(_problem(
-            "warn", f"{rows:,} scores for {slice_rows:,} entities in the slice (duplicates?)"
-        ))
+        problems.append(
+            _problem(
+                "warn", f"{rows:,} scores for {slice_rows:,} entities in the slice (duplicates?)"
+            )
+        )
 
     return {
         "rows": rows,

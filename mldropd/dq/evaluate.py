@@ -42,16 +42,20 @@ class Thresholds:
         for key, value in override.items():
             if key not in names or value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+            ):
                 raise ValueError(f"dq.{key} must be a finite number, got {value!r}")
             changes[key] = float(value)
         result = replace(base, **changes)
         for metric in ("psi", "auc"):
             warn, alert = getattr(result, f"{metric}_warn"), getattr(result, f"{metric}_alert")
             if warn > alert:
-                raise ValueError(f"dq.{metric}_warn ({warn:g}) is above dq.{metric}_alert "
-                                 f"({alert:g})")
+                raise ValueError(
+                    f"dq.{metric}_warn ({warn:g}) is above dq.{metric}_alert ({alert:g})"
+                )
         return result
 
 
@@ -173,8 +177,9 @@ def evaluate(
         ref_scores = as_float_array(
             reference["score"] if reference_scores is None else reference_scores
         )
-    checks = basic_checks(cur_scores, ref_scores, is_probability=is_probability,
-                          slice_rows=slice_rows)
+    checks = basic_checks(
+        cur_scores, ref_scores, is_probability=is_probability, slice_rows=slice_rows
+    )
     check_statuses = [p["severity"] for p in checks["problems"]]
     check_words = "; ".join(p["message"] for p in checks["problems"])
     details: dict[str, Any] = {
@@ -195,15 +200,22 @@ def evaluate(
     p = psi(ref_scores, cur_scores)
     psi_status = None
     if p.psi is None:
-        side = ("both sides are" if p.n_ref == p.n_cur == 0
-                else "the reference is" if p.n_ref == 0 else "the current side is")
+        side = (
+            "both sides are"
+            if p.n_ref == p.n_cur == 0
+            else "the reference is"
+            if p.n_ref == 0
+            else "the current side is"
+        )
         words.append(f"PSI not computed: {side} empty (after dropping NaN scores)")
     else:
         psi_status, text = _grade("PSI", p.psi, thresholds.psi_warn, thresholds.psi_alert)
         if p.within_noise and psi_status != "ok":
             # On small samples sampling noise alone reaches the threshold: not evidence of drift.
-            text += (f", but within sampling noise {p.noise:.2f} (n_ref={p.n_ref:,}, "
-                     f"n_cur={p.n_cur:,}): counted as ok")
+            text += (
+                f", but within sampling noise {p.noise:.2f} (n_ref={p.n_ref:,}, "
+                f"n_cur={p.n_cur:,}): counted as ok"
+            )
             psi_status = "ok"
         statuses.append(psi_status)
         words.append(text)
@@ -230,16 +242,28 @@ def evaluate(
 
     details.update(
         psi={
-            "value": p.psi, "noise": p.noise, "within_noise": p.within_noise, "status": psi_status,
-            "n_ref": p.n_ref, "n_cur": p.n_cur, "edges": p.edges, "ref_shares": p.ref_shares,
-            "cur_shares": p.cur_shares, "note": p.note,
+            "value": p.psi,
+            "noise": p.noise,
+            "within_noise": p.within_noise,
+            "status": psi_status,
+            "n_ref": p.n_ref,
+            "n_cur": p.n_cur,
+            "edges": p.edges,
+            "ref_shares": p.ref_shares,
+            "cur_shares": p.cur_shares,
+            "note": p.note,
         },
         ks_pvalue=ks_p,
         av={
-            "auc": av.auc, "status": auc_status, "n_ref": av.n_ref, "n_cur": av.n_cur,
-            "top_features": [[name, imp] for name, imp in av.top_features], "note": av_note,
+            "auc": av.auc,
+            "status": auc_status,
+            "n_ref": av.n_ref,
+            "n_cur": av.n_cur,
+            "top_features": [[name, imp] for name, imp in av.top_features],
+            "note": av_note,
             "columns": used,
         },
     )
-    return DQReport(_worst(statuses), "; ".join(words), p.psi, p.noise, av.auc, ks_stat,
-                    json_safe(details))
+    return DQReport(
+        _worst(statuses), "; ".join(words), p.psi, p.noise, av.auc, ks_stat, json_safe(details)
+    )

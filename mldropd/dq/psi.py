@@ -88,20 +88,25 @@ def noise_level(n_bins: int, n_ref: int, n_cur: int) -> float:
     return (n_bins - 1) * (1.0 / n_ref + 1.0 / n_cur)
 
 
-def _edges_note(ref: NDArray[np.float64], raw: NDArray[np.float64], used: NDArray[np.float64],
-                bins: int) -> str:
+def _edges_note(
+    ref: NDArray[np.float64], raw: NDArray[np.float64], used: NDArray[np.float64], bins: int
+) -> str:
     """Say in words how the raw deciles became the edges actually used."""
     n_bins = used.size + 1
     if ref.min() == ref.max():
         return f"reference is constant ({_num(ref[0])}): 1 inner edge, 2 bins used"
     if used.size == 1 and raw.size > 1:
-        return (f"reference has ties: all {raw.size} inner quantiles equal {_num(used[0])}, "
-                "1 inner edge, 2 bins used")
+        return (
+            f"reference has ties: all {raw.size} inner quantiles equal {_num(used[0])}, "
+            "1 inner edge, 2 bins used"
+        )
     merged = raw.size - used.size
     if merged:
         word = "decile" if bins == 10 else "quantile edge"
-        return (f"reference has ties: {merged} duplicate {word}{'s' if merged != 1 else ''} "
-                f"merged, {n_bins} bins used")
+        return (
+            f"reference has ties: {merged} duplicate {word}{'s' if merged != 1 else ''} "
+            f"merged, {n_bins} bins used"
+        )
     return f"{n_bins} bins used"
 
 
@@ -119,8 +124,17 @@ def psi(reference: ArrayLike, current: ArrayLike, bins: int = 10) -> PSIResult:
     n_ref, n_cur = int(ref.size), int(cur.size)
     if n_ref == 0:
         side = "both sides are empty" if n_cur == 0 else "reference side is empty"
-        return PSIResult(None, None, False, n_ref, n_cur, [], [], [],
-                         f"{side} (after dropping NaN): PSI not computed")
+        return PSIResult(
+            None,
+            None,
+            False,
+            n_ref,
+            n_cur,
+            [],
+            [],
+            [],
+            f"{side} (after dropping NaN): PSI not computed",
+        )
 
     raw = reference_edges(ref, bins)
     notes: list[str] = []
@@ -134,8 +148,17 @@ def psi(reference: ArrayLike, current: ArrayLike, bins: int = 10) -> PSIResult:
     edges = [float(e) for e in used]
     if n_cur == 0:
         notes.append("current side is empty (after dropping NaN): PSI not computed")
-        return PSIResult(None, None, False, n_ref, n_cur, edges,
-                         [float(s) for s in ref_shares], [], "; ".join(notes))
+        return PSIResult(
+            None,
+            None,
+            False,
+            n_ref,
+            n_cur,
+            edges,
+            [float(s) for s in ref_shares],
+            [],
+            "; ".join(notes),
+        )
 
     cur_shares = bin_shares(cur, used)
     value = psi_from_shares(ref_shares, cur_shares)

@@ -54,8 +54,12 @@ def enqueue(
         raise ValueError(f"not a usable recipient address: {to!r}")
     now = utc()  # explicit: records.utcnow() is naive, which sqlmodel >= 0.0.50 refuses
     row = OutboxMessage(
-        to=address, subject=_one_line(subject), body_text=text, body_html=html,
-        created_at=now, next_attempt_at=now,
+        to=address,
+        subject=_one_line(subject),
+        body_text=text,
+        body_html=html,
+        created_at=now,
+        next_attempt_at=now,
     )
     session.add(row)
     session.flush()  # gives the caller the id for its logs
@@ -151,7 +155,10 @@ def _record(engine: sqlalchemy.Engine, row_id: int, **values: object) -> OutboxM
 
 
 def _deliver_one(
-    engine: sqlalchemy.Engine, settings: EmailSettings, row: OutboxMessage, now: dt.datetime,
+    engine: sqlalchemy.Engine,
+    settings: EmailSettings,
+    row: OutboxMessage,
+    now: dt.datetime,
     stats: DeliveryStats,
 ) -> None:
     assert row.id is not None
@@ -185,7 +192,10 @@ def _plain_error(exc: Exception, settings: EmailSettings) -> str:
 
 
 def _failed(
-    engine: sqlalchemy.Engine, row: OutboxMessage, now: dt.datetime, error: str,
+    engine: sqlalchemy.Engine,
+    row: OutboxMessage,
+    now: dt.datetime,
+    error: str,
     stats: DeliveryStats,
 ) -> None:
     assert row.id is not None

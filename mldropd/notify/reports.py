@@ -266,7 +266,7 @@ def _html_row(item: ReportItem, base_url: str) -> list[str]:
     if item.error:
         label = "Error" if item.status == "failed" else "Reason"
         notes.append(
-            f"{label}:<pre style=\"margin:4px 0;white-space:pre-wrap\">"
+            f'{label}:<pre style="margin:4px 0;white-space:pre-wrap">'
             f"{html.escape(_error_text(item.error))}</pre>"
         )
     retry = _retry_words(item)

@@ -56,7 +56,9 @@ def _connect(settings: EmailSettings, timeout: float) -> smtplib.SMTP:
     try:
         if settings.ssl:
             return smtplib.SMTP_SSL(
-                settings.smtp_host, settings.smtp_port, timeout=timeout,
+                settings.smtp_host,
+                settings.smtp_port,
+                timeout=timeout,
                 context=ssl.create_default_context(),
             )
         return smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)

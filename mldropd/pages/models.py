@@ -188,9 +188,13 @@ def gate_page(
     """Publish anyway or discard the scores of a run held back by the DQ gate."""
     if action not in _GATE_ACTIONS:
         raise NotFound(f"no action {action!r} on runs")
-    return _act(request, user, model_id, data.get("next"),
-                lambda: _gate(state, user, model_id, run_id, _GATE_ACTIONS[action]))
+    return _act(
+        request,
+        user,
+        model_id,
+        data.get("next"),
+        lambda: _gate(state, user, model_id, run_id, _GATE_ACTIONS[action]),
+    )
 
 
-ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page,
-          gate_page]
+ROUTES = [models_page, model_page, run_now_page, status_page, version_page, delete_page, gate_page]

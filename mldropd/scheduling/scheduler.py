@@ -88,8 +88,14 @@ def add_resume(scheduler: BackgroundScheduler, batch_id: int, when: dt.datetime)
     job_id = f"resume-{batch_id}"
     trigger = DateTrigger(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
     if scheduler.get_job(job_id) is None:
-        scheduler.add_job("mldropd.scheduling.jobs:resume", trigger=trigger, args=[batch_id],
-                          id=job_id, name=f"resume batch {batch_id}", misfire_grace_time=None)
+        scheduler.add_job(
+            "mldropd.scheduling.jobs:resume",
+            trigger=trigger,
+            args=[batch_id],
+            id=job_id,
+            name=f"resume batch {batch_id}",
+            misfire_grace_time=None,
+        )
     else:
         scheduler.reschedule_job(job_id, trigger=trigger)
 

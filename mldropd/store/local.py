@@ -73,7 +73,8 @@ class LocalStore(ArtifactStore):
             return []
         return sorted(
             p.relative_to(self.root).as_posix()
-            for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
         )
 
     def check(self) -> None:

@@ -53,8 +53,15 @@ DELETE_BATCH = 1000
 _MISSING_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 _MISSING_BUCKET_CODES = {"NoSuchBucket"}
 _CREDENTIAL_CODES = {
-    "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "InvalidSecurity", "AuthorizationHeaderMalformed", "AccountProblem",
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidSecurity",
+    "AuthorizationHeaderMalformed",
+    "AccountProblem",
     "AllAccessDisabled",
 }
 
@@ -117,9 +124,7 @@ class S3Store(ArtifactStore):
                 )
             credentials = {
                 "aws_access_key_id": _read_secret("access_key_file", settings.access_key_file),
-                "aws_secret_access_key": _read_secret(
-                    "secret_key_file", settings.secret_key_file
-                ),
+                "aws_secret_access_key": _read_secret("secret_key_file", settings.secret_key_file),
             }
         self._credentials_hint = (
             "[storage] access_key_file and secret_key_file"
@@ -177,7 +182,7 @@ class S3Store(ArtifactStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _relative(self, full: str) -> str:
-        return full[len(self.prefix) + 1:] if self.prefix else full
+        return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def _scope(self, prefix: str) -> tuple[str, str]:
         """(S3 listing prefix, exact key) for a store-relative folder or key prefix.
@@ -320,7 +325,7 @@ class S3Store(ArtifactStore):
         for page in self._objects(listing, action):
             keys = [k for k in page if self._in_scope(k, listing, exact)]
             for start in range(0, len(keys), DELETE_BATCH):
-                batch = keys[start:start + DELETE_BATCH]
+                batch = keys[start : start + DELETE_BATCH]
                 try:
                     response: dict[str, Any] = self.client.delete_objects(
                         Bucket=self.bucket,
@@ -332,10 +337,15 @@ class S3Store(ArtifactStore):
                 if errors:
                     first = errors[0]
                     failure = ClientError(
-                        {"Error": {"Code": first.get("Code", ""), "Message": (
-                            f"{len(errors)} object(s) not deleted, e.g. {first.get('Key')}: "
-                            f"{first.get('Message', '')}"
-                        )}},
+                        {
+                            "Error": {
+                                "Code": first.get("Code", ""),
+                                "Message": (
+                                    f"{len(errors)} object(s) not deleted, e.g. "
+                                    f"{first.get('Key')}: {first.get('Message', '')}"
+                                ),
+                            }
+                        },
                         "DeleteObjects",
                     )
                     raise self._unavailable(failure, action)
