@@ -217,7 +217,7 @@ def run_child(
     req.write_text(json.dumps(request))
     started = time.perf_counter()
     proc = sandbox.start(
-        sandbox.python_argv("jobs.score_models", str(req)),
+        sandbox.python_argv("mldropd.jobs.score_models", str(req)),
         memory_mb=memory_mb,
         private_dir=work / "child",
         stdout=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """The batch scoring job: runs one planned batch out of the daemon process.
 
 The daemon starts it as a subprocess (mldropd.batch.runner); it can also be started by hand or
-by spark-submit: python -m jobs.score_batch SETTINGS.json BATCH_ID [--no-retries]
+by spark-submit: python -m mldropd.jobs.score_batch SETTINGS.json BATCH_ID [--no-retries]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Started by the batch job (mldropd.batch.score); reports progress as JSON lines on the file
 descriptor that was stdout, while anything the models print goes to stderr.
-Usage: python -m jobs.score_models REQUEST.json
+Usage: python -m mldropd.jobs.score_models REQUEST.json
 """
 
 from __future__ import annotations

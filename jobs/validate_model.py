@@ -1,7 +1,7 @@
 """Child process: load an uploaded model file, check the contract, dry-run it on real features.
 
 Started by the daemon (mldropd.inspect) inside the sandbox; writes one JSON result file.
-Usage: python -m jobs.validate_model REQUEST.json RESULT.json
+Usage: python -m mldropd.jobs.validate_model REQUEST.json RESULT.json
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def inspect_file(
             )
         )
         child = sandbox.run(
-            sandbox.python_argv("jobs.validate_model", str(request_path), str(result_path)),
+            sandbox.python_argv("mldropd.jobs.validate_model", str(request_path), str(result_path)),
             timeout_s=timeout,
             memory_mb=settings.engine.model_memory_mb,
             private_dir=Path(tmp, "sandbox"),

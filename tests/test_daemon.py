@@ -198,7 +198,7 @@ def test_sigterm_stops_after_grace_and_the_next_start_resumes(
         p
         for p in Path("/proc").glob("[0-9]*/cmdline")
         if _readable(p)
-        and b"jobs.score_batch" in p.read_bytes()
+        and b"mldropd.jobs.score_batch" in p.read_bytes()
         and str(home).encode() in p.read_bytes()
     ]
     assert not ours, "a batch job outlived the daemon"

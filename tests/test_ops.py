@@ -76,16 +76,25 @@ def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("mldropd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        "web/templates/base.html",
-        "web/templates/_models_table.html",
-        "web/static/style.css",
-        "web/static/htmx-2.0.11.min.js",
-        "jobs/score_batch.py",
-        "jobs/validate_model.py",
+        "mldropd/web/templates/base.html",
+        "mldropd/web/templates/_models_table.html",
+        "mldropd/web/static/style.css",
+        "mldropd/web/static/htmx-2.0.11.min.js",
+        "mldropd/jobs/score_batch.py",
+        "mldropd/jobs/validate_model.py",
         "mldropd/migrations/env.py",
         "mldropd/migrations/script.py.mako",
     }
     assert expected <= names, expected - names
+    # jobs/ and web/ install inside the mldropd namespace, never as top-level packages
+    assert not {n for n in names if n.startswith(("jobs/", "web/"))}
+    listed = {
+        str(p.parent.relative_to(ROOT)).replace("/", ".")
+        for p in (ROOT / "mldropd").rglob("__init__.py")
+    }
+    assert {f"{pkg.replace('.', '/')}/__init__.py" for pkg in listed} <= names, (
+        "a package under mldropd/ is missing from [tool.setuptools] packages"
+    )
     revisions = {p.name for p in (ROOT / "mldropd/migrations/versions").glob("0*.py")}
     assert {f"mldropd/migrations/versions/{r}" for r in revisions} <= names
 

@@ -173,7 +173,7 @@ def make_probe(secret_values: list[str], work_dir: str, daemon_cwd: str) -> Call
             stdin_ok = True  # closed altogether
         flags = (1 if names or values else 0) | (0 if private else 2) | (0 if stdin_ok else 4)
         main = sys.modules["__main__"].__spec__  # both children run with python -m
-        if flags and main is not None and main.name == "jobs.validate_model":
+        if flags and main is not None and main.name == "mldropd.jobs.validate_model":
             raise RuntimeError(f"sandbox leak {flags}: {names} {values} cwd={cwd}")
         return np.full(len(frame), flags / 8.0)
 

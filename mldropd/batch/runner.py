@@ -54,7 +54,7 @@ def _is_batch_job(pid: int | None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"jobs.score_batch" in cmdline
+    return b"mldropd.jobs.score_batch" in cmdline
 
 
 def _alive(pid: int | None) -> bool:
@@ -196,7 +196,7 @@ class Runner:
             batch.runner_pid = os.getpid()
         if not self.settings_file.exists():
             self._write_settings()
-        argv = [sys.executable, "-m", "jobs.score_batch", str(self.settings_file), str(batch_id)]
+        argv = [sys.executable, "-m", "mldropd.jobs.score_batch", str(self.settings_file), str(batch_id)]
         if not retries:
             argv.append("--no-retries")
         proc = subprocess.Popen(

@@ -95,7 +95,7 @@ def _one_round(
 ) -> tuple[int | None, str | None]:
     """Run the child once. Returns (model run it died in, error when it failed outside models)."""
     proc = sandbox.start(
-        sandbox.python_argv("jobs.score_models", str(req_path)),
+        sandbox.python_argv("mldropd.jobs.score_models", str(req_path)),
         memory_mb=memory_mb,
         private_dir=private_dir,
         stdout=subprocess.PIPE,
