@@ -1,5 +1,7 @@
 """Local engine end to end vs the machine's limit: one read of the union columns plus each model's
-raw predict_proba on in-memory inputs, measured side by side (target: ratio <= 1.10).
+raw predict_proba on in-memory inputs, measured side by side (target: ratio <= 1.15 with every
+sandbox layer in force: the engine's time includes starting the owners' sandboxed hosts from a
+warm fork server, sending them the model files and every batch, and checking their scores).
 
     python -m bench.engine_limit [--rows 1000000] [--features 50] [--models 5] [--lgbm 2]
 """
@@ -23,16 +25,16 @@ from bench.perf_common import (
     median,
     mixed_specs,
     print_table,
-    run_child,
     run_engine,
     save_models,
+    start_sandboxes,
     target_row,
     task_dicts,
     write_features,
     write_result,
 )
 
-TARGET = 1.10
+TARGET = 1.15
 
 
 def read_union(kind: str, part: Path, columns: list[str]) -> Any:
@@ -54,7 +56,7 @@ def raw_predict(models: list[tuple[Any, dict[str, Any]]], table: Any) -> list[fl
 
     out = []
     for pipeline, task in models:
-        x = to_input(table, task["features"], task["input"])
+        x = to_input(table, list(task.features), task.input)
         started = time.perf_counter()
         pipeline.predict_proba(x)
         out.append(time.perf_counter() - started)
@@ -70,9 +72,9 @@ def identical(models: list[tuple[Any, dict[str, Any]]], table: Any) -> list[bool
     order = np.argsort(keys)
     same = []
     for pipeline, task in models:
-        expected = pipeline.predict_proba(to_input(table, task["features"], task["input"]))[:, 1]
+        expected = pipeline.predict_proba(to_input(table, list(task.features), task.input))[:, 1]
         got = duckdb.sql(
-            f"SELECT {KEY}, score FROM read_parquet('{task['out_dir']}/*.parquet') ORDER BY 1"
+            f"SELECT {KEY}, score FROM read_parquet('{task.out_dir}/*.parquet') ORDER BY 1"
         ).fetchnumpy()
         same.append(
             bool(np.array_equal(got[KEY], keys[order]))
@@ -90,12 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lgbm", type=int, default=2, help="how many of the models are LightGBM")
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument(
-        "--child",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time the sandboxed scoring child (process start, imports, load)",
-    )
+    ap.add_argument("--owners", type=int, default=1, help="spread the models over N owners")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
@@ -106,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         part = root / f"dt={DAY.isoformat()}"
         specs = mixed_specs(args.features, args.models, args.lgbm)
         paths = save_models(tmp / "models", specs, args.features, args.rows)
-        tasks = task_dicts(paths, specs, tmp / "scores")
+        tasks = task_dicts(paths, specs, tmp / "scores", owners=args.owners)
+        sandboxes = start_sandboxes(tmp / "work")
         columns = list(dict.fromkeys([KEY] + [f for s in specs for f in s.features]))
         import dill
 
@@ -123,7 +121,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         engine: list[float] = []
         engine_cpu: list[float] = []
         limit_cpu: list[float] = []
-        child: list[float] = []
         for _ in range(args.repeat):
             for kind in reads:  # side by side, interleaved with the engine runs
                 started = time.perf_counter()
@@ -137,16 +134,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             del table
             shutil.rmtree(tmp / "scores", ignore_errors=True)
             cpu = time.process_time()
-            seconds, rows = run_engine(root, tasks, args.batch_rows)
+            seconds, rows = run_engine(root, tasks, args.batch_rows, sandboxes)
             engine_cpu.append(time.process_time() - cpu)
             engine.append(seconds)
             assert rows == args.rows
-            if args.child:
-                shutil.rmtree(tmp / "scores", ignore_errors=True)
-                child.append(run_child(root, tasks, args.batch_rows, tmp / "child")["seconds"])
         shutil.rmtree(tmp / "scores", ignore_errors=True)
-        run_engine(root, tasks, args.batch_rows)
+        run_engine(root, tasks, args.batch_rows, sandboxes)
         same = identical(models, pq.read_table(part, columns=columns))
+        layers = sorted(sandboxes.layers)
+        sandboxes.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -168,20 +164,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     rows_out += [
         [f"limit = read ({fastest}) + sum raw predict", median(limits), ""],
-        ["local engine end to end (score_slice)", median(engine), f"{median(ratios):.3f}x"],
+        [
+            f"local engine, {args.owners} sandboxed host(s) ({', '.join(layers)})",
+            median(engine),
+            f"{median(ratios):.3f}x",
+        ],
     ]
-    if child:
-        rows_out.append(
-            [
-                "sandboxed child (+ start, imports, load)",
-                median(child),
-                f"{median(child) / median(limits):.3f}x",
-            ]
-        )
     rows_out.append(["CPU s: engine / limit", median(engine_cpu) / median(limit_cpu), ""])
     title = (
         f"Local engine vs the limit: {args.rows:,} rows x {args.features} features, "
-        f"K={len(specs)} ({args.lgbm} LightGBM), batch {args.batch_rows:,}, "
+        f"K={len(specs)} ({args.lgbm} LightGBM), {args.owners} owner(s), "
+        f"batch {args.batch_rows:,}, "
         f"median of {args.repeat}"
     )
     print_table(title, ["measure", "seconds", "ratio"], rows_out)
@@ -204,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "raw_predict_s": raw,
         "limit_s": limits,
         "engine_s": engine,
-        "child_s": child,
+        "sandbox_layers": layers,
         "engine_cpu_s": engine_cpu,
         "limit_cpu_s": limit_cpu,
         "ratios": ratios,

@@ -144,22 +144,26 @@ def save_models(
 
 
 def task_dicts(
-    paths: Sequence[Path], specs: Sequence[ModelSpec], out: Path
-) -> list[dict[str, Any]]:
-    """Scoring-child model entries (ModelTask fields) for saved model files."""
+    paths: Sequence[Path], specs: Sequence[ModelSpec], out: Path, owners: int = 1
+) -> list[Any]:
+    """ModelTasks for saved model files (models spread over `owners` owners, round robin)."""
+    from mldropd.engines.base import ModelTask
+
     return [
-        {
-            "model_run_id": i + 1,
-            "model_id": i + 1,
-            "model_version": 1,
-            "path": str(path),
-            "features": list(spec.features),
-            "input": spec.input,
-            "call": "predict_proba",
-            "output": "proba",
-            "entity_key": KEY,
-            "out_dir": str(out / f"model-{i + 1}"),
-        }
+        ModelTask(
+            model_run_id=i + 1,
+            model_id=i + 1,
+            model_version=1,
+            owner_id=1 + i % owners,
+            path=Path(path),
+            features=tuple(spec.features),
+            input=spec.input,
+            call="predict_proba",
+            output="proba",
+            entity_key=KEY,
+            out_dir=out / f"model-{i + 1}",
+            timeout_s=3600.0,
+        )
         for i, (path, spec) in enumerate(zip(paths, specs, strict=True))
     ]
 
@@ -170,68 +174,115 @@ def feature_settings(root: Path) -> Any:
     return FeatureSettings(kind="parquet", path=str(root), entity_key=KEY, date_column="dt")
 
 
-def run_engine(root: Path, tasks: list[dict[str, Any]], batch_rows: int) -> tuple[float, int]:
-    """score_slice in this process (the local engine itself); returns (seconds, rows)."""
-    from mldropd.engines.local import ModelTask, Reporter, score_slice
+def start_sandboxes(work: Path) -> Any:
+    """A warm fork server with every sandbox layer this machine offers, as the daemon has."""
+    from mldropd.sandbox.setup import Sandboxes
+    from mldropd.settings import Settings
 
-    events: list[str] = []
+    settings = Settings()
+    settings.server.work_dir = str(work)
+    settings.sandbox.require = []
+    return Sandboxes.start(settings)
 
-    class _Sink:
-        def write(self, text: str) -> None:
-            events.append(text)
 
-        def flush(self) -> None:
-            pass
+def run_engine(
+    root: Path, tasks: list[Any], batch_rows: int, sandboxes: Any, memory_mb: int = 8192
+) -> tuple[float, int]:
+    """The local engine as a batch job runs it: the trusted reader and writer here, each
+    owner's models in a sandboxed host (started and loaded in the time); (seconds, rows)."""
+    from mldropd.engines.base import ScoringRequest
+    from mldropd.engines.local import LocalEngine
 
-    started = time.perf_counter()
-    rows = score_slice(
-        feature_settings(root),
-        DAY,
-        [ModelTask.from_dict(t) for t in tasks],
-        batch_rows,
-        dt.datetime.now(dt.UTC),
-        Reporter(_Sink()),  # type: ignore[arg-type]
+    request = ScoringRequest(
+        feature_settings(root), DAY, batch_rows, dt.datetime.now(dt.UTC), tuple(tasks)
     )
+    started = time.perf_counter()
+    outcomes = LocalEngine(sandboxes, memory_mb).score(request, heartbeat=lambda: None)
     seconds = time.perf_counter() - started
-    failed = [e for e in events if '"failed"' in e]
+    failed = [o.error for o in outcomes.values() if not o.ok]
     if failed:
         raise RuntimeError(f"a benchmark model failed: {failed[0]}")
-    return seconds, rows
+    return seconds, max(o.rows or 0 for o in outcomes.values())
 
 
-def run_child(
-    root: Path, tasks: list[dict[str, Any]], batch_rows: int, work: Path, memory_mb: int = 8192
+def run_engine_process(
+    root: Path, tasks: list[Any], batch_rows: int, work: Path, memory_mb: int = 8192
 ) -> dict[str, Any]:
-    """The sandboxed scoring child, as the batch job starts it; wall time and its peak RSS."""
-    from mldropd import sandbox
+    """The local engine in a fresh process, as a batch job: its peak RSS (the trusted reader
+    and writer) and the largest peak RSS of its sandboxed hosts (the kernel's count)."""
+    import dataclasses
 
     work.mkdir(parents=True, exist_ok=True)
-    request = {
-        "features": {"kind": "parquet", "path": str(root), "entity_key": KEY, "date_column": "dt"},
-        "slice_date": DAY.isoformat(),
+    request = work / "engine.json"
+    payload = {
+        "root": str(root),
         "batch_rows": batch_rows,
-        "scored_at": dt.datetime.now(dt.UTC).isoformat(),
-        "models": tasks,
+        "memory_mb": memory_mb,
+        "work": str(work),
+        "tasks": [
+            {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(t).items()}
+            for t in tasks
+        ],
     }
-    req = work / "request.json"
-    req.write_text(json.dumps(request))
-    started = time.perf_counter()
-    proc = sandbox.start(
-        sandbox.python_argv("mldropd.jobs.score_models", str(req)),
-        memory_mb=memory_mb,
-        private_dir=work / "child",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    request.write_text(json.dumps(payload))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.perf_common", str(request)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
     )
-    out, err = proc.communicate()
+    if done.returncode != 0:
+        raise RuntimeError(f"engine process failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _engine_process(request_path: str) -> None:
+    import resource
+
+    from mldropd.engines.base import ModelTask, ScoringRequest
+    from mldropd.engines.local import LocalEngine
+
+    req = json.loads(Path(request_path).read_text())
+    tasks = [
+        ModelTask(
+            **(
+                t
+                | {
+                    "path": Path(t["path"]),
+                    "out_dir": Path(t["out_dir"]),
+                    "features": tuple(t["features"]),
+                }
+            )
+        )
+        for t in req["tasks"]
+    ]
+    sandboxes = start_sandboxes(Path(req["work"]) / "sandbox")
+    engine = LocalEngine(sandboxes, req["memory_mb"])
+    request = ScoringRequest(
+        feature_settings(Path(req["root"])),
+        DAY,
+        req["batch_rows"],
+        dt.datetime.now(dt.UTC),
+        tuple(tasks),
+    )
+    started = time.perf_counter()
+    outcomes = engine.score(request, heartbeat=lambda: None)
     seconds = time.perf_counter() - started
-    # The child reports its own peak RSS (getrusage ru_maxrss) in its "end" event.
-    events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-    end = next((e for e in events if e["event"] == "end"), None)
-    bad = [e for e in events if e["event"] == "failed"]
-    if proc.returncode != 0 or end is None or bad:
-        raise RuntimeError(f"scoring child failed: {bad or err.decode()[-2000:]}")
-    return {"seconds": seconds, "rows": end["rows"], "peak_rss_mb": end.get("peak_rss_mb")}
+    sandboxes.stop()
+    failed = [o.error for o in outcomes.values() if not o.ok]
+    if failed:
+        raise RuntimeError(f"a benchmark model failed: {failed[0]}")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rows": max(o.rows or 0 for o in outcomes.values()),
+                "reader_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "host_peak_mb": max(engine.host_peaks_mb.values(), default=0.0),
+            }
+        )
+    )
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
@@ -313,3 +364,7 @@ def write_result(name: str, result: dict[str, Any], out: Path | None = None) -> 
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\nresult written to {path}")
     return path
+
+
+if __name__ == "__main__":
+    _engine_process(sys.argv[1])

@@ -1,24 +1,82 @@
-"""The batch scoring job: runs one planned batch out of the daemon process.
+"""The batch job: runs planned batches (one date, or a backfill's dates) out of the web process.
 
-The daemon starts it as a subprocess (mldropd.batch.runner); it can also be started by hand or
-by spark-submit: python -m mldropd.jobs.score_batch SETTINGS.json BATCH_ID [--no-retries]
+The daemon forks it from its fork server (mldropd.batch.runner); `mldropd run` runs it in its
+own process; it can also be started by hand or by spark-submit:
+python -m mldropd.jobs.score_batch SETTINGS.json BATCH_ID [BATCH_ID ...] [--no-retries]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
+
 from mldropd import logs
+from mldropd.batch import ledger
+from mldropd.batch.report import report_batches
 from mldropd.batch.run import BatchJob
+from mldropd.batch.runner import batch_lock
+from mldropd.db import make_engine
+from mldropd.engines import Engines
 from mldropd.settings import Settings
+from mldropd.states import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+def run_batches(
+    settings: Settings, batch_ids: list[int], *, retries: bool = True, engine: Engine | None = None
+) -> dict[int, RunStatus]:
+    """Run the batches in order in this process, sharing the fork server and any Spark session;
+    one report per owner for all of them. A batch someone else runs is left alone."""
+    db = engine or make_engine(settings.database.path)
+    engines = Engines(settings)
+    statuses: dict[int, RunStatus] = {}
+    refused: list[str] = []
+    try:
+        for batch_id in batch_ids:
+            try:
+                with batch_lock(settings, batch_id):
+                    job = BatchJob(
+                        settings,
+                        batch_id,
+                        engine=db,
+                        retries=retries,
+                        engines=engines,
+                        report=False,
+                    )
+                    statuses[batch_id] = job.execute()
+            except BlockingIOError:
+                refused.append(f"batch {batch_id} is being run by another process")
+            except ledger.NotRunnable as exc:
+                refused.append(str(exc))
+    finally:
+        engines.close()
+    ended = [b for b, st in statuses.items() if st != RunStatus.PENDING]
+    if ended:
+        report_batches(db, settings, ended, retries=retries)
+    if refused:
+        raise ledger.NotRunnable("; ".join(refused))
+    return statuses
 
 
 def main(argv: list[str]) -> int:
+    """Exit 0 when the batches ran (whatever became of their models), 2 when one cannot run."""
     settings = Settings.from_dict(json.loads(Path(argv[0]).read_text()))
     logs.configure(settings.server.log_format, settings.server.log_level)
-    BatchJob(settings, int(argv[1]), retries="--no-retries" not in argv).execute()
+    ids = [int(a) for a in argv[1:] if not a.startswith("--")]
+    with contextlib.suppress(OSError):
+        os.nice(10)  # web requests stay fast while a batch runs; it gets every idle cycle
+    try:
+        run_batches(settings, ids, retries="--no-retries" not in argv)
+    except ledger.NotRunnable as exc:
+        print(f"mldropd: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,8 +21,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from mldropd import web
-from mldropd import __version__, logs, metrics
+from mldropd import __version__, logs, metrics, web
 from mldropd.api.admin import ROUTES as ADMIN_ROUTES
 from mldropd.api.audit import ROUTES as AUDIT_ROUTES
 from mldropd.api.routes import ROUTES as API_ROUTES
@@ -96,13 +95,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@get("/readyz", summary="Readiness: database, store, scheduler, features, disk")
+@get("/readyz", summary="Readiness: database, store, scheduler, features, disk, sandbox")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     checks = await anyio.to_thread.run_sync(state.daemon.readiness)
     ok = all(v == "ok" for v in checks.values())
-    return Response(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
-    )
+    body = {"status": "ok" if ok else "unavailable", "checks": checks,
+            "sandbox": state.daemon.sandbox_layers()}  # fmt: skip
+    return Response(body, status_code=200 if ok else 503)
 
 
 @get(

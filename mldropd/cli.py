@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ def _server_overrides(host: str | None, port: int | None) -> dict[str, dict[str,
 @click.version_option(package_name="mldropd")
 def main() -> None:
     """mldropd: drop a model file, get it scored on schedule."""
+    # What the daemon creates (database, key, sessions, artifacts, scores, outbox) is private
+    # to its user: folders 0700, files 0600.
+    os.umask(0o077)
 
 
 def _serve(settings: Settings, banner: list[str] | None = None) -> None:
@@ -126,7 +130,13 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
         if model is None:
             click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...", err=True)
             model, _ = register_upload(
-                daemon.engine, daemon.store, settings, user, path, UploadForm(filename=path.name)
+                daemon.engine,
+                daemon.store,
+                settings,
+                user,
+                path,
+                UploadForm(filename=path.name),
+                daemon.sandboxes(),
             )
         registered.append(model)
     with Session(daemon.engine) as s:
@@ -135,7 +145,7 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
         today = daemon.today()
         daemon.run_models(today - dt.timedelta(days=1), registered, Trigger.BACKFILL, submit=False)
         daemon.run_models(today, registered, Trigger.MANUAL, submit=False)
-    daemon.engine.dispose()
+    daemon.stop()
     return token
 
 

@@ -313,3 +313,103 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return repr(value)
+
+
+# -- the trusted side: a summary reported by the sandbox, checked again ------------------------
+CALLS = ("predict_proba", "predict", "callable")
+_MAX_FEATURES, _MAX_NAME_CHARS, _MAX_META_BYTES = 10_000, 256, 64 * 1024
+_PIPELINE_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,299}")
+
+
+def summary_from_sandbox(data: Any) -> tuple[ContractSummary | None, list[FieldError]]:
+    """Rebuild a ContractSummary from what a validation sandbox sent, checking every field as
+    if nothing had been checked before: the sandbox runs the model's code and may lie. Only
+    known fields of known types survive; anything else is a problem, never stored."""
+    import json
+    import math
+
+    if not isinstance(data, dict):
+        return None, [FieldError("file", "the model's sandbox sent no contract summary")]
+    problems = _check_features(data.get("features"))
+    features = data.get("features") if not problems else []
+    assert isinstance(features, list)
+    if len(features) > _MAX_FEATURES or any(len(f) > _MAX_NAME_CHARS for f in features):
+        problems.append(FieldError("features", "`features` lists too many or too long names"))
+    call = data.get("call")
+    if call not in CALLS:
+        problems.append(FieldError("pipeline", f"the sandbox reported the call {call!r}"))
+        call = None
+    output, output_problems = _check_output(data.get("output"), call)
+    problems += output_problems
+    if data.get("input") not in INPUT_KINDS:
+        problems.append(FieldError("input", f"`input` {data.get('input')!r} is not valid"))
+    pipeline_type = data.get("pipeline_type")
+    if not isinstance(pipeline_type, str) or not _PIPELINE_TYPE_RE.fullmatch(pipeline_type):
+        problems.append(FieldError("pipeline", "the sandbox reported an invalid pipeline type"))
+    for key, check in (
+        ("name", check_name),
+        ("owner_email", check_email),
+        ("schedule", check_schedule),
+    ):
+        if data.get(key) is not None:
+            problems += check(data[key], key)
+    entity_key = data.get("entity_key")
+    if entity_key is not None and (
+        not isinstance(entity_key, str) or not entity_key or len(entity_key) > _MAX_NAME_CHARS
+    ):
+        problems.append(FieldError("entity_key", "`entity_key` must be a column name"))
+    params = data.get("params") or {}
+    problems += _check_params(params)
+    if isinstance(params, dict) and set(params) - {"batch_size", "engine", "timeout_s"}:
+        problems.append(FieldError("params", "`params` holds keys mldropd does not know"))
+    dq = data.get("dq") or {}
+    problems += check_dq(dq)
+    if isinstance(dq, dict) and set(dq) - {*DQ_KEYS, "gate"}:
+        problems.append(FieldError("dq", "`dq` holds keys mldropd does not know"))
+    meta = data.get("meta") or {}
+    try:
+        too_big = len(json.dumps(meta)) > _MAX_META_BYTES
+    except (TypeError, ValueError):
+        too_big = True
+    if not isinstance(meta, dict) or too_big:
+        problems.append(FieldError("meta", "`meta` must be a small dict of plain values (64 KB)"))
+    importance = data.get("importance") or {}
+    if not isinstance(importance, dict) or not all(
+        k in features
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        for k, v in importance.items()
+    ):
+        problems.append(FieldError("pipeline", "the sandbox reported invalid feature importance"))
+    ignored = data.get("ignored_keys") or []
+    if (
+        not isinstance(ignored, list)
+        or len(ignored) > 100
+        or not all(isinstance(k, str) and len(k) <= 100 for k in ignored)
+    ):
+        problems.append(FieldError("file", "the sandbox reported invalid ignored keys"))
+    if data.get("contract_version") != CONTRACT_VERSION:
+        problems.append(FieldError("file", "the sandbox reported another contract version"))
+    if problems:
+        return None, problems
+    assert isinstance(call, str) and isinstance(pipeline_type, str)
+    return ContractSummary(
+        features=list(features),
+        output=output,
+        input=str(data["input"]),
+        call=call,
+        pipeline_type=pipeline_type,
+        name=data.get("name"),
+        owner_email=data.get("owner_email"),
+        schedule=parse_schedule(data["schedule"]).text if data.get("schedule") else None,
+        entity_key=entity_key,
+        params={k: params[k] for k in ("batch_size", "engine", "timeout_s") if k in params},
+        dq={
+            **{k: float(dq[k]) for k in DQ_KEYS if k in dq},
+            **({"gate": dq["gate"]} if dq.get("gate") else {}),
+        },
+        meta=_jsonable(meta),
+        importance={str(k): float(v) for k, v in importance.items()},
+        ignored_keys=list(ignored),
+    ), []

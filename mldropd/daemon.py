@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,6 +24,7 @@ from mldropd.db import init_db, make_engine, session_scope
 from mldropd.features import FeatureSource
 from mldropd.notify.outbox import deliver_pending
 from mldropd.records import BatchRun, Model, ModelRun, SweepLog
+from mldropd.sandbox.setup import Sandboxes, describe_layers
 from mldropd.scheduling import jobs
 from mldropd.scheduling.scheduler import (
     OUTBOX_JOB,
@@ -57,10 +59,18 @@ class Daemon:
             on_wait=self.schedule_wait if with_scheduler else None,
         )
         self._sweep_lock = threading.Lock()
+        self._sandboxes: Sandboxes | None = None
+        self._sandboxes_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Resume interrupted batches, start the scheduler, catch up on missed sweeps."""
+        """Start the sandbox fork server (its probe must find the required layers), resume
+        interrupted batches, start the scheduler, catch up on missed sweeps."""
+        sandboxes = self.sandboxes(batch_jobs=True)
+        sandboxes.check()
+        log.info("sandbox layers: %s", "; ".join(describe_layers(
+            sandboxes.probe, self.settings.sandbox.require)))  # fmt: skip
+        self.runner.sandboxes = sandboxes  # batch jobs are forked from the fork server
         self.runner.start()
         if self.scheduler is not None:
             jobs.bind(self)
@@ -74,8 +84,18 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
             jobs.bind(None)
         self.runner.stop(self.settings.scheduler.shutdown_grace_s)
+        if self._sandboxes is not None:
+            self._sandboxes.stop()
+            self._sandboxes = None
         self.engine.dispose()
         log.info("daemon stopped")
+
+    def sandboxes(self, *, batch_jobs: bool = False) -> Sandboxes:
+        """The daemon's fork server (started at the first need; it keeps importing meanwhile)."""
+        with self._sandboxes_lock:
+            if self._sandboxes is None:
+                self._sandboxes = Sandboxes.start(self.settings, batch_jobs=batch_jobs, wait=False)
+            return self._sandboxes
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(self.tz)
@@ -200,7 +220,28 @@ class Daemon:
         if self.settings.features.kind != "spark_table":  # only the batch job runs Spark
             checks["features"] = self._features_check()
         checks["disk"] = self._disk_check()
+        checks["sandbox"] = self._sandbox_check()
         return checks
+
+    def _sandbox_check(self) -> str:
+        if self._sandboxes is None:
+            return "ok"  # started with the first upload or batch
+        try:
+            self._sandboxes.check()
+        except Exception as exc:
+            return str(exc)
+        return "ok"
+
+    def sandbox_layers(self) -> dict[str, Any]:
+        """Which sandbox layers are in force, which are missing and why (for /readyz)."""
+        if self._sandboxes is None:
+            return {}
+        found = self._sandboxes.probe
+        return {
+            "in_force": sorted(k for k, v in found.items() if v.get("available")),
+            "missing": {k: v.get("detail") for k, v in found.items() if not v.get("available")},
+            "required": list(self.settings.sandbox.require),
+        }
 
     def _probe_write(self) -> None:
         """A real write, rolled back: proves the file is writable and the write lock obtainable."""

@@ -3,18 +3,15 @@ sandboxed child (jobs/validate_model.py) that loads it, checks the contract and 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mldropd import sandbox
 from mldropd.errors import FieldError
 from mldropd.pickle_scan import scan_pickle
 from mldropd.settings import Settings
+from mldropd.validation import validate_in_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +24,7 @@ class Inspection:
     scan: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     dry_run: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -81,56 +79,23 @@ def scan_file(
 
 
 def inspect_file(
-    path: Path, settings: Settings, allowed: frozenset[str] = frozenset()
+    path: Path,
+    settings: Settings,
+    allowed: frozenset[str] = frozenset(),
+    sandboxes: Any = None,
 ) -> Inspection:
     """Scan, then validate in the sandbox; never loads the file in this process.
 
     `allowed`: refused globals an admin allowed for the uploader (auth.allowed_globals).
+    `sandboxes`: the daemon's fork server (None: one is started for this inspection).
     """
     facts, problems = scan_file(path, allowed)
     inspection = Inspection(errors=problems, scan=facts)
     if problems:
         return inspection
-    timeout = settings.engine.validate_timeout_s
-    with tempfile.TemporaryDirectory(prefix="mldropd-validate-", dir=_work_dir(settings)) as tmp:
-        request_path, result_path = Path(tmp, "request.json"), Path(tmp, "result.json")
-        request_path.write_text(
-            json.dumps(
-                {
-                    "model_path": str(path.resolve()),
-                    "features": dataclasses.asdict(settings.features),
-                    "sample_rows": settings.engine.validate_sample_rows,
-                }
-            )
-        )
-        child = sandbox.run(
-            sandbox.python_argv("mldropd.jobs.validate_model", str(request_path), str(result_path)),
-            timeout_s=timeout,
-            memory_mb=settings.engine.model_memory_mb,
-            private_dir=Path(tmp, "sandbox"),
-        )
-        if not result_path.exists():
-            how = child.describe(timeout, settings.engine.model_memory_mb)
-            log.warning("validation child failed: %s", how)
-            inspection.errors.append(
-                FieldError(
-                    "file",
-                    (
-                        f"validating the model failed: {how}. A model must load and score "
-                        f"{settings.engine.validate_sample_rows} rows within {timeout} s and "
-                        f"{settings.engine.model_memory_mb} MB"
-                    ),
-                )
-            )
-            return inspection
-        result = json.loads(result_path.read_text())
-    inspection.errors += [FieldError(e["field"], e["message"]) for e in result["errors"]]
-    inspection.summary = result.get("summary")
-    inspection.dry_run = result.get("dry_run", {})
+    result = validate_in_sandbox(path, settings, sandboxes)
+    inspection.errors += result.errors
+    inspection.summary = result.summary if not result.errors else None
+    inspection.dry_run = result.dry_run
+    inspection.warnings = result.warnings
     return inspection
-
-
-def _work_dir(settings: Settings) -> str:
-    path = Path(settings.server.work_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)

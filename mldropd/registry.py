@@ -80,15 +80,18 @@ def register_upload(
     user: User,
     upload: Path,
     form: UploadForm,
+    sandboxes: Any = None,
 ) -> tuple[Model, ModelVersion]:
     """Inspect, validate, store and register an uploaded model file (a new model or version).
+
+    sandboxes: the daemon's fork server for the validation (None: one is started for it).
 
     Nothing is stored or recorded unless every check passes; a failed database write removes
     the object it had stored.
     """
     with Session(engine) as s:
         allowed = allowed_globals(s, user.id)
-    inspection = inspect_file(upload, settings, allowed)
+    inspection = inspect_file(upload, settings, allowed, sandboxes)
     name, email, schedule, problems = _resolve(form, inspection, user)
     problems = inspection.errors + problems
     if problems or inspection.summary is None:

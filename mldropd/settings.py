@@ -137,12 +137,41 @@ class EngineSettings:
     model_timeout_s: int = _opt(
         1800, "Wall-clock limit of one model's scoring, unless it sets its own."
     )
+    max_model_timeout_s: int = _opt(
+        7200,
+        "Operator cap on a model's time limit: params.timeout_s above it is lowered to it.",
+    )
     model_memory_mb: int = _opt(8192, "Address-space limit of a scoring or validation process.")
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
     spark_conf: dict[str, str] = _opt(
         {}, 'Spark settings passed to the session as they are (a table: "spark.x" = "v").'
     )
+
+
+@dataclass
+class SandboxSettings:
+    require: list[str] = _opt(
+        ["uid", "mountns", "pidns", "netns", "landlock", "seccomp"],
+        "Sandbox layers without which the daemon refuses to start (mldropd check-config shows "
+        "which this machine offers); remove a layer to run where it is missing.",
+    )
+    user: str = _opt(
+        "",
+        "Root daemon: run every sandbox as this user; empty gives each sandbox its own uid "
+        "from uid_base (so one model cannot touch another's processes or files).",
+    )
+    uid_base: int = _opt(900000, "First uid (and gid) of the sandboxes' own uids (root daemon).")
+    preload: list[str] = _opt(
+        ["numpy", "pandas", "pyarrow", "scipy", "sklearn", "sklearn.pipeline",
+         "sklearn.linear_model", "sklearn.ensemble", "sklearn.preprocessing", "sklearn.compose",
+         "sklearn.impute", "dill", "lightgbm", "xgboost", "catboost"],
+        "Modules the fork server imports once, so model hosts start without importing them.",
+    )  # fmt: skip
+    max_processes: int = _opt(64, "RLIMIT_NPROC of a sandbox: processes and threads it may have.")
+    max_file_mb: int = _opt(256, "RLIMIT_FSIZE of a sandbox: the largest file it may write.")
+    tmp_mb: int = _opt(256, "Size of a sandbox's private /tmp (a tmpfs, with mountns).")
+    threads: int = _opt(0, "Threads a model may use (OMP/OpenBLAS/MKL); 0: the number of cores.")
 
 
 @dataclass
@@ -193,6 +222,7 @@ class Settings:
     scores: ScoresSettings = field(default_factory=ScoresSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     dq: DQSettings = field(default_factory=DQSettings)
     email: EmailSettings = field(default_factory=EmailSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -403,6 +433,10 @@ def validate(settings: Settings) -> None:
         ("engine", "batch_rows"),
         ("engine", "model_timeout_s"),
         ("engine", "model_memory_mb"),
+        ("engine", "max_model_timeout_s"),
+        ("sandbox", "max_processes"),
+        ("sandbox", "max_file_mb"),
+        ("sandbox", "tmp_mb"),
         ("scheduler", "max_attempts"),
         ("limits", "max_upload_mb"),
         ("limits", "versions_kept"),
@@ -420,5 +454,13 @@ def validate(settings: Settings) -> None:
             raise ConfigError(
                 f"[server] trusted_proxies: {entry!r} is not an IP address or CIDR network"
             ) from None
+    from mldropd.sandbox.policy import LAYERS
+
+    unknown = [layer for layer in settings.sandbox.require if layer not in LAYERS]
+    if unknown:
+        raise ConfigError(
+            f"[sandbox] require names {', '.join(unknown)}, which is not a sandbox layer; "
+            f"layers: {', '.join(LAYERS)}"
+        )
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")

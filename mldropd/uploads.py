@@ -65,7 +65,14 @@ async def receive_upload(
                 out.write(chunk)
         await upload.close()
         return await anyio.to_thread.run_sync(
-            register_upload, daemon.engine, daemon.store, daemon.settings, user, path, fields
+            register_upload,
+            daemon.engine,
+            daemon.store,
+            daemon.settings,
+            user,
+            path,
+            fields,
+            daemon.sandboxes(),
         )
 
 

@@ -185,3 +185,15 @@ def daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
     yield _start
     for d in started:
         d.kill()
+
+
+@pytest.fixture(scope="session")
+def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One sandbox fork server for the tests that drive the engine or model hosts directly."""
+    from mldropd.sandbox.setup import Sandboxes
+
+    settings = Settings()
+    settings.server.work_dir = str(tmp_path_factory.mktemp("sandbox-work"))
+    started = Sandboxes.start(settings)
+    yield started
+    started.stop()

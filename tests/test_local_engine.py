@@ -1,10 +1,8 @@
-"""The local engine's streaming path: reader thread, input thread, writer thread, protocol."""
+"""The local engine: trusted reader and writer threads, one sandboxed host per owner."""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mldropd import save_model
-from mldropd.engines.local import PART_FILE, ModelTask, Reporter, score_slice
+from mldropd.engines.base import ModelTask, Outcome, ScoringRequest
+from mldropd.engines.local import LocalEngine
+from mldropd.engines.local_io import PART_FILE
 from mldropd.settings import FeatureSettings
 
 DAY = dt.date(2026, 3, 2)
@@ -48,30 +48,38 @@ def _task(
     fn: Callable[[Any], Any],
     features: list[str],
     input_kind: str = "pandas",
+    owner: int = 1,
+    timeout_s: float = 60.0,
 ) -> ModelTask:
     path = save_model(
         tmp / f"m{run_id}.dill", pipeline=fn, features=features, name=f"m{run_id}", input=input_kind
     )
     return ModelTask(
-        run_id,
-        run_id,
-        1,
-        str(path),
-        features,
-        input_kind,
-        "callable",
-        "predict",
-        "entity_id",
-        str(tmp / f"out-{run_id}"),
+        model_run_id=run_id,
+        model_id=run_id,
+        model_version=1,
+        owner_id=owner,
+        path=Path(path),
+        features=tuple(features),
+        input=input_kind,
+        call="callable",
+        output="predict",
+        entity_key="entity_id",
+        out_dir=tmp / f"out-{run_id}",
+        timeout_s=timeout_s,
     )
 
 
 def _run(
-    settings: FeatureSettings, tasks: list[ModelTask], batch_rows: int
-) -> tuple[int, list[dict[str, Any]]]:
-    stream = io.StringIO()
-    rows = score_slice(settings, DAY, tasks, batch_rows, SCORED_AT, Reporter(stream))
-    return rows, [json.loads(line) for line in stream.getvalue().splitlines()]
+    sandboxes: Any, settings: FeatureSettings, tasks: list[ModelTask], batch_rows: int
+) -> dict[int, Outcome]:
+    request = ScoringRequest(settings, DAY, batch_rows, SCORED_AT, tuple(tasks))
+    seen: list[dict[int, int]] = []
+    engine = LocalEngine(sandboxes, memory_mb=4096)
+    outcomes = engine.score(request, heartbeat=lambda: None, progress=lambda _p, r: seen.append(r))
+    for before, after in zip(seen, seen[1:], strict=False):
+        assert all(before[k] <= after.get(k, before[k]) for k in before), "rows only ever grow"
+    return outcomes
 
 
 def _models() -> dict[str, Callable[[Any], Any]]:
@@ -91,18 +99,17 @@ def _models() -> dict[str, Callable[[Any], Any]]:
     return {"linear": linear, "column_major": column_major, "breaks": breaks}
 
 
-def test_files_row_groups_and_failures(tmp_path: Path) -> None:
+def test_files_row_groups_and_failures(tmp_path: Path, sandboxes: Any) -> None:
     """Several files of small row groups; one model fails alone; scores equal a whole-day call."""
     parts = [_slice(0, 1500), _slice(1500, 700), _slice(2200, 0)]
     settings = _features(tmp_path / "features", parts, row_group_size=300)
     fns = _models()
     tasks = [
         _task(tmp_path, 1, fns["linear"], ["x", "y", "kind"]),
-        _task(tmp_path, 2, fns["column_major"], ["y", "x"], "numpy"),
+        _task(tmp_path, 2, fns["column_major"], ["y", "x"], "numpy", owner=2),
         _task(tmp_path, 3, fns["breaks"], ["x"]),
     ]
-    rows, events = _run(settings, tasks, batch_rows=1000)
-    assert rows == 2200
+    outcomes = _run(sandboxes, settings, tasks, batch_rows=1000)
     day = pa.concat_tables([p.cast(parts[0].schema) for p in parts]).to_pandas()
     got = pq.read_table(Path(tasks[0].out_dir, PART_FILE)).to_pandas()
     assert np.array_equal(got["entity_id"], day["entity_id"])
@@ -110,41 +117,29 @@ def test_files_row_groups_and_failures(tmp_path: Path) -> None:
     got2 = pq.read_table(Path(tasks[1].out_dir, PART_FILE)).column("score").to_numpy()
     assert np.array_equal(got2, day["y"].to_numpy() - day["x"].to_numpy())
     assert not Path(tasks[2].out_dir, PART_FILE).exists()  # the failed model left no file
-    finished = {e["model_run_id"]: e["rows"] for e in events if e["event"] == "finished"}
-    assert finished == {1: 2200, 2: 2200}
-    failed = [e for e in events if e["event"] == "failed"]
-    assert [e["model_run_id"] for e in failed] == [3] and "drifted" in failed[0]["error"]
-    # Every model's code runs between its "start" and the next "done"/"failed" of that model.
-    current = None
-    for e in events:
-        if e["event"] == "start":
-            assert current is None, e
-            current = e["model_run_id"]
-        elif e["event"] in ("done", "failed"):
-            assert current == e["model_run_id"], e
-            current = None
-    assert current is None
+    assert {k: o.rows for k, o in outcomes.items() if o.ok} == {1: 2200, 2: 2200}
+    assert "scoring batch 0 (1000 rows) failed: RuntimeError: drifted" in str(outcomes[3].error)
 
 
-def test_empty_slice_writes_empty_partitions(tmp_path: Path) -> None:
+def test_empty_slice_writes_empty_partitions(tmp_path: Path, sandboxes: Any) -> None:
     settings = _features(tmp_path / "features", [_slice(0, 0)], row_group_size=100)
     task = _task(tmp_path, 1, _models()["linear"], ["x", "y", "kind"])
-    rows, events = _run(settings, [task], batch_rows=100)
-    assert rows == 0 and [e["event"] for e in events][-1] == "finished"
+    outcomes = _run(sandboxes, settings, [task], batch_rows=100)
+    assert outcomes[1].ok and outcomes[1].rows == 0
     table = pq.read_table(Path(task.out_dir, PART_FILE))
     assert table.num_rows == 0 and table.schema.names[:2] == ["entity_id", "score"]
 
 
-def test_reader_error_stops_the_pass(tmp_path: Path) -> None:
+def test_reader_error_stops_the_pass(tmp_path: Path, sandboxes: Any) -> None:
     """A file lacking a column fails the pass outside any model, without hanging a thread."""
     good, bad = _slice(0, 500), _slice(500, 500).drop_columns(["y"])
     settings = _features(tmp_path / "features", [good, bad], row_group_size=100)
     task = _task(tmp_path, 1, _models()["linear"], ["x", "y", "kind"])
     with pytest.raises(Exception, match="y"):
-        _run(settings, [task], batch_rows=200)
+        _run(sandboxes, settings, [task], batch_rows=200)
 
 
-def test_full_batches_across_row_groups_and_files(tmp_path: Path) -> None:
+def test_full_batches_across_row_groups_and_files(tmp_path: Path, sandboxes: Any) -> None:
     """Batches hold exactly batch_rows rows (the last one fewer), whatever the row groups."""
     parts = [_slice(0, 1500), _slice(1500, 700)]
     settings = _features(tmp_path / "features", parts, row_group_size=300)
@@ -153,9 +148,7 @@ def test_full_batches_across_row_groups_and_files(tmp_path: Path) -> None:
         return np.full(len(frame), float(len(frame)))
 
     task = _task(tmp_path, 1, batch_size, ["x"])
-    rows, events = _run(settings, [task], batch_rows=1000)
-    assert rows == 2200
+    outcomes = _run(sandboxes, settings, [task], batch_rows=1000)
+    assert outcomes[1].rows == 2200
     got = pq.read_table(Path(task.out_dir, PART_FILE)).column("score").to_numpy()
     assert got.tolist() == [1000.0] * 2000 + [200.0] * 200
-    done = [e["batch"] for e in events if e["event"] == "done" and e.get("step") == "score"]
-    assert done == [0, 1, 2]

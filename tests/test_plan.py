@@ -78,20 +78,16 @@ def test_retry_rule() -> None:
 
 
 def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
-    from mldropd.batch.run import BatchJob
+    from mldropd.batch.run import _slow_warning
     from mldropd.records import BatchRun, ModelRun
-    from mldropd.settings import Settings
 
     engine = _engine(tmp_path)
-    settings = Settings()
-    settings.server.work_dir = str(tmp_path / "work")
-    job = BatchJob(settings, 0, engine=engine)
     with Session(engine) as s:
         model = _models(s)[0]
         batch = BatchRun(date=MONDAY, trigger="schedule")
         s.add(batch)
         s.flush()
-        assert job._slow_warning(s, model.id, 100.0) is None  # no history yet
+        assert _slow_warning(s, model.id, 100.0, 3.0) is None  # no history yet
         for seconds in (2.0, 2.5, 3.0):
             s.add(
                 ModelRun(
@@ -105,6 +101,6 @@ def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
                 )
             )
         s.flush()
-        assert job._slow_warning(s, model.id, 7.0) is None  # 7.0 < 3 x median 2.5
-        warning = job._slow_warning(s, model.id, 8.0)
+        assert _slow_warning(s, model.id, 7.0, 3.0) is None  # 7.0 < 3 x median 2.5
+        warning = _slow_warning(s, model.id, 8.0, 3.0)
         assert warning is not None and "3 times the median 2.5 s" in warning

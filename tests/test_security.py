@@ -145,13 +145,13 @@ SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE7Q2",
     "MLDROPD_SECRET": "mldropd-secret-77e0",
 }
-SANDBOX_OWN = {"MLDROPD_CHILD_MEMORY_MB", "MLDROPD_CHILD_CPU_S"}  # limits the parent passes on
 
 
-def make_probe(secret_values: list[str], work_dir: str, daemon_cwd: str) -> Callable[..., Any]:
+def make_probe(secret_values: list[str], daemon_cwd: str) -> Callable[..., Any]:
     """A model whose every score is flags/8: 1 = a secret is visible in its environment,
-    2 = its working folder is not a private one, 4 = stdin is open to something other than
-    /dev/null. While validating it raises instead, so a leak fails the upload visibly."""
+    2 = its working folder is not a private one (its own tmpfs /tmp, or a mldropd-sandbox-
+    folder), 4 = stdin is open to something other than /dev/null. Inside mldropd it raises
+    instead, so a leak fails the upload (or the run) visibly."""
 
     def probe(frame: Any) -> Any:
         import os
@@ -159,32 +159,30 @@ def make_probe(secret_values: list[str], work_dir: str, daemon_cwd: str) -> Call
 
         import numpy as np
 
-        names = [
-            k for k in os.environ if k.startswith(("MLDROPD_", "AWS_")) and k not in sandbox_own
-        ]
+        names = [k for k in os.environ if k.startswith(("MLDROPD_", "AWS_"))]
         values = [v for v in secret_values if any(v in text for text in os.environ.values())]
         cwd = os.path.realpath(os.getcwd())
         home = os.path.realpath(os.environ.get("HOME", "/"))
         tmp = os.path.realpath(os.environ.get("TMPDIR", "/"))
-        private = cwd == home == tmp and cwd.startswith(work_dir + os.sep) and cwd != daemon_cwd
+        own = cwd == "/tmp" or os.path.basename(cwd).startswith("mldropd-sandbox-")
+        private = cwd == home == tmp and own and cwd != daemon_cwd
         try:
             stdin_ok = os.path.samestat(os.fstat(0), os.stat(os.devnull))
         except OSError:
             stdin_ok = True  # closed altogether
         flags = (1 if names or values else 0) | (0 if private else 2) | (0 if stdin_ok else 4)
-        main = sys.modules["__main__"].__spec__  # both children run with python -m
-        if flags and main is not None and main.name == "mldropd.jobs.validate_model":
+        main = sys.modules["__main__"].__spec__  # model hosts are forked by the fork server
+        if flags and main is not None and main.name == "mldropd.jobs.forkserver":
             raise RuntimeError(f"sandbox leak {flags}: {names} {values} cwd={cwd}")
         return np.full(len(frame), flags / 8.0)
 
-    sandbox_own = SANDBOX_OWN
     return probe
 
 
 def test_probe_finds_secrets_when_they_are_there(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe is a real detector: in this process (no sandbox) it sees all three problems."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS["AWS_SECRET_ACCESS_KEY"])
-    probe = make_probe(list(SECRETS.values()), "/nonexistent-work", os.getcwd())
+    probe = make_probe(list(SECRETS.values()), os.getcwd())
     stdin_is_devnull = os.path.samestat(os.fstat(0), os.stat(os.devnull))
     expected = (1 | 2 | (0 if stdin_is_devnull else 4)) / 8.0
     assert probe(np.zeros((3, 1))).tolist() == [expected] * 3
@@ -198,8 +196,7 @@ def test_models_in_the_sandbox_see_no_secrets(
     password.write_text("smtp-password-31d")
     env = {**SECRETS, "MLDROPD_EMAIL__PASSWORD_FILE": str(password)}
     token, admin = make_user("ann@example.com"), make_user("root@example.com", admin=True)
-    work_dir = os.path.realpath(settings.server.work_dir)
-    probe = make_probe([*SECRETS.values(), str(password)], work_dir, os.path.realpath(ROOT))
+    probe = make_probe([*SECRETS.values(), str(password)], os.path.realpath(ROOT))
     blob = dill.dumps({"pipeline": probe, "features": ["f00", "f01"]}, recurse=True)
     d = daemon(**env)
     with httpx.Client(base_url=d.url, timeout=120) as http:

@@ -241,7 +241,7 @@ def test_rerun_replaces_and_auto_picks_spark_above_min_rows(
 def test_missing_pyspark_fails_the_model_runs_clearly(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mldropd.engines.spark.pyspark_available", lambda: False)
+    monkeypatch.setattr("mldropd.engines.pyspark_available", lambda: False)
     runs = lab.runs(lab.run(lab.days[2], ["logreg"], "spark"))
     assert runs["logreg"].status == "failed"
     assert "requested by [engine] default" in runs["logreg"].error

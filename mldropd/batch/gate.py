@@ -8,13 +8,13 @@ import shutil
 from sqlalchemy.engine import Engine
 
 from mldropd import audit
+from mldropd.batch import ledger
 from mldropd.batch.write import partition_dir, publish
 from mldropd.db import session_scope
 from mldropd.errors import Conflict, NotFound
-from mldropd.records import ModelRun, User, utcnow
+from mldropd.records import ModelRun, User
 from mldropd.registry import MAX_ID, get_model
 from mldropd.settings import Settings
-from mldropd.states import ModelRunStatus, check_model_run_transition
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,7 @@ def discard_held(engine: Engine, settings: Settings, user: User, run_id: int) ->
         shutil.rmtree(
             partition_dir(settings.dq.quarantine_path, run.date, run.model_id), ignore_errors=True
         )
-        run.status = check_model_run_transition(run.status, ModelRunStatus.FAILED)
-        run.quarantined = False
-        run.error = f"scores discarded at the DQ gate by {user.email}"
-        run.finished_at = utcnow()
+        ledger.discard_held(run, f"scores discarded at the DQ gate by {user.email}")
         audit.record(
             s, user.email, "run.discard", f"run:{run_id}", model_id=run.model_id, date=run.date
         )

@@ -1,30 +1,36 @@
-"""Daemon side of batch runs: a worker thread runs pending batches, one at a time, each in a
-batch job subprocess (jobs/score_batch.py); crashed batches are found and re-queued at start."""
+"""Runs batch jobs: a worker thread takes pending batches one at a time; crashed batches are
+found and re-queued at start.
+
+Two modes, like rq's Worker and SimpleWorker: the daemon forks each job from its sandbox fork
+server (a pre-imported process: no interpreter start or import per batch), in its own process
+group, relaying its log and watching its heartbeat; `mldropd run` and tests run the job in this
+process (inline). Either way the job holds the batch's lock file while it runs, which is how a
+restarted daemon tells a batch still being run from one whose job died.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import select
 
 from mldropd import logs
-from mldropd.batch import write
+from mldropd.batch import ledger, write
 from mldropd.batch.plan import retry_at
-from mldropd.batch.run import BatchJob
+from mldropd.batch.report import report_batches
 from mldropd.db import session_scope
 from mldropd.notify.outbox import deliver_pending
 from mldropd.records import BatchRun, ModelRun, utcnow
@@ -37,24 +43,43 @@ RetryHook = Callable[[dt.date, list[int], dt.datetime], None]
 WaitHook = Callable[[int, dt.datetime], None]
 
 
-def _relay(stream: Any, batch_id: int) -> None:
-    """The batch job's log lines join the daemon's log (as JSON events when it logs JSON)."""
-    for line in iter(stream.readline, b""):
-        logs.relay_line(line.decode("utf-8", "replace"), batch_id)
+# -- the batch lock ----------------------------------------------------------------------------
+def lock_path(settings: Settings, batch_id: int) -> Path:
+    return Path(settings.server.work_dir) / "locks" / f"batch-{batch_id}.lock"
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+@contextlib.contextmanager
+def batch_lock(settings: Settings, batch_id: int) -> Iterator[None]:
+    """Held by whoever runs the batch (raises BlockingIOError if someone else does)."""
+    path = lock_path(settings, batch_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
-def _is_batch_job(pid: int | None) -> bool:
-    if not pid:
-        return False
+def lock_holder(settings: Settings, batch_id: int) -> int | None:
+    """The pid of the process running the batch, or None when nobody runs it."""
+    path = lock_path(settings, batch_id)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"mldropd.jobs.score_batch" in cmdline
+        f = open(path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None
 
 
 def _alive(pid: int | None) -> bool:
@@ -69,32 +94,26 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-
-
 class Runner:
-    """Runs batch runs in order; one batch at a time (2 cores: batches would only compete)."""
+    """Runs batch runs in order; one job at a time (2 cores: jobs would only compete)."""
 
     def __init__(
         self,
         settings: Settings,
         engine: Engine,
         *,
+        sandboxes: Any = None,
         on_retry: RetryHook | None = None,
         on_wait: WaitHook | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.sandboxes = sandboxes  # set: fork jobs from its fork server; None: run inline
         self.on_retry = on_retry
         self.on_wait = on_wait
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._current: subprocess.Popen[bytes] | None = None
+        self._current: Any = None
         self._stopping = False
         # One file per runner process: a CLI run and the daemon may use different overrides.
         self.settings_file = Path(settings.server.work_dir) / f"batch-settings-{os.getpid()}.json"
@@ -102,26 +121,23 @@ class Runner:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Recover from a crash, then run every pending batch in the background."""
-        self._write_settings()
         now = utcnow()
         for batch_id, not_before in self.recover():
-            if not_before is not None and _aware(not_before) > now and self.on_wait is not None:
-                self.on_wait(batch_id, _aware(not_before))  # still waiting for its data
+            if not_before is not None and not_before > now and self.on_wait is not None:
+                self.on_wait(batch_id, not_before)  # still waiting for its data
             else:
                 self._queue.put(batch_id)
         self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
         self._thread.start()
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking batches; give the running one grace_s, then stop it (resumed at start)."""
+        """Stop taking batches; give the running job grace_s, then stop it (resumed at start)."""
         self._stopping = True
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=grace_s)
-        proc = self._current
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self._current is not None:
+            self._current.kill()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.settings_file.unlink(missing_ok=True)
@@ -129,51 +145,41 @@ class Runner:
     def submit(self, batch_id: int) -> None:
         self._queue.put(batch_id)
 
-    def _write_settings(self) -> None:
-        self.settings_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.settings_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.settings.to_dict()))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.settings_file)
-
     def recover(self) -> list[tuple[int, dt.datetime | None]]:
-        """Re-queue batches whose runner died; return every pending batch (id, not_before).
+        """Re-queue batches whose job died; return every pending batch (id, not_before).
 
-        A batch job whose runner (an earlier daemon, killed) is gone is stopped and run again
-        from the start: its partitions are only ever replaced whole, so nothing is doubled.
-        A job still watched by a live runner (`mldropd run` in a shell) is left alone.
+        A running batch nobody holds the lock of was interrupted: it goes back to pending and
+        runs again from the start (its partitions are only ever replaced whole, so nothing is
+        doubled). A job still watched by a live runner (`mldropd run` in a shell) is left
+        alone; a job whose runner is gone (an orphan of an earlier daemon) is stopped first.
         """
         with session_scope(self.engine) as s:
-            for batch in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING)):
-                if _alive(batch.runner_pid) and batch.runner_pid != os.getpid():
-                    continue
-                if _is_batch_job(batch.pid):
-                    assert batch.pid is not None
-                    os.killpg(batch.pid, signal.SIGKILL)  # an orphan of the old daemon
-                    _wait_gone(batch.pid)
-                runs = s.exec(
-                    select(ModelRun).where(
-                        ModelRun.batch_id == batch.id,
-                        col(ModelRun.status).in_([ModelRunStatus.RUNNING, ModelRunStatus.PENDING]),
-                    )
-                ).all()
-                for run in runs:
-                    run.status, run.started_at = ModelRunStatus.PENDING, None
-                batch.status, batch.pid = RunStatus.PENDING, None
-                log.warning(
-                    "re-queued a batch interrupted by a stop",
-                    extra={"run_id": batch.id, "date": batch.date.isoformat()},
-                )
+            running = [
+                (b.id, b.runner_pid)
+                for b in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING))
+            ]
+        for batch_id, runner_pid in running:
+            assert batch_id is not None
+            holder = lock_holder(self.settings, batch_id)
+            if holder is not None and _alive(runner_pid) and runner_pid != os.getpid():
+                continue
+            if holder is not None and holder > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(holder, signal.SIGKILL)  # an orphan job: its own process group
+                _wait_unlocked(self.settings, batch_id)
+            ledger.requeue(self.engine, batch_id)
+            log.warning("re-queued a batch interrupted by a stop", extra={"run_id": batch_id})
         # Only now that no orphan can still be writing: repair half-swapped partitions.
         write.recover(self.settings.scores.path)
         with session_scope(self.engine) as s:
             return [
-                (batch_id, not_before)
-                for batch_id, not_before in s.exec(
+                (batch_id, ledger.aware(nb) if nb is not None else None)
+                for batch_id, nb in s.exec(
                     select(BatchRun.id, BatchRun.not_before)
                     .where(BatchRun.status == RunStatus.PENDING)
                     .order_by(BatchRun.date, BatchRun.id)
                 )
+                if batch_id is not None
             ]
 
     def _loop(self) -> None:
@@ -186,76 +192,102 @@ class Runner:
             except Exception:
                 log.exception("batch could not be run", extra={"run_id": batch_id})
 
-    # -- one batch ---------------------------------------------------------------------------
+    # -- one job -------------------------------------------------------------------------------
     def run(self, batch_id: int, *, retries: bool = True) -> RunStatus:
-        """Run one batch in a job subprocess and wait; then deliver reports, schedule retries."""
-        with session_scope(self.engine) as s:
-            batch = s.get(BatchRun, batch_id)
-            if batch is None or batch.status != RunStatus.PENDING:
-                return RunStatus(batch.status) if batch else RunStatus.FAILED
-            batch.runner_pid = os.getpid()
-        if not self.settings_file.exists():
-            self._write_settings()
-        argv = [sys.executable, "-m", "mldropd.jobs.score_batch", str(self.settings_file), str(batch_id)]
-        if not retries:
-            argv.append("--no-retries")
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-        self._current = proc
-        stalled = self._watch(proc, batch_id)
-        self._current = None
-        if self._stopping and proc.returncode != 0:
-            return RunStatus.RUNNING  # recover() resumes it at the next start
-        with session_scope(self.engine) as s:
-            batch = s.get(BatchRun, batch_id)
-            assert batch is not None
-            status, not_before = RunStatus(batch.status), batch.not_before
-        if status == RunStatus.PENDING and not_before is not None and proc.returncode == 0:
-            if self.on_wait is not None:  # the sensor: the feature slice is late
-                self.on_wait(batch_id, not_before)
-            return status
-        if status in (RunStatus.RUNNING, RunStatus.PENDING):
-            write.recover(self.settings.scores.path, clean=False)  # a swap it left half-done
-            why = (
-                f"the batch job sent no heartbeat for "
-                f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
-                if stalled
-                else f"the batch job died (exit code {proc.returncode})"
-            )
-            job = BatchJob(self.settings, batch_id, engine=self.engine)
-            job.close(f"{why}; see the daemon log")
-            with session_scope(self.engine) as s:
-                reported = s.get(BatchRun, batch_id).reported  # type: ignore[union-attr]
-            if not reported:  # the owners still hear what became of their models
-                job.report()
-        self._after(batch_id, retries)
-        with session_scope(self.engine) as s:
-            return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]
+        """Run one batch and wait; then deliver reports and schedule retries."""
+        return self.run_job([batch_id], retries=retries)[batch_id]
 
-    def _watch(self, proc: subprocess.Popen[bytes], batch_id: int) -> bool:
+    def run_job(self, batch_ids: list[int], *, retries: bool = True) -> dict[int, RunStatus]:
+        """Run batches as one job (a backfill's dates: one model load, one report)."""
+        todo = self._take(batch_ids)
+        if todo:
+            if self.sandboxes is None:
+                self._run_inline(todo, retries)
+            else:
+                self._run_forked(todo, retries)
+        statuses = {b: ledger.status(self.engine, b)[0] for b in batch_ids}
+        for batch_id in todo:
+            self._after(batch_id, retries)
+        return statuses
+
+    def _take(self, batch_ids: list[int]) -> list[int]:
+        """The batches that are pending; mark this process as their runner."""
+        taken = []
+        with session_scope(self.engine) as s:
+            for batch_id in batch_ids:
+                batch = s.get(BatchRun, batch_id)
+                if batch is not None and batch.status == RunStatus.PENDING:
+                    batch.runner_pid = os.getpid()
+                    taken.append(batch_id)
+        return taken
+
+    def _run_inline(self, batch_ids: list[int], retries: bool) -> None:
+        from mldropd.jobs.score_batch import run_batches
+
+        run_batches(self.settings, batch_ids, retries=retries, engine=self.engine)
+
+    def _run_forked(self, batch_ids: list[int], retries: bool) -> None:
+        from mldropd.engines import FORKSERVER_ENV
+
+        self._write_settings()
+        argv = [str(self.settings_file), *map(str, batch_ids)] + (
+            [] if retries else ["--no-retries"]
+        )
+        env = {**os.environ, FORKSERVER_ENV: self.sandboxes.server.socket_path}
+        read_fd, write_fd = os.pipe()
+        try:
+            job = self.sandboxes.server.batch(argv, env, write_fd, os.getcwd())
+        finally:
+            os.close(write_fd)
+        self._current = job
+        stalled = self._watch(job, read_fd, batch_ids)
+        self._current = None
+        status = job.status
+        job.close()
+        if self._stopping and status != 0:
+            return  # recover() resumes it at the next start
+        for batch_id in batch_ids:
+            state, not_before, reported = ledger.status(self.engine, batch_id)
+            if state == RunStatus.PENDING and not_before is not None and status == 0:
+                if self.on_wait is not None:  # the sensor: the feature slice is late
+                    self.on_wait(batch_id, not_before)
+                continue
+            if state in (RunStatus.RUNNING, RunStatus.PENDING):
+                write.recover(self.settings.scores.path, clean=False)  # a swap it left half-done
+                why = (
+                    f"the batch job sent no heartbeat for "
+                    f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
+                    if stalled
+                    else f"the batch job died ({_describe(status)})"
+                )
+                ledger.close(self.engine, batch_id, f"{why}; see the daemon log")
+                if not reported:  # the owners still hear what became of their models
+                    report_batches(self.engine, self.settings, [batch_id], retries=retries)
+
+    def _write_settings(self) -> None:
+        self.settings_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.settings.to_dict()))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.settings_file)
+
+    def _watch(self, job: Any, read_fd: int, batch_ids: list[int]) -> bool:
         """Relay the job's log and wait for it; stop it if its heartbeat stops. True if stalled."""
-        assert proc.stdout is not None
-        pump = threading.Thread(target=_relay, args=(proc.stdout, batch_id), daemon=True)
+        pump = threading.Thread(target=_relay, args=(read_fd, batch_ids[0]), daemon=True)
         pump.start()
         limit = dt.timedelta(seconds=self.settings.scheduler.heartbeat_timeout_s)
         stalled = False
-        while True:
-            try:
-                proc.wait(timeout=5)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while job.wait(timeout=5) is None:
             with session_scope(self.engine) as s:
-                beat = s.get(BatchRun, batch_id).heartbeat_at  # type: ignore[union-attr]
-            if beat is not None and utcnow() - _aware(beat) > limit:
-                log.error("batch job stalled; stopping it", extra={"run_id": batch_id})
+                beats = [
+                    b.heartbeat_at
+                    for b in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING))
+                    if b.id in batch_ids and b.heartbeat_at is not None
+                ]
+            if beats and utcnow() - max(ledger.aware(b) for b in beats) > limit:
+                log.error("batch job stalled; stopping it", extra={"run_id": batch_ids[0]})
                 stalled = True
-                os.killpg(proc.pid, signal.SIGKILL)
+                job.kill()
         pump.join(timeout=5)
         return stalled
 
@@ -282,3 +314,22 @@ class Runner:
                     by_time.setdefault((run.date, when), []).append(run.model_id)
         for (day, when), model_ids in by_time.items():
             self.on_retry(day, model_ids, when)
+
+
+def _relay(fd: int, batch_id: int) -> None:
+    """The batch job's log lines join the daemon's log (as JSON events when it logs JSON)."""
+    with open(fd, "rb") as stream:
+        for line in iter(stream.readline, b""):
+            logs.relay_line(line.decode("utf-8", "replace"), batch_id)
+
+
+def _wait_unlocked(settings: Settings, batch_id: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while lock_holder(settings, batch_id) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _describe(status: int | None) -> str:
+    from mldropd.sandbox.forkserver import describe_status
+
+    return describe_status(status).replace("the process", "it")

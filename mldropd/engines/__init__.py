@@ -1,1 +1,126 @@
-"""engines."""
+"""Scoring engines behind one interface (mldropd.engines.base.ScoringEngine).
+
+`Engines` is what a batch job holds: it picks the engine of a batch (choose_engine), starts
+the sandbox fork server or the Spark session the first time one is needed, and keeps both for
+the job's next batches (a backfill's dates, a sweep's retries) instead of starting them again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+
+from mldropd.engines.base import (
+    ModelTask,
+    Outcome,
+    Progress,
+    ScoringEngine,
+    ScoringRequest,
+    choose_engine,
+    timeout_of,
+)
+from mldropd.settings import Settings
+
+__all__ = [
+    "EngineUnavailable",
+    "Engines",
+    "ModelTask",
+    "Outcome",
+    "Progress",
+    "ScoringEngine",
+    "ScoringRequest",
+    "choose_engine",
+    "timeout_of",
+]
+
+log = logging.getLogger(__name__)
+
+FORKSERVER_ENV = "MLDROPD_FORKSERVER"  # a batch job forked by the daemon uses its fork server
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot run here; the message says what to install or set."""
+
+
+def pyspark_available() -> bool:
+    return importlib.util.find_spec("pyspark") is not None
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit (it owns master and conf)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+class Engines:
+    """The engines of one batch job, started lazily and kept for its batches."""
+
+    def __init__(self, settings: Settings, sandboxes: object | None = None) -> None:
+        self.settings = settings
+        self._sandboxes = sandboxes
+        self._owned_sandboxes = False
+        self._spark: ScoringEngine | None = None
+
+    def choose(
+        self,
+        tasks: list[ModelTask],
+        requested: dict[str, str | None],
+        count_rows: Callable[[], int],
+    ) -> tuple[str, str]:
+        return choose_engine(
+            self.settings.features,
+            self.settings.engine,
+            requested,
+            count_rows=count_rows,
+            spark_installed=pyspark_available(),
+            under_spark_submit=under_spark_submit(),
+        )
+
+    def sandboxes(self) -> object:
+        """The fork server: the daemon's (when it forked this job), else one of our own."""
+        if self._sandboxes is None:
+            from mldropd.sandbox.forkserver import ForkServer
+            from mldropd.sandbox.setup import Sandboxes
+
+            path = os.environ.get(FORKSERVER_ENV)
+            if path:
+                self._sandboxes = Sandboxes(self.settings, ForkServer.connect(path))
+            else:
+                self._sandboxes = Sandboxes.start(self.settings)
+                self._owned_sandboxes = True
+        return self._sandboxes
+
+    def prepare(self) -> None:
+        """Start the fork server in the background (it imports while the batch is planned)."""
+        if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
+            from mldropd.sandbox.setup import Sandboxes
+
+            self._sandboxes = Sandboxes.start(self.settings, wait=False)
+            self._owned_sandboxes = True
+
+    def local(self) -> ScoringEngine:
+        from mldropd.engines.local import LocalEngine
+        from mldropd.sandbox.setup import Sandboxes
+
+        sandboxes = self.sandboxes()
+        assert isinstance(sandboxes, Sandboxes)
+        sandboxes.ready()
+        return LocalEngine(sandboxes, self.settings.engine.model_memory_mb)
+
+    def spark(self) -> ScoringEngine:
+        if not pyspark_available():
+            raise EngineUnavailable(
+                "pyspark is not installed where the batch job runs; install mldropd[spark] "
+                "(and Java 17) or set engine to local"
+            )
+        if self._spark is None:
+            from mldropd.engines.spark import SparkEngine
+
+            self._spark = SparkEngine(self.settings.engine)
+        return self._spark
+
+    def close(self) -> None:
+        if self._owned_sandboxes and self._sandboxes is not None:
+            self._sandboxes.stop()  # type: ignore[attr-defined]
+            self._sandboxes = None

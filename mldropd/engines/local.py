@@ -1,208 +1,148 @@
-"""Local engine: one read of the union columns, streamed in Arrow record batches, each batch
-scored by every model, scores appended per model with pyarrow. Memory is bounded by the batch
-size, not by the table.
+"""Local engine: the trusted batch job reads the slice once, sandboxed hosts score it.
 
-Reading and writing run in background threads (mldropd.engines.local_io), so the models score
-one batch while the next is read and the previous one is written. The models themselves run one
-at a time in this thread: the start/done events then name the one model whose code is running.
-
-Runs inside the sandboxed scoring child (jobs/score_models.py), which reports progress as JSON
-lines so the parent can tell which model hung or crashed the process.
+The reader streams the union of the due models' columns as Arrow record batches (a reader
+thread, mldropd.engines.local_io); each owner's models run in their own sandboxed model host
+(mldropd.engines.owner), fed only that owner's columns; the owners' hosts score a batch in
+parallel while the next one is read; the scores come back as checked float64 arrays and the
+trusted writer thread appends them, with the entity keys it kept, to each model's Parquet file.
+Memory is bounded by the batch size, not by the table. No host ever opens the feature store,
+the scores table or anything else of mldropd's.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import time
+import contextlib
+import logging
+import resource
+from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mldropd.engines.local_io import (
-    PART_FILE,
-    Prefetch,
-    ScoreWriter,
-    open_scores_file,
-    read_batches,
-    scores_schema,
-)
-from mldropd.modelcall import check_scores, predict, to_input
-from mldropd.settings import FeatureSettings
+from mldropd.engines.base import ModelTask, Outcome, Progress, ScoringRequest
+from mldropd.engines.local_io import Output, Prefetch, ScoreWriter, read_batches
+from mldropd.engines.owner import OwnerScorer
+from mldropd.sandbox.forkserver import ForkServerError
+from mldropd.sandbox.setup import Sandboxes
 
-__all__ = ["PART_FILE", "ModelTask", "Reporter", "score_slice", "scores_schema"]
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelTask:
-    """One model to score in this process."""
+class LocalEngine:
+    """Scores in this process's reader and writer threads and in sandboxed model hosts."""
 
-    model_run_id: int
-    model_id: int
-    model_version: int
-    path: str  # local copy of the dill file
-    features: list[str]
-    input: str
-    call: str
-    output: str
-    entity_key: str
-    out_dir: str
-    pipeline: Any = None
-    writer: pq.ParquetWriter | None = None
-    rows: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    name = "local"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelTask:
-        return cls(
-            **{
-                k: data[k]
-                for k in (
-                    "model_run_id",
-                    "model_id",
-                    "model_version",
-                    "path",
-                    "features",
-                    "input",
-                    "call",
-                    "output",
-                    "entity_key",
-                    "out_dir",
-                )
-            }
+    def __init__(self, sandboxes: Sandboxes, memory_mb: int) -> None:
+        self.sandboxes = sandboxes
+        self.memory_mb = memory_mb
+        self.host_peaks_mb: dict[int, float] = {}  # owner -> peak RSS of its host, last score()
+
+    def score(
+        self,
+        request: ScoringRequest,
+        *,
+        heartbeat: Callable[[], None],
+        progress: Progress | None = None,
+    ) -> dict[int, Outcome]:
+        by_owner: dict[int, list[ModelTask]] = defaultdict(list)
+        for task in request.tasks:
+            by_owner[task.owner_id].append(task)
+        owners = [OwnerScorer(self.sandboxes, o, ts, self.memory_mb) for o, ts in by_owner.items()]
+        outputs = {
+            t.model_run_id: Output(
+                t.model_run_id, t.model_id, t.model_version, t.entity_key, t.out_dir
+            )
+            for t in request.tasks
+        }
+        # The reader starts at once: the first batches are read while the hosts load models.
+        batches = Prefetch(
+            read_batches(request.features, request.slice_date, request.columns, request.batch_rows)
         )
-
-
-class Reporter:
-    """Progress events to the parent, one JSON object a line, flushed at once."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    def __call__(self, event: str, *, flush: bool = True, **fields: Any) -> None:
-        """Write one event; flush=False only when another event follows at once (it flushes)."""
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        if flush:
-            self.stream.flush()
-
-
-def _fail(task: ModelTask, message: str, report: Reporter) -> None:
-    task.error = message
-    if task.writer is not None:
-        task.writer.close()
-        task.writer = None
-    Path(task.out_dir, PART_FILE).unlink(missing_ok=True)
-    report("failed", model_run_id=task.model_run_id, error=message)
-
-
-def load_models(tasks: list[ModelTask], report: Reporter) -> None:
-    """Load each model once for the whole batch; a model that fails to load fails alone."""
-    import dill
-
-    for task in tasks:
-        report("start", model_run_id=task.model_run_id, step="load")
+        pool = ThreadPoolExecutor(max_workers=len(owners), thread_name_prefix="mldropd-owner")
+        writer = ScoreWriter(request.scored_at)
+        rows = 0
+        key_types: dict[str, pa.DataType] = {}
         try:
-            with open(task.path, "rb") as f:
-                obj = dill.load(f)
-            task.pipeline = obj["pipeline"]
-        except Exception as exc:
-            _fail(task, f"loading the model failed: {type(exc).__name__}: {exc}", report)
-            continue
-        report("done", model_run_id=task.model_run_id, step="load")
-
-
-def score_slice(
-    features: FeatureSettings,
-    slice_date: dt.date,
-    tasks: list[ModelTask],
-    batch_rows: int,
-    scored_at: dt.datetime,
-    report: Reporter,
-) -> int:
-    """Stream the slice once and score every model on every batch; return rows read."""
-    columns = list(
-        dict.fromkeys([t.entity_key for t in tasks] + [f for t in tasks for f in t.features])
-    )
-    # The reader starts at once: the first batches are read while the models load.
-    batches = Prefetch(read_batches(features, slice_date, columns, batch_rows))
-    writer = ScoreWriter(scored_at)
-    inputs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mldropd-input")
-    total = 0
-    try:
-        load_models(tasks, report)
-        live = [t for t in tasks if t.error is None]
-        for index, batch in enumerate(batches):
-            total += batch.num_rows
-            order = list(live)
-            # The next model's input is built in a helper thread while this model runs.
-            pending = (
-                inputs.submit(to_input, batch, order[0].features, order[0].input) if order else None
-            )
-            for j, task in enumerate(order):
-                current = pending
-                nxt = order[j + 1] if j + 1 < len(order) else None
-                pending = inputs.submit(to_input, batch, nxt.features, nxt.input) if nxt else None
-                assert current is not None
-                if not _score_batch(task, batch, index, current, writer, report, nxt is None):
-                    live.remove(task)
-            writer.check()
-    except BaseException:
-        writer.stop()
-        raise
-    finally:
-        batches.close()
-        inputs.shutdown(cancel_futures=True)
-    writer.finish()
-    for task in live:
-        if task.writer is None:  # an empty slice still gets a (empty) partition file
-            Path(task.out_dir).mkdir(parents=True, exist_ok=True)
-            task.writer = open_scores_file(
-                Path(task.out_dir, PART_FILE), pa.int64(), task.entity_key
-            )
-        task.writer.close()
-        task.writer = None
-        report("finished", model_run_id=task.model_run_id, rows=task.rows, seconds=task.seconds)
-    return total
-
-
-def _score_batch(
-    task: ModelTask,
-    batch: pa.RecordBatch,
-    index: int,
-    model_input: Future[Any],
-    writer: ScoreWriter,
-    report: Reporter,
-    last: bool,
-) -> bool:
-    """One model on one batch; False when the model failed (it fails alone)."""
-    report("start", model_run_id=task.model_run_id, step="score", batch=index)
-    started = time.perf_counter()
-    try:  # a column the model cannot take fails the model, as when converted here
-        scores = predict(task.pipeline, model_input.result(), task.call, task.output)
-        check_scores(scores, batch.num_rows)
-    except Exception as exc:  # the model's own failure
-        task.error = (
-            f"scoring batch {index} ({batch.num_rows} rows) failed: {type(exc).__name__}: {exc}"
+            _start_all(pool, owners)
+            for index, batch in enumerate(batches):
+                rows += batch.num_rows
+                for key in {t.entity_key for t in request.tasks}:
+                    key_types.setdefault(key, batch.schema.field(key).type)
+                futures = {o: pool.submit(o.score, batch, index) for o in owners if o.live}
+                for owner, future in futures.items():
+                    for slot, scores in future.result().items():
+                        task = owner.models[slot].task
+                        writer.write(outputs[task.model_run_id], _keys(batch, task), scores)
+                _discard_failed(owners, outputs, writer)
+                writer.check()
+                heartbeat()
+                if progress is not None:
+                    progress("scoring", {i: o.rows for i, o in outputs.items() if not o.failed})
+        except BaseException:
+            writer.stop()
+            raise
+        finally:
+            batches.close()
+            for owner in owners:
+                with contextlib.suppress(Exception):
+                    owner.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+        writer.finish()
+        _discard_failed(owners, outputs, writer)
+        outcomes: dict[int, Outcome] = {}
+        for owner in owners:
+            for slot, model in owner.models.items():
+                run_id = model.task.model_run_id
+                if slot in owner.errors:
+                    outcomes[run_id] = Outcome(error=owner.errors[slot])
+                    continue
+                out = outputs[run_id]
+                out.close(key_types.get(model.task.entity_key) or _key_type(request, model.task))
+                outcomes[run_id] = Outcome(
+                    rows=out.rows, seconds=owner.seconds_of(slot), warnings=owner.warnings_of(slot)
+                )
+        self.host_peaks_mb = {o.owner_id: o.peak_mb for o in owners}
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log.info(
+            "local engine: %d rows, %d owner(s), peak RSS: this process %.0f MB, hosts %.0f MB",
+            rows,
+            len(owners),
+            peak_mb,
+            max(self.host_peaks_mb.values(), default=0.0),
         )
-        writer.discard(task)
-        report("failed", model_run_id=task.model_run_id, error=task.error)
-        return False
-    task.seconds += time.perf_counter() - started
-    writer.write(task, batch.column(task.entity_key), scores)
-    # The next model's "start" follows at once and flushes both lines in one write; the last
-    # model of a batch flushes before the next batch is awaited (then nothing model runs).
-    report(
-        "done",
-        flush=last,
-        model_run_id=task.model_run_id,
-        step="score",
-        batch=index,
-        seconds=task.seconds,
-    )
-    return True
+        return outcomes
+
+
+def _start_all(pool: ThreadPoolExecutor, owners: list[OwnerScorer]) -> None:
+    """Start every owner's host in parallel; an owner whose host cannot start fails alone."""
+    started: dict[OwnerScorer, Future[None]] = {o: pool.submit(o.start) for o in owners}
+    for owner, future in started.items():
+        try:
+            future.result()
+        except ForkServerError as exc:
+            owner.fail_all(f"the model's sandbox could not be started: {exc}")
+
+
+def _keys(batch: pa.RecordBatch, task: ModelTask) -> pa.Array:
+    return batch.column(batch.schema.get_field_index(task.entity_key))
+
+
+def _discard_failed(
+    owners: list[OwnerScorer], outputs: dict[int, Output], writer: ScoreWriter
+) -> None:
+    for owner in owners:
+        for slot in owner.errors:
+            out = outputs[owner.models[slot].task.model_run_id]
+            if not out.failed:
+                writer.discard(out)
+
+
+def _key_type(request: ScoringRequest, task: ModelTask) -> pa.DataType:
+    """The key column's type when the slice had no rows at all (for the empty file)."""
+    from mldropd.features import FeatureSource
+
+    with FeatureSource(request.features).connect() as con:
+        sql = FeatureSource(request.features).select_sql(request.slice_date, [task.entity_key], 0)
+        return con.sql(sql).to_arrow_table().schema.field(0).type

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +21,6 @@ import pyarrow.parquet as pq
 
 from mldropd.features import FeatureSource
 from mldropd.settings import FeatureSettings
-
-if TYPE_CHECKING:
-    from mldropd.engines.local import ModelTask
 
 PART_FILE = "part-0.parquet"
 _CONSTANT_COLUMNS = ["model_id", "model_version", "run_id", "scored_at"]
@@ -182,23 +179,46 @@ class Prefetch:
 
 
 # -- writing -----------------------------------------------------------------------------------
+class Output:
+    """One model run's scores file in its staging folder, as it is being written."""
+
+    def __init__(
+        self, model_run_id: int, model_id: int, model_version: int, entity_key: str, out_dir: Path
+    ) -> None:
+        self.model_run_id, self.model_id, self.model_version = model_run_id, model_id, model_version
+        self.entity_key, self.out_dir = entity_key, out_dir
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self.failed = False
+
+    def close(self, key_type: pa.DataType | None) -> None:
+        """Finish the file; an empty slice still gets an (empty) partition file."""
+        if self.writer is None and key_type is not None and not self.failed:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = open_scores_file(self.out_dir / PART_FILE, key_type, self.entity_key)
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class ScoreWriter:
     """Appends scores to each model's Parquet file in a writer thread, in submission order."""
 
     def __init__(self, scored_at: dt.datetime, depth: int = 16) -> None:
         self._stamp = int(scored_at.timestamp() * 1_000_000)
-        self._queue: queue.Queue[tuple[str, ModelTask, Any, Any] | None] = queue.Queue(depth)
+        self._queue: queue.Queue[tuple[str, Output, Any, Any] | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mldropd-writer", daemon=True)
         self._thread.start()
 
-    def write(self, task: ModelTask, keys: pa.Array, scores: np.ndarray) -> None:
+    def write(self, out: Output, keys: pa.Array, scores: np.ndarray) -> None:
         """Queue one batch of scores (blocks while the queue is full: memory stays bounded)."""
-        self._queue.put(("write", task, keys, scores))
+        self._queue.put(("write", out, keys, scores))
 
-    def discard(self, task: ModelTask) -> None:
+    def discard(self, out: Output) -> None:
         """The model failed: close and delete its file once its queued writes are done."""
-        self._queue.put(("discard", task, None, None))
+        out.failed = True
+        self._queue.put(("discard", out, None, None))
 
     def check(self) -> None:
         """Raise in the caller's thread if a write failed (not a model's fault)."""
@@ -220,33 +240,31 @@ class ScoreWriter:
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue  # keep draining so producers never block; the caller raises
-            kind, task, keys, scores = item
+            kind, out, keys, scores = item
             try:
-                actions[kind](task, keys, scores)
+                actions[kind](out, keys, scores)
             except BaseException as exc:
                 self.error = exc
 
-    def _drop(self, task: ModelTask, _keys: Any, _scores: Any) -> None:
-        if task.writer is not None:
-            task.writer.close()
-            task.writer = None
-        Path(task.out_dir, PART_FILE).unlink(missing_ok=True)
+    def _drop(self, out: Output, _keys: Any, _scores: Any) -> None:
+        if out.writer is not None:
+            out.writer.close()
+            out.writer = None
+        Path(out.out_dir, PART_FILE).unlink(missing_ok=True)
 
-    def _append(self, task: ModelTask, keys: pa.Array, scores: np.ndarray) -> None:
-        if task.error is not None:  # failed after this batch was queued
+    def _append(self, out: Output, keys: pa.Array, scores: np.ndarray) -> None:
+        if out.failed:  # failed after this batch was queued
             return
         n = len(keys)
-        if task.writer is None:
-            Path(task.out_dir).mkdir(parents=True, exist_ok=True)
-            task.writer = open_scores_file(
-                Path(task.out_dir, PART_FILE), keys.type, task.entity_key
-            )
-        columns = [keys, pa.array(scores, pa.float64()), *self._constant(task, n)]
-        task.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=task.writer.schema))
-        task.rows += n
+        if out.writer is None:
+            out.out_dir.mkdir(parents=True, exist_ok=True)
+            out.writer = open_scores_file(out.out_dir / PART_FILE, keys.type, out.entity_key)
+        columns = [keys, pa.array(scores, pa.float64()), *self._constant(out, n)]
+        out.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out.writer.schema))
+        out.rows += n
 
-    def _constant(self, task: ModelTask, n: int) -> list[pa.Array]:
-        values = [task.model_id, task.model_version, task.model_run_id]
+    def _constant(self, out: Output, n: int) -> list[pa.Array]:
+        values = [out.model_id, out.model_version, out.model_run_id]
         arrays = [pa.array(np.full(n, v, dtype=np.int64)) for v in values]
         stamp = pa.array(np.full(n, self._stamp, dtype=np.int64))
         return [*arrays, stamp.cast(pa.timestamp("us", tz="UTC"))]

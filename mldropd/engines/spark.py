@@ -21,9 +21,9 @@ Runs in the batch job process (or under spark-submit), never in the daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
-import importlib.util
 import logging
 import os
 import shutil
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from mldropd.batch.score import Outcome
+from mldropd.engines import under_spark_submit
+from mldropd.engines.base import Outcome, Progress, ScoringRequest
 from mldropd.engines.local_io import open_scores_file
 from mldropd.engines.spark_worker import REPORT_DDL, WorkerModel, score_partition
 from mldropd.settings import EngineSettings, FeatureSettings
@@ -48,14 +49,50 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def pyspark_available() -> bool:
-    """True when pyspark can be imported here."""
-    return importlib.util.find_spec("pyspark") is not None
+class SparkEngine:
+    """The Spark engine behind the ScoringEngine interface; one session for the job's batches."""
 
+    name = "spark"
 
-def under_spark_submit() -> bool:
-    """True when this Python process was started by spark-submit (it owns master and conf)."""
-    return "PYSPARK_GATEWAY_PORT" in os.environ
+    def __init__(self, engine: EngineSettings) -> None:
+        self.engine = engine
+        self.session: SparkSession | None = None
+
+    def score(
+        self,
+        request: ScoringRequest,
+        *,
+        heartbeat: Callable[[], None],
+        progress: Progress | None = None,
+    ) -> dict[int, Outcome]:
+        if self.session is None:
+            self.session = get_session(self.engine)
+        legacy = {
+            "features": dataclasses.asdict(request.features),
+            "slice_date": request.slice_date.isoformat(),
+            "batch_rows": request.batch_rows,
+            "scored_at": request.scored_at.isoformat(),
+            "models": [
+                {
+                    "model_run_id": t.model_run_id,
+                    "model_id": t.model_id,
+                    "model_version": t.model_version,
+                    "owner_id": t.owner_id,
+                    "path": str(t.path),
+                    "features": list(t.features),
+                    "input": t.input,
+                    "call": t.call,
+                    "output": t.output,
+                    "entity_key": t.entity_key,
+                    "out_dir": str(t.out_dir),
+                }
+                for t in request.tasks
+            ],
+        }
+        timeouts = {t.model_run_id: t.timeout_s for t in request.tasks}
+        return score_with_spark(
+            legacy, self.engine, timeouts=timeouts, spark=self.session, heartbeat=heartbeat
+        )
 
 
 def get_session(engine: EngineSettings, app_name: str = "mldropd-batch") -> SparkSession:

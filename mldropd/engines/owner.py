@@ -1,0 +1,198 @@
+"""One owner's models in one sandboxed model host, driven from the trusted side.
+
+The host is fed the owner's columns of each batch and answers each model in order; this
+class keeps each model's clock (load and every batch count against its time limit), and when
+a model fails, hangs, lies or crashes the host it fails that model alone: a host that died
+or was stopped is started again for the owner's other models, and the batch is sent again
+for the models that had not answered it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from mldropd.engines.base import ModelTask
+from mldropd.sandbox.hosts import ModelHost, Reply
+from mldropd.sandbox.setup import Sandboxes
+
+log = logging.getLogger(__name__)
+
+
+def timeout_text(limit: float) -> str:
+    return (
+        f"the model did not finish within its time limit of {limit:.0f} s and was stopped "
+        "(set params.timeout_s or [engine] model_timeout_s; [engine] max_model_timeout_s caps both)"
+    )
+
+
+@dataclass
+class _Model:
+    task: ModelTask
+    used: float = 0.0  # seconds of its own code so far, measured here
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> float:
+        return self.task.timeout_s - self.used
+
+
+class OwnerScorer:
+    """The models of one owner, scored batch after batch in one host process at a time."""
+
+    def __init__(
+        self, sandboxes: Sandboxes, owner_id: int, tasks: list[ModelTask], memory_mb: int
+    ) -> None:
+        self.sandboxes = sandboxes
+        self.owner_id = owner_id
+        self.models = {slot: _Model(task) for slot, task in enumerate(tasks)}
+        self.live: list[int] = list(self.models)
+        self.errors: dict[int, str] = {}
+        self.memory_mb = memory_mb
+        self.host: ModelHost | None = None
+        self.schema: pa.Schema | None = None
+        self.columns: list[str] = []
+        self.peak_mb = 0.0  # the largest peak RSS of its hosts
+
+    # -- the host ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start a host and load every live model into it (a model that breaks it fails)."""
+        while self.live:
+            self._close_host()
+            cpu = int(sum(self.models[s].remaining for s in self.live) * 2) + 60
+            host = ModelHost(
+                self.sandboxes.server,
+                self.sandboxes.policy(memory_mb=self.memory_mb, cpu_s=cpu),
+                f"owner-{self.owner_id}",
+            )
+            host.start()
+            self.host = host
+            if self._load_all():
+                self.columns = list(
+                    dict.fromkeys(f for s in self.live for f in self.models[s].task.features)
+                )
+                self.schema = None
+                return
+
+    def _load_all(self) -> bool:
+        """Load the live models; False when the host broke and must be started again."""
+        assert self.host is not None
+        for slot in list(self.live):
+            model = self.models[slot]
+            blob = model.task.path.read_bytes()
+            reply = self.host.load(slot, model.task.spec(), blob, model.remaining)
+            model.used += reply.seconds
+            if reply.kind == "loaded":
+                model.warnings = _warnings(reply.value)
+                continue
+            self._fail(slot, _load_failure(reply, model.task.timeout_s))
+            if reply.kind != "error":
+                return False
+        return True
+
+    def _close_host(self) -> None:
+        if self.host is not None:
+            self.host.kill()
+            self.close()
+
+    def close(self) -> None:
+        if self.host is not None:
+            how = self.host.close()
+            self.peak_mb = max(self.peak_mb, self.host.peak_mb)
+            log.debug("model host of owner %s ended: %s", self.owner_id, how)
+            self.host = None
+
+    # -- scoring -------------------------------------------------------------------------------
+    def score(self, batch: pa.RecordBatch, index: int) -> dict[int, np.ndarray]:
+        """Scores of every live model on this batch (failed models are in self.errors)."""
+        results: dict[int, np.ndarray] = {}
+        todo = list(self.live)
+        while todo and self.host is not None:
+            sub = batch.select(self.columns)
+            if self.schema is None or not sub.schema.equals(self.schema):
+                self.schema = sub.schema
+                broken = self.host.schema(sub.schema)
+            else:
+                broken = None
+            broken = broken or self.host.send_batch(todo, sub)
+            if broken is not None:  # the host is gone while no model code was running
+                for slot in todo:
+                    self._fail(
+                        slot, f"the sandbox stopped outside any model's code: {broken.value}"
+                    )
+                self._close_host()
+                return results
+            since = time.monotonic()
+            for slot in list(todo):
+                model = self.models[slot]
+                reply = self.host.reply(slot, batch.num_rows, since, model.remaining)
+                model.used += reply.seconds
+                since = time.monotonic()
+                todo.remove(slot)
+                if reply.kind == "scores":
+                    results[slot] = reply.value
+                    continue
+                self._fail(slot, _score_failure(reply, index, batch.num_rows, model.task))
+                if reply.kind != "error":  # the host is dead or stopped: a new one for the rest
+                    self.start()
+                    todo = [s for s in todo if s in self.live]
+                    break
+        return results
+
+    def _fail(self, slot: int, message: str) -> None:
+        self.errors[slot] = message
+        if slot in self.live:
+            self.live.remove(slot)
+        log.warning(
+            "model failed: %s",
+            message.splitlines()[0],
+            extra={"model_run_id": self.models[slot].task.model_run_id},
+        )
+
+    def fail_all(self, message: str) -> None:
+        for slot in list(self.live):
+            self._fail(slot, message)
+
+    def warnings_of(self, slot: int) -> list[str]:
+        return self.models[slot].warnings
+
+    def seconds_of(self, slot: int) -> float:
+        return self.models[slot].used
+
+
+def _warnings(info: object) -> list[str]:
+    if not isinstance(info, dict):
+        return []
+    found = info.get("warnings") or []
+    return (
+        [str(w)[:500] for w in found if isinstance(w, str)][:20] if isinstance(found, list) else []
+    )
+
+
+def _load_failure(reply: Reply, limit: float) -> str:
+    if reply.kind == "error":
+        return str(reply.value)
+    if reply.kind == "timeout":
+        return "loading: " + timeout_text(limit)
+    if reply.kind == "violation":
+        return (
+            f"the model's sandbox broke the protocol while loading ({reply.value}) and was stopped"
+        )
+    return f"the model crashed its sandbox while loading: {reply.value}"
+
+
+def _score_failure(reply: Reply, index: int, rows: int, task: ModelTask) -> str:
+    if reply.kind == "error":
+        return f"scoring batch {index} ({rows} rows) failed: {reply.value}"
+    if reply.kind == "timeout":
+        return timeout_text(task.timeout_s)
+    if reply.kind == "violation":
+        return (
+            f"the model's sandbox broke the protocol on batch {index} ({reply.value}) and was "
+            "stopped"
+        )
+    return f"the model crashed its sandbox on batch {index}: {reply.value}"

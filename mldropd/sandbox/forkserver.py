@@ -1,0 +1,513 @@
+"""The fork server: one pre-imported Python process that forks sandboxed model hosts (and the
+daemon's trusted batch jobs), so neither pays an interpreter start or library import.
+
+It starts from a clean interpreter with a scrubbed environment and imports libraries only: it
+never reads the database, the secret key, the artifact store or a credential, so nothing a
+forked model host inherits is worth stealing. It is single-threaded when it forks (it runs no
+model and no query itself) and a child subreaper: a process whose parent dies is re-parented
+to it, and any such orphan that is not one of the children it forked is killed on sight — a
+model's setsid'd, double-forked descendants cannot outlive their host, namespaces or not.
+
+Clients talk to it over a Unix socket in a private (0700) folder: one connection per child,
+which lives as long as the child. The request names the kind of child and passes its file
+descriptors (SCM_RIGHTS); the answer is the child's pid and a pidfd (signalling a pidfd never
+reaches a recycled pid); when the child ends the server sends its exit status, and when the
+client's connection closes first the server kills the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mldropd.sandbox.policy import Policy
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("!I")
+_MAX_REQUEST = 1 << 20
+_MAX_FDS = 4
+
+
+class ForkServerError(Exception):
+    """The fork server could not be started or reached; the message says what to do."""
+
+
+# -- messages (length-prefixed JSON, with descriptors on the first chunk) ----------------------
+def send_msg(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    payload = _LEN.pack(len(data)) + data
+    if fds:
+        socket.send_fds(sock, [payload], fds)
+    else:
+        sock.sendall(payload)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One message and the descriptors that came with it (raises EOFError at end of stream)."""
+    head, fds, _flags, _addr = socket.recv_fds(sock, _LEN.size, _MAX_FDS)
+    if not head:
+        raise EOFError
+    while len(head) < _LEN.size:
+        more = sock.recv(_LEN.size - len(head))
+        if not more:
+            raise EOFError
+        head += more
+    (n,) = _LEN.unpack(head)
+    if n > _MAX_REQUEST:
+        raise ValueError(f"a message of {n} bytes")
+    body = b""
+    while len(body) < n:
+        more = sock.recv(n - len(body))
+        if not more:
+            raise EOFError
+        body += more
+    return json.loads(body), list(fds)
+
+
+# -- the server --------------------------------------------------------------------------------
+@dataclass
+class _Child:
+    pid: int
+    conn: socket.socket | None = None
+    cleanup: list[str] = field(default_factory=list)
+    uid_slot: int | None = None
+
+
+class Server:
+    """The server loop; runs in the fork server process (mldropd.jobs.forkserver)."""
+
+    def __init__(self, socket_path: str, config: dict[str, Any]) -> None:
+        self.socket_path = socket_path
+        self.config = config
+        self.children: dict[int, _Child] = {}
+        self.by_conn: dict[socket.socket, _Child] = {}
+        self.selector = selectors.DefaultSelector()
+        self.root_mount = tempfile.mkdtemp(prefix="mldropd-sandbox-root-")
+        os.chmod(self.root_mount, 0o755)
+        self.uid_slots: set[int] = set()
+        self.running = True
+
+    def serve(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        listener.listen(64)
+        self.selector.register(listener, selectors.EVENT_READ, None)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._stop)
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        try:
+            while self.running:
+                for key, _ in self.selector.select(timeout=0.5):
+                    if key.data == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_r, 4096)
+                    elif key.data is None:
+                        conn, _ = listener.accept()
+                        self.selector.register(conn, selectors.EVENT_READ, "conn")
+                    else:
+                        self._on_conn(key.fileobj)  # type: ignore[arg-type]
+                self._reap()
+                self._kill_orphans()
+        finally:
+            for child in list(self.children.values()):
+                _kill(child.pid)
+            self._reap(block_s=5.0)
+            shutil.rmtree(self.root_mount, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket_path)
+
+    def _stop(self, *_: object) -> None:
+        self.running = False
+
+    def _on_conn(self, conn: socket.socket) -> None:
+        child = self.by_conn.get(conn)
+        if child is not None:  # a client connection closing (or talking) after its fork
+            with contextlib.suppress(OSError):
+                if conn.recv(1, socket.MSG_PEEK):
+                    conn.recv(4096)  # nothing more is expected; ignore
+                    return
+            _kill(child.pid)  # the client is gone: its child goes too
+            self._forget_conn(conn)
+            return
+        try:
+            request, fds = recv_msg(conn)
+        except (EOFError, OSError, ValueError):
+            self._forget_conn(conn)
+            return
+        try:
+            self._fork(conn, request, fds)
+        except Exception as exc:  # report to the client; the server keeps serving
+            with contextlib.suppress(OSError):
+                send_msg(conn, {"error": f"{type(exc).__name__}: {exc}"})
+            self._forget_conn(conn)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _forget_conn(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        self.by_conn.pop(conn, None)
+        conn.close()
+
+    def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        kind = request.get("kind")
+        if kind == "ping":
+            info = {k: self.config.get(k) for k in ("preloaded", "probe")}
+            send_msg(conn, {"pong": os.getpid(), **info})
+            return
+        if kind == "sandbox":
+            child = self._fork_sandbox(Policy.from_dict(request["policy"]), fds)
+        elif kind == "batch":
+            child = self._fork_batch(request, fds)
+        else:
+            raise ValueError(f"unknown request kind {kind!r}")
+        child.conn = conn
+        self.children[child.pid] = child
+        self.by_conn[conn] = child
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            send_msg(conn, {"pid": child.pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def _fork_sandbox(self, policy: Policy, fds: list[int]) -> _Child:
+        channel, stderr = fds[0], fds[1]
+        cleanup: list[str] = []
+        slot = None
+        if os.getuid() == 0 and "uid" in policy.layers and policy.uid is None:
+            if self.config.get("user_uid") is not None:  # [sandbox] user: one named user
+                policy.uid, policy.gid = self.config["user_uid"], self.config["user_gid"]
+            else:  # each live sandbox its own uid
+                slot = min(set(range(len(self.uid_slots) + 1)) - self.uid_slots)
+                base = int(self.config.get("uid_base", 900000))
+                policy.uid = policy.gid = base + slot
+        if "mountns" not in policy.layers:
+            private = tempfile.mkdtemp(prefix="mldropd-sandbox-")
+            if os.getuid() == 0 and policy.uid is not None:
+                os.chown(private, policy.uid, policy.gid or policy.uid)
+            policy.private_dir = private
+            cleanup.append(private)
+        pid = os.fork()
+        if pid == 0:
+            _run_child(lambda: _sandbox_main(policy, self.root_mount, channel, stderr))
+        if slot is not None:
+            self.uid_slots.add(slot)
+        return _Child(pid, None, cleanup, slot)
+
+    def _fork_batch(self, request: dict[str, Any], fds: list[int]) -> _Child:
+        log_fd = fds[0]
+        pid = os.fork()
+        if pid == 0:
+            _run_child(lambda: _batch_main(request, log_fd))
+        return _Child(pid)
+
+    def _reap(self, block_s: float = 0.0) -> None:
+        deadline = time.monotonic() + block_s
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() >= deadline or not self.children:
+                    return
+                time.sleep(0.05)
+                continue
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue  # an orphan killed by _kill_orphans
+            for path in child.cleanup:
+                shutil.rmtree(path, ignore_errors=True)
+            if child.uid_slot is not None:
+                self.uid_slots.discard(child.uid_slot)
+            if child.conn is not None:
+                with contextlib.suppress(OSError):
+                    send_msg(child.conn, {"exit": status, "maxrss_kb": usage.ru_maxrss})
+                if child.conn in self.by_conn:
+                    self._forget_conn(child.conn)
+
+    def _kill_orphans(self) -> None:
+        """Kill processes re-parented to us that we did not fork (a model's escapees)."""
+        for pid in _my_children():
+            if pid not in self.children:
+                _kill(pid)
+
+
+def _my_children() -> list[int]:
+    me = os.getpid()
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{me}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{me}/task/{task}/children").read_text()
+                found += [int(p) for p in text.split()]
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _run_child(main: Callable[[], int]) -> None:
+    """In a forked child: run main and leave with its exit code, never returning to the loop."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        code = main()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _sandbox_main(policy: Policy, root_mount: str, channel: int, stderr: int) -> int:
+    from mldropd.jobs import model_host
+    from mldropd.sandbox import confine
+
+    os.dup2(stderr, 2)
+    os.dup2(stderr, 1)  # what a model prints goes to the stderr pipe, never the channel
+    keep = [channel]
+    confine.enter(policy, root_mount, keep)
+    return model_host.serve(socket.socket(fileno=channel))
+
+
+def _batch_main(request: dict[str, Any], log_fd: int) -> int:
+    """A trusted batch job: its own environment (it may hold credentials) and log pipe."""
+    from mldropd.sandbox import syscalls
+
+    os.setpgid(0, 0)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.closerange(3, 1 << 16)  # the server's listener and other clients' connections
+    os.environ.clear()
+    os.environ.update(request.get("env") or {})
+    with contextlib.suppress(OSError):
+        os.chdir(request.get("cwd") or "/")
+    from mldropd.jobs import score_batch
+
+    return int(score_batch.main(list(request["argv"])) or 0)
+
+
+# -- the client --------------------------------------------------------------------------------
+@dataclass
+class Forked:
+    """A child of the fork server, seen from the process that asked for it."""
+
+    pid: int
+    pidfd: int
+    conn: socket.socket
+    status: int | None = None
+    maxrss_kb: int = 0  # its peak resident memory, as the kernel counted it (once ended)
+
+    def kill(self) -> None:
+        """SIGKILL the child (its namespace or process group dies with it)."""
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its wait status once it has ended (None if still running after timeout)."""
+        if self.status is not None:
+            return self.status
+        self.conn.settimeout(timeout)
+        try:
+            message, _ = recv_msg(self.conn)
+        except (TimeoutError, BlockingIOError):
+            return None
+        except (EOFError, OSError):
+            self.status = -1  # the fork server went away
+            return self.status
+        finally:
+            with contextlib.suppress(OSError):
+                self.conn.settimeout(None)
+        self.status = int(message.get("exit", -1))
+        self.maxrss_kb = int(message.get("maxrss_kb") or 0)
+        return self.status
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+        self.conn.close()
+
+
+class ForkServer:
+    """Starts (or connects to) a fork server and asks it for children."""
+
+    def __init__(self, socket_path: str, proc: Any = None, folder: str | None = None) -> None:
+        self.socket_path = socket_path
+        self.proc = proc
+        self.folder = folder
+        self._ready = proc is None
+        self.probe: dict[str, dict[str, Any]] = {}
+        self._start_lock = threading.Lock()  # one reader of the start-up lines at a time
+
+    @classmethod
+    def start(
+        cls, work_dir: str | Path, config: dict[str, Any], *, wait: bool = True
+    ) -> ForkServer:
+        """A new fork server under work_dir; wait=False returns while it still imports."""
+        import subprocess
+
+        from mldropd.sandbox.environment import clean_environment
+
+        base = Path(work_dir)
+        base.mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="forkserver-", dir=base)
+        os.chmod(folder, 0o700)
+        path = os.path.join(folder, "socket")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mldropd.jobs.forkserver", path, json.dumps(config)],
+            env=clean_environment(config.get("threads", 0)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            bufsize=0,  # unbuffered: select() must see every line that readline() has not read
+            cwd="/",
+        )
+        server = cls(path, proc, folder)
+        if wait:
+            server.wait_ready()
+        return server
+
+    @classmethod
+    def connect(cls, socket_path: str) -> ForkServer:
+        """A fork server another process started (the daemon's, for its batch jobs)."""
+        server = cls(socket_path)
+        server.probe = server.ping().get("probe") or {}
+        return server
+
+    def wait_probed(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        """The probe's findings (the server sends them before it imports the libraries)."""
+        with self._start_lock:
+            if not self.probe:
+                self.probe = json.loads(self._line(b"probe", timeout) or b"{}")
+        return self.probe
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Block until the server has imported its libraries and serves."""
+        if self._ready:
+            return
+        self.wait_probed()
+        with self._start_lock:
+            if not self._ready:
+                self._line(b"ready", timeout)
+                self._ready = True
+
+    def _line(self, word: bytes, timeout: float) -> bytes:
+        assert self.proc is not None and self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        line = self.proc.stdout.readline() if ready else b""
+        got, _, rest = line.strip().partition(b" ")
+        if got != word:
+            code = self.proc.poll()
+            raise ForkServerError(
+                "the sandbox fork server did not start"
+                + (f" (exit code {code})" if code is not None else f" within {timeout:.0f} s")
+                + "; its error is in the log above"
+            )
+        return rest
+
+    def _request(self, message: dict[str, Any], fds: list[int]) -> Forked:
+        self.wait_ready()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.socket_path)
+            send_msg(conn, message, fds)
+            reply, got = recv_msg(conn)
+        except (OSError, EOFError) as exc:
+            conn.close()
+            raise ForkServerError(f"the sandbox fork server cannot be reached: {exc}") from exc
+        if "error" in reply:
+            conn.close()
+            raise ForkServerError(f"the fork server could not start the process: {reply['error']}")
+        return Forked(int(reply["pid"]), got[0], conn)
+
+    def sandbox(self, policy: Policy, channel_fd: int, stderr_fd: int) -> Forked:
+        """A confined model host on the given channel socket and stderr pipe."""
+        return self._request(
+            {"kind": "sandbox", "policy": policy.as_dict()}, [channel_fd, stderr_fd]
+        )
+
+    def batch(self, argv: list[str], env: dict[str, str], log_fd: int, cwd: str) -> Forked:
+        """A trusted batch job (mldropd.jobs.score_batch main(argv)) in its own process group."""
+        return self._request({"kind": "batch", "argv": argv, "env": env, "cwd": cwd}, [log_fd])
+
+    def ping(self) -> dict[str, Any]:
+        """The server's pid and what it preloaded (a health check)."""
+        self.wait_ready()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket_path)
+            send_msg(conn, {"kind": "ping"})
+            reply, _ = recv_msg(conn)
+        return reply
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.proc = None
+
+
+def describe_status(status: int | None, memory_mb: int = 0) -> str:
+    """Plain words for a wait status (memory_mb: the limit, named when it may be the cause)."""
+    if status is None:
+        return "the process did not end"
+    if status == -1:
+        return "the sandbox fork server went away"
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        limit = f", limit {memory_mb} MB" if memory_mb else ""
+        hint = {
+            "SIGSEGV": f" (a crash in native code, or the memory limit{limit})",
+            "SIGABRT": f" (a crash in native code, or the memory limit{limit})",
+            "SIGBUS": " (a crash in native code)",
+            "SIGXCPU": " (the CPU time limit)",
+            "SIGXFSZ": " (it wrote a file larger than the sandbox allows)",
+        }.get(name, "")
+        return f"the process was killed by {name}{hint}"
+    code = os.waitstatus_to_exitcode(status)
+    return "the process exited" if code == 0 else f"the process exited with code {code}"
