@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from mldropd.sandbox import landlock
 from mldropd.sandbox.policy import LAYERS, Limits, Policy
 
-
 _STDLIB = sysconfig.get_paths()["stdlib"]  # found before a probe drops its privileges
 
 
