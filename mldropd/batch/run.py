@@ -40,8 +40,11 @@ from mldropd.states import (
     check_run_transition,
 )
 from mldropd.store import make_store
+from mldropd.text import duration
 
 log = logging.getLogger(__name__)
+
+SLOW_MIN_EXTRA_S = 5.0  # a run is called slow only when it took at least this much longer
 
 
 class BatchJob:
@@ -90,10 +93,11 @@ class BatchJob:
             return None
         median = float(statistics.median(past))
         factor = self.settings.scheduler.duration_warning
-        if median > 0 and seconds > factor * median:
+        # Sub-second jitter is no news: a few seconds more than usual at the least.
+        if median > 0 and seconds > factor * median and seconds - median >= SLOW_MIN_EXTRA_S:
             return (
-                f"slow: {seconds:.1f} s is more than {factor:g} times the median "
-                f"{median:.1f} s of the model's last {len(past)} runs"
+                f"slow: {duration(seconds)} is more than {factor:g} times the median "
+                f"{duration(median)} of the model's last {len(past)} runs"
             )
         return None
 
@@ -464,9 +468,9 @@ class BatchJob:
             if table.slice is None:
                 if self._wait_for_data(day, runs):
                     return RunStatus.PENDING
-                hours = self.settings.scheduler.sensor_deadline / 3600
+                waited = duration(self.settings.scheduler.sensor_deadline)
                 table.rejected = {
-                    run_id: f"gave up waiting for the feature slice after {hours:g} h: {reason}"
+                    run_id: f"gave up waiting for the feature slice after {waited}: {reason}"
                     for run_id, reason in table.rejected.items()
                 }
             for run_id, reason in table.rejected.items():

@@ -7,6 +7,8 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from mldropd.text import duration
+
 # Longest error text put in a report; beyond it the head and the tail are kept.
 MAX_ERROR_CHARS = 3000
 
@@ -71,15 +73,7 @@ def _fmt_rows(rows: int | None) -> str | None:
 
 
 def _fmt_seconds(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min {secs} s" if hours else f"{minutes} min {secs} s"
+    return None if seconds is None else duration(seconds)
 
 
 def _fmt_num(value: Any) -> str:
