@@ -23,7 +23,7 @@ from sqlmodel import col, select
 
 from mldropd import logs
 from mldropd.batch import write
-from mldropd.batch.plan import retry_at
+from mldropd.batch.plan import REFUSED_EXIT, claim_for_runner, retry_at
 from mldropd.batch.run import BatchJob
 from mldropd.db import session_scope
 from mldropd.notify.outbox import deliver_pending
@@ -190,13 +190,18 @@ class Runner:
     def run(self, batch_id: int, *, retries: bool = True) -> RunStatus:
         """Run one batch in a job subprocess and wait; then deliver reports, schedule retries."""
         with session_scope(self.engine) as s:
-            batch = s.get(BatchRun, batch_id)
-            if batch is None or batch.status != RunStatus.PENDING:
+            if not claim_for_runner(s, batch_id, os.getpid()):  # another process has it
+                batch = s.get(BatchRun, batch_id)
                 return RunStatus(batch.status) if batch else RunStatus.FAILED
-            batch.runner_pid = os.getpid()
         if not self.settings_file.exists():
             self._write_settings()
-        argv = [sys.executable, "-m", "mldropd.jobs.score_batch", str(self.settings_file), str(batch_id)]
+        argv = [
+            sys.executable,
+            "-m",
+            "mldropd.jobs.score_batch",
+            str(self.settings_file),
+            str(batch_id),
+        ]
         if not retries:
             argv.append("--no-retries")
         proc = subprocess.Popen(
@@ -211,6 +216,9 @@ class Runner:
         self._current = None
         if self._stopping and proc.returncode != 0:
             return RunStatus.RUNNING  # recover() resumes it at the next start
+        if proc.returncode == REFUSED_EXIT:  # another job took the batch first: not ours to fail
+            with session_scope(self.engine) as s:
+                return RunStatus(s.get(BatchRun, batch_id).status)  # type: ignore[union-attr]
         with session_scope(self.engine) as s:
             batch = s.get(BatchRun, batch_id)
             assert batch is not None
