@@ -163,7 +163,7 @@ def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None) -> int:
             assert mr is not None
             failed += mr.status != "succeeded"
             done = (
-                f", {mr.rows:,} rows in {duration(mr.seconds)}"
+                f", {mr.rows} rows in {duration(mr.seconds)}"
                 if mr.rows is not None and mr.seconds is not None
                 else ""
             )

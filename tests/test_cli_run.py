@@ -84,8 +84,8 @@ def test_overlapping_cli_runs_join_and_both_report_the_truth(
     assert second.returncode == 0, second.stdout + second.stderr
     assert "joined batch 1" in second.stdout
     for name, model_id in (("slow", slow), ("churn_logreg", logreg)):
-        assert f"{name} (id {model_id}) {day}: succeeded, 3,000 rows" in out
-        assert f"{name} (id {model_id}) {day}: succeeded (joined batch 1), 3,000 rows" in (
+        assert f"{name} (id {model_id}) {day}: succeeded, 3000 rows" in out
+        assert f"{name} (id {model_id}) {day}: succeeded (joined batch 1), 3000 rows" in (
             second.stdout
         )
     with Session(make_engine(settings.database.path)) as s:
