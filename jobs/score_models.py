@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
         int(request["batch_rows"]),
         dt.datetime.fromisoformat(request["scored_at"]),
         report,
+        request.get("key_filters"),
     )
     # Peak RSS of this process, for the operator's log and the memory benchmark.
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -21,8 +21,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from mldropd import web
-from mldropd import __version__, logs, metrics
+from mldropd import __version__, logs, metrics, web
 from mldropd.api.admin import ROUTES as ADMIN_ROUTES
 from mldropd.api.audit import ROUTES as AUDIT_ROUTES
 from mldropd.api.routes import ROUTES as API_ROUTES

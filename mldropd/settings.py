@@ -94,6 +94,14 @@ class FeatureSettings:
     max_staleness_days: int = _opt(
         3, "Use the latest slice at most this many days older than the run date."
     )
+    duplicate_keys: str = _opt(
+        "fail",
+        "Entity keys on several rows of a slice: fail (the models fail, naming them), first or "
+        "last (score only the first/last row of each key in file order).",
+    )
+    null_keys: str = _opt(
+        "fail", "Rows without an entity key: fail (the models fail) or drop (not scored)."
+    )
 
 
 @dataclass
@@ -160,6 +168,11 @@ class DQSettings:
     )
     quarantine_path: str = _opt(
         "quarantine", "Where the publish gate keeps held-back partitions.", path=True
+    )
+    stale_slice: str = _opt(
+        "warn",
+        "DQ status of a run scored from an older slice (max_staleness_days): ok (only stated), "
+        "warn or alert.",
     )
 
 
@@ -368,8 +381,11 @@ _CHOICES = {
     ("server", "log_format"): {"text", "json"},
     ("storage", "kind"): {"local", "s3"},
     ("features", "kind"): {"parquet", "duckdb", "spark_table"},
+    ("features", "duplicate_keys"): {"fail", "first", "last"},
+    ("features", "null_keys"): {"fail", "drop"},
     ("engine", "default"): {"auto", "local", "spark"},
     ("dq", "gate"): {"off", "alert"},
+    ("dq", "stale_slice"): {"ok", "warn", "alert"},
 }
 
 

@@ -71,7 +71,8 @@ def test_overlapping_cli_runs_join_and_both_report_the_truth(
 
         def running() -> bool:
             with Session(make_engine(settings.database.path)) as s:
-                return s.exec(select(BatchRun).where(BatchRun.status == "running")).first() is not None
+                found = s.exec(select(BatchRun).where(BatchRun.status == "running")).first()
+                return found is not None
 
         wait_for(running, timeout=60, what="the first run's batch to start")
         second = subprocess.run(

@@ -107,7 +107,9 @@ def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
         s.flush()
         assert job._slow_warning(s, model.id, 7.0) is None  # 7.0 < 3 x median 2.5
         warning = job._slow_warning(s, model.id, 8.0)
-        assert warning == "slow: 8.0 s is more than 3 times the median 2.5 s of the model's last 3 runs"
+        assert warning == (
+            "slow: 8.0 s is more than 3 times the median 2.5 s of the model's last 3 runs"
+        )
         for run in s.exec(select(ModelRun)).all():
             run.seconds = run.seconds / 100  # sub-second runs: jitter, not news
         s.flush()

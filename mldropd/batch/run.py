@@ -17,13 +17,16 @@ import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mldropd.batch.keys import screen_keys
 from mldropd.batch.plan import retry_at
 from mldropd.batch.quality import check_quality
 from mldropd.batch.score import Outcome, score_models
+from mldropd.batch.staleness import stale_note, weigh
 from mldropd.batch.table import PreparedModel, build_table
 from mldropd.batch.write import discard_staging, publish, staging_dir
 from mldropd.db import make_engine, session_scope
@@ -137,7 +140,11 @@ class BatchJob:
             return batch.date, [tuple(r) for r in rows]  # type: ignore[misc]
 
     def _score(
-        self, day: dt.date, prepared: list[PreparedModel], slice_date: dt.date
+        self,
+        day: dt.date,
+        prepared: list[PreparedModel],
+        slice_date: dt.date,
+        key_filters: list[dict[str, Any]],
     ) -> dict[int, Outcome]:
         tasks, timeouts = [], {}
         for p in prepared:
@@ -173,6 +180,7 @@ class BatchJob:
             "batch_rows": batch_rows,
             "scored_at": dt.datetime.now(dt.UTC).isoformat(),
             "models": tasks,
+            "key_filters": key_filters,  # rows of null or duplicated keys not scored (keys.py)
         }
         engine, why = self._choose_engine(prepared, slice_date)
         log.info("scoring with the %s engine (%s)", engine, why, extra={"run_id": self.batch_id})
@@ -245,6 +253,9 @@ class BatchJob:
         outcome: Outcome,
         slice_date: dt.date,
         slice_rows: int | None,
+        *,
+        key_check: dict[str, Any] | None = None,
+        stale: str | None = None,
     ) -> None:
         assert p.run.id is not None and p.model.id is not None
         extra = {
@@ -254,7 +265,13 @@ class BatchJob:
             "date": day.isoformat(),
         }
         if not outcome.ok:
-            self._set_run(p.run.id, ModelRunStatus.FAILED, error=outcome.error)
+            self._set_run(
+                p.run.id,
+                ModelRunStatus.FAILED,
+                error=outcome.error,
+                key_check=key_check,
+                stale_slice=stale,
+            )
             log.warning("model run failed: %s", outcome.error, extra=extra)
             return
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
@@ -281,7 +298,11 @@ class BatchJob:
             dq_error = f"{type(exc).__name__}: {exc}"
         dq_overrides = {**(p.version.contract.get("dq") or {}), **(p.model.dq or {})}
         gate = dq_overrides.get("gate") or self.settings.dq.gate
-        held = gate == "alert" and result is not None and result.report.status == "alert"
+        if result is not None:  # a stale slice weighs in before the gate looks
+            status, reason = weigh(
+                result.report.status, result.report.reason, stale, self.settings.dq.stale_slice
+            )
+        held = gate == "alert" and result is not None and status == "alert"
         if held:  # the publish gate: keep the scores, out of the scores table
             publish(staged, self.settings.dq.quarantine_path, day, p.model.id)
         else:
@@ -295,6 +316,7 @@ class BatchJob:
             run.finished_at = utcnow()
             run.warning = self._slow_warning(s, p.model.id, outcome.seconds)
             run.quarantined = held
+            run.key_check, run.stale_slice = key_check, stale
             if result is not None:
                 r = result.report
                 s.add(
@@ -307,8 +329,8 @@ class BatchJob:
                         psi_noise=r.psi_noise,
                         auc=r.auc,
                         ks=r.ks,
-                        status=r.status,
-                        reason=r.reason,
+                        status=status,
+                        reason=reason,
                         details=r.details,
                     )
                 )
@@ -476,8 +498,27 @@ class BatchJob:
             for run_id, reason in table.rejected.items():
                 self._set_run(run_id, ModelRunStatus.FAILED, error=reason)
             if table.models and table.slice is not None:
+                cfg = self.settings.features
+                stale = stale_note(table.slice, cfg.max_staleness_days)
+                keys = screen_keys(
+                    self.source,
+                    table.slice.date,
+                    [(p.run.id, p.entity_key) for p in table.models if p.run.id is not None],
+                    cfg.duplicate_keys,
+                    cfg.null_keys,
+                )
+                for run_id, reason in keys.rejected.items():  # before any model code runs
+                    self._set_run(
+                        run_id,
+                        ModelRunStatus.FAILED,
+                        error=reason,
+                        key_check=keys.records[run_id],
+                        stale_slice=stale,
+                    )
+                table.models = [p for p in table.models if p.run.id not in keys.rejected]
+            if table.models and table.slice is not None:
                 slice_rows = self.source.count(table.slice.date)
-                outcomes = self._score(day, table.models, table.slice.date)
+                outcomes = self._score(day, table.models, table.slice.date, keys.filters)
                 for p in table.models:
                     assert p.run.id is not None
                     self._finish_model(
@@ -485,7 +526,9 @@ class BatchJob:
                         p,
                         outcomes.get(p.run.id, Outcome(error="no result from the scoring process")),
                         table.slice.date,
-                        slice_rows,
+                        keys.entities.get(p.run.id, slice_rows),
+                        key_check=keys.records.get(p.run.id),
+                        stale=stale,
                     )
             fault_point("checked")
             self.report()

@@ -23,6 +23,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mldropd.batch.keys import KeyFilters
 from mldropd.engines.local_io import (
     PART_FILE,
     Prefetch,
@@ -124,8 +125,12 @@ def score_slice(
     batch_rows: int,
     scored_at: dt.datetime,
     report: Reporter,
+    key_filters: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Stream the slice once and score every model on every batch; return rows read."""
+    """Stream the slice once and score every model on every batch; return rows read.
+
+    key_filters (mldropd.batch.keys): each model sees only the rows of its key column that the
+    key policies keep (one row per entity)."""
     columns = list(
         dict.fromkeys([t.entity_key for t in tasks] + [f for t in tasks for f in t.features])
     )
@@ -133,25 +138,31 @@ def score_slice(
     batches = Prefetch(read_batches(features, slice_date, columns, batch_rows))
     writer = ScoreWriter(scored_at)
     inputs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mldropd-input")
+    keys = KeyFilters.from_request(key_filters)
     total = 0
     try:
         load_models(tasks, report)
         live = [t for t in tasks if t.error is None]
-        for index, batch in enumerate(batches):
-            total += batch.num_rows
-            order = list(live)
+        for index, read in enumerate(batches):
+            total += read.num_rows
+            views = keys.views(read)
+            order = [t for t in live if views.get(t.entity_key, read).num_rows]
+            if not order:
+                continue
             # The next model's input is built in a helper thread while this model runs.
-            pending = (
-                inputs.submit(to_input, batch, order[0].features, order[0].input) if order else None
-            )
+            first = views.get(order[0].entity_key, read)
+            pending = inputs.submit(to_input, first, order[0].features, order[0].input)
             for j, task in enumerate(order):
                 current = pending
                 nxt = order[j + 1] if j + 1 < len(order) else None
-                pending = inputs.submit(to_input, batch, nxt.features, nxt.input) if nxt else None
-                assert current is not None
+                if nxt is not None:
+                    ahead = views.get(nxt.entity_key, read)
+                    pending = inputs.submit(to_input, ahead, nxt.features, nxt.input)
+                batch = views.get(task.entity_key, read)
                 if not _score_batch(task, batch, index, current, writer, report, nxt is None):
                     live.remove(task)
             writer.check()
+        keys.finish()
     except BaseException:
         writer.stop()
         raise

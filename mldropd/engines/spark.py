@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet: file row counts for key positions)
 
 from mldropd.batch.score import Outcome
 from mldropd.engines.local_io import open_scores_file
@@ -120,18 +121,69 @@ def score_with_spark(
     # Arrow batches of engine.batch_rows rows, as the local engine reads them.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(request["batch_rows"]))
     scratch = Path(request["models"][0]["out_dir"]).parent / "spark-output"
+    frame = read_slice(spark, features, day)
+    filters = {f["key"]: f for f in request.get("key_filters") or []}
+    outcomes: dict[int, Outcome] = {}
     try:
-        return _score_all(
-            spark,
-            read_slice(spark, features, day),
-            request["models"],
-            timeouts,
-            scored_at,
-            scratch,
-            heartbeat,
-        )
+        # One pass per key column that needs its own rows (usually one pass: one key, no filter).
+        groups: dict[str | None, list[dict[str, Any]]] = {}
+        for t in request["models"]:
+            groups.setdefault(t["entity_key"] if t["entity_key"] in filters else None, []).append(t)
+        for key, tasks in groups.items():
+            keyed = frame if key is None else keep_rows(spark, frame, features, day, filters[key])
+            outcomes.update(
+                _score_all(spark, keyed, tasks, timeouts, scored_at, scratch, heartbeat)
+            )
+        return outcomes
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def keep_rows(
+    spark: SparkSession,
+    frame: DataFrame,
+    features: FeatureSettings,
+    day: dt.date,
+    key_filter: dict[str, Any],
+) -> DataFrame:
+    """The rows the key policies keep (mldropd.batch.keys), chosen by position in file order.
+
+    A row's position is its file's offset (the slice's files sorted by name, as the local
+    reader and the key check read them) plus its index in the file (Parquet's _metadata).
+    The duplicated keys and their kept positions are a small broadcast table.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    from mldropd.batch.keys import slice_files
+    from mldropd.features import FeatureSource
+
+    key, columns = key_filter["key"], frame.columns
+    if key_filter["drop_nulls"]:
+        frame = frame.where(F.col(key).isNotNull())
+    if not key_filter["keep"]:
+        return frame
+    offsets, start = [], 0
+    for path in slice_files(FeatureSource(features), day):
+        offsets.append((path.name, start))
+        start += pa.parquet.ParquetFile(path).metadata.num_rows
+    files = spark.createDataFrame(offsets, "_file string, _offset long")
+    kept = spark.createDataFrame(
+        [tuple(pair) for pair in key_filter["keep"]],
+        StructType(
+            [StructField(key, frame.schema[key].dataType), StructField("_keep", LongType())]
+        ),
+    )
+    placed = frame.select(
+        *columns,
+        F.col("_metadata.file_name").alias("_file"),
+        F.col("_metadata.row_index").alias("_row"),
+    ).join(F.broadcast(files), "_file", "left")
+    return (
+        placed.join(F.broadcast(kept), key, "left")
+        .where(F.col("_keep").isNull() | (F.col("_keep") == F.col("_offset") + F.col("_row")))
+        .select(*columns)
+    )
 
 
 def _score_all(
