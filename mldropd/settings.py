@@ -149,7 +149,14 @@ class EngineSettings:
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
     spark_conf: dict[str, str] = _opt(
-        {}, 'Spark settings passed to the session as they are (a table: "spark.x" = "v").'
+        {},
+        'Spark settings passed to the session builder (a table: "spark.x" = "v"); settings read '
+        "before the JVM starts (spark.driver.memory, spark.pyspark.python) need spark-submit.",
+    )
+    spark_python: str = _opt(
+        "",
+        "Python that Spark's executors run (PYSPARK_PYTHON) for every master; empty: "
+        "$PYSPARK_PYTHON if set, else this interpreter. It must have mldropd installed.",
     )
 
 

@@ -398,6 +398,8 @@ class BatchJob:
                             "reference_date": dq.reference_date,
                         },
                         recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
+                        stale_slice=run.stale_slice,
+                        keys=(run.key_check or {}).get("note"),
                         note=" ".join(
                             filter(
                                 None,
