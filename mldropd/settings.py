@@ -419,6 +419,7 @@ def validate(settings: Settings) -> None:
             f"[scheduler] timezone = {settings.scheduler.timezone!r} is not a known time zone "
             "(use an IANA name such as Europe/Berlin)"
         ) from None
+    _check_engine_and_store(settings)
     if settings.storage.kind == "s3" and not settings.storage.bucket:
         raise ConfigError("[storage] bucket must be set when kind = 's3'")
     positive = [
@@ -445,3 +446,20 @@ def validate(settings: Settings) -> None:
             ) from None
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")
+
+
+def _check_engine_and_store(settings: Settings) -> None:
+    """Refuse an engine that cannot read the feature store, naming both keys."""
+    engine, kind = settings.engine.default, settings.features.kind
+    if engine == "spark" and kind == "duckdb":
+        raise ConfigError(
+            '[engine] default = "spark" cannot read [features] kind = "duckdb" (a DuckDB file '
+            'is read by the local engine only): set [engine] default = "local" or "auto", or '
+            'move the features to Parquet (kind = "parquet")'
+        )
+    if engine == "local" and kind == "spark_table":
+        raise ConfigError(
+            '[engine] default = "local" cannot read [features] kind = "spark_table" (a catalog '
+            'table is scored by Spark): set [engine] default = "spark" or "auto", or point '
+            '[features] at the table\'s files with kind = "parquet"'
+        )

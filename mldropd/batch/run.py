@@ -226,6 +226,14 @@ class BatchJob:
         from mldropd.engines.spark import pyspark_available, score_with_spark
 
         ids = [int(t["model_run_id"]) for t in request["models"]]  # type: ignore[attr-defined]
+        if self.settings.features.kind == "duckdb":  # said before Spark's ~40 s start-up
+            return {
+                i: Outcome(
+                    error=f"the Spark engine was requested ({why}) but cannot read [features] "
+                    'kind = "duckdb"; set the model\'s params.engine to "local" or "auto"'
+                )
+                for i in ids
+            }
         if not pyspark_available():
             return {
                 i: Outcome(
