@@ -16,13 +16,18 @@ from typing import Any
 from mldropd import sandbox
 
 
-def load_model_file(path: str) -> tuple[Any, list[dict[str, str]]]:
-    """Unpickle with dill; turn the usual failures into advice a data scientist can follow."""
+def load_model_file(path: str, caught: list[str] | None = None) -> tuple[Any, list[dict[str, str]]]:
+    """Unpickle with dill; turn the usual failures into advice a data scientist can follow.
+    Version warnings the libraries raise while unpickling are added to `caught`."""
     import dill
 
+    from mldropd.libversions import unpickling_warnings
+
     try:
-        with open(path, "rb") as f:
-            return dill.load(f), []
+        with open(path, "rb") as f, unpickling_warnings() as said:
+            obj = dill.load(f)
+        (caught if caught is not None else []).extend(said)
+        return obj, []
     except ModuleNotFoundError as exc:
         return None, [
             {
@@ -67,14 +72,23 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
     """Every check of an upload; never raises for a problem of the model."""
     import numpy as np
 
+    from mldropd import libversions
     from mldropd.contract import check_model_object
     from mldropd.features import FeatureSource, FeatureSourceError
-    from mldropd.modelcall import ModelOutputError, check_scores, predict, to_input
+    from mldropd.modelcall import (
+        ModelOutputError,
+        check_scores,
+        describe_model_error,
+        predict,
+        to_input,
+    )
     from mldropd.settings import FeatureSettings
 
-    obj, errors = load_model_file(request["model_path"])
+    caught: list[str] = []
+    obj, errors = load_model_file(request["model_path"], caught)
     if errors:
         return {"ok": False, "errors": errors}
+    version_warnings = libversions.check(obj, caught)
     summary, problems = check_model_object(obj)
     if summary is None:
         return {"ok": False, "errors": [p.as_dict() for p in problems]}
@@ -153,17 +167,19 @@ def validate(request: dict[str, Any]) -> dict[str, Any]:
                     "field": "pipeline",
                     "message": (
                         f"dry run on {sample.num_rows} rows of {day} raised "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{describe_model_error(exc)}"
                     ),
                 }
             ],
             "traceback": tail,
+            "warnings": version_warnings,
         }
     seconds = time.perf_counter() - started
     counts, edges = np.histogram(scores, bins=20)
     return {
         "ok": True,
         "errors": [],
+        "warnings": version_warnings,
         "summary": summary.as_dict(),
         "dry_run": {
             "slice_date": day.isoformat(),

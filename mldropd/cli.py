@@ -186,6 +186,7 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
                     "scan": result.scan,
                     "summary": result.summary,
                     "dry_run": result.dry_run,
+                    "warnings": result.warnings,
                 },
                 indent=2,
             )
@@ -209,6 +210,8 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
                 f"dry run: {d['rows']} rows of {d['slice_date']} in {d['seconds']} s; "
                 f"scores {d['min']:.4g} .. {d['max']:.4g} (mean {d['mean']:.4g})"
             )
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}")
         for e in result.errors:
             click.echo(f"problem: {e.field}: {e.message}", err=True)
         click.echo(

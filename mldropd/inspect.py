@@ -27,6 +27,7 @@ class Inspection:
     scan: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     dry_run: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. saved with other library versions
 
     @property
     def ok(self) -> bool:
@@ -127,6 +128,7 @@ def inspect_file(
     inspection.errors += [FieldError(e["field"], e["message"]) for e in result["errors"]]
     inspection.summary = result.get("summary")
     inspection.dry_run = result.get("dry_run", {})
+    inspection.warnings = result.get("warnings", [])
     return inspection
 
 

@@ -57,6 +57,10 @@ class ModelVersion(SQLModel, table=True):
     )  # summary of the object
     dry_run: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     scan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Library-version mismatches found when the sandbox loaded it (warnings, never refusals).
+    warnings: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     uploaded_by: str = ""
     uploaded_at: dt.datetime = Field(default_factory=utcnow)
 

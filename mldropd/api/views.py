@@ -87,6 +87,7 @@ def version_json(v: ModelVersion) -> dict[str, Any]:
         "dry_run": v.dry_run,
         "scan": v.scan,
         "scan_notes": scan_notes(v.scan),  # e.g. "contains serialized Python functions ..."
+        "warnings": v.warnings or [],  # e.g. saved with scikit-learn 1.2.2, runs with 1.9.1
     }
 
 

@@ -32,7 +32,7 @@ from mldropd.engines.local_io import (
     read_batches,
     scores_schema,
 )
-from mldropd.modelcall import check_scores, predict, to_input
+from mldropd.modelcall import check_scores, describe_model_error, predict, to_input
 from mldropd.settings import FeatureSettings
 
 __all__ = ["PART_FILE", "ModelTask", "Reporter", "score_slice", "scores_schema"]
@@ -199,7 +199,7 @@ def _score_batch(
         check_scores(scores, batch.num_rows)
     except Exception as exc:  # the model's own failure
         task.error = (
-            f"scoring batch {index} ({batch.num_rows} rows) failed: {type(exc).__name__}: {exc}"
+            f"scoring batch {index} ({batch.num_rows} rows) failed: {describe_model_error(exc)}"
         )
         writer.discard(task)
         report("failed", model_run_id=task.model_run_id, error=task.error)

@@ -59,11 +59,22 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def executor_python(engine: EngineSettings) -> str:
+    """The Python Spark's executors run: [engine] spark_python, $PYSPARK_PYTHON, this one."""
+    return engine.spark_python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 def get_session(engine: EngineSettings, app_name: str = "mldropd-batch") -> SparkSession:
-    """The active session, else a new one on engine.spark_master with engine.spark_conf."""
+    """The active session, else a new one on engine.spark_master with engine.spark_conf.
+
+    PySpark reads the executors' Python from PYSPARK_PYTHON in the driver's environment when the
+    context starts (spark.pyspark.python given to the builder is ignored), so it is set here for
+    every master, also under spark-submit: executors of a standalone or YARN cluster otherwise
+    start the `python3` on their PATH, which has no mldropd.
+    """
+    os.environ["PYSPARK_PYTHON"] = executor_python(engine)
     local = engine.spark_master.startswith("local")
-    if local:  # workers must run this interpreter; stay on loopback
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if local:  # stay on loopback
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
@@ -303,9 +314,31 @@ def _run_watched(
 
 
 def _short(exc: BaseException) -> str:
-    """The useful line of a (long, Java-wrapped) Spark error."""
+    """The root cause of a (long, Java-wrapped) Spark error, in at most two lines.
+
+    A Python worker's failure reaches the driver as "An exception was thrown from the Python
+    worker:" followed by the worker's traceback: its last line ("ModuleNotFoundError: No module
+    named 'mldropd'") is the cause. A JVM failure keeps its last "Caused by:" line.
+    """
     text = str(exc)
-    for line in text.splitlines():
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = lines[0].strip()
+    python = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
+    if python:  # the worker's traceback: its last line that is not a frame or source line
+        tail = [
+            line.strip()
+            for line in lines[python[-1] + 1 :]
+            if not line.startswith((" ", "\t")) and not line.strip().startswith("at ")
+        ]
+        if tail:
+            cause = tail[0] if ":" in tail[0] else tail[-1]
+            return f"{head[:300]}\n{cause[:500]}" if cause not in head else head[:500]
+    caused = [line.strip() for line in lines if line.strip().startswith("Caused by:")]
+    if caused:
+        return f"{head[:300]}\n{caused[-1][:500]}"
+    for line in lines:
         if line.strip().startswith(("PythonException", "TimeoutError", "org.apache.spark")):
             return line.strip()[:500]
-    return (text.splitlines() or [type(exc).__name__])[0][:500]
+    return head[:500]
