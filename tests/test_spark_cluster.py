@@ -35,7 +35,9 @@ from mldropd.states import Trigger
 from mldropd.store import make_store
 from tests.conftest import N_ENTITIES, N_FEATURES, free_port, today, wait_for
 
-pytestmark = [pytest.mark.spark, pytest.mark.spark_cluster]
+# Two Spark sessions and a cluster start: far above the suite's 300 s default when the
+# machine's 2 cores are shared.
+pytestmark = [pytest.mark.spark, pytest.mark.spark_cluster, pytest.mark.timeout(900)]
 
 # Executors must not find mldropd by accident: no PYSPARK_PYTHON anywhere but where mldropd
 # puts it, so the test fails if [engine] spark_python is not passed on.
