@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import traceback
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mldropd.modelcall import ModelOutputError, check_scores, predict, to_input
+from mldropd import libversions
+from mldropd.libversions import unpickling_warnings
+from mldropd.modelcall import (
+    ModelOutputError,
+    check_scores,
+    describe_model_error,
+    predict,
+    to_input,
+)
 from mldropd.sandbox import protocol as p
 
 _MAX_TEXT = 4000
@@ -44,11 +51,7 @@ def load_advice(exc: BaseException) -> str:
             "the package."
         )
     if isinstance(exc, NameError):
-        return (
-            f"loading the model failed with NameError ({exc}): a function uses a notebook "
-            "global that was not saved with it — did you forget recurse=True? Save with "
-            "dill.dump(obj, f, recurse=True)."
-        )
+        return f"loading the model failed: {describe_model_error(exc)}"
     if isinstance(exc, EOFError | ValueError | IndexError):
         return f"the file is truncated or corrupt ({type(exc).__name__}: {exc}); save it again"
     if isinstance(exc, MemoryError):
@@ -56,29 +59,21 @@ def load_advice(exc: BaseException) -> str:
     return f"loading the model failed: {type(exc).__name__}: {exc}"
 
 
-def _version_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    """Warnings worth showing from unpickling: version mismatches first of all."""
-    notes = []
-    for w in caught:
-        name = w.category.__name__
-        if "Version" in name or "version" in str(w.message).lower():
-            notes.append(f"{name}: {w.message}"[:500])
-    return notes[:20]
-
-
 def _load(sock: socket.socket, slot: int, body: bytearray, models: dict[int, _Model]) -> None:
     import dill
 
     spec, blob = p.split_load(body)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with unpickling_warnings() as caught:
             obj = dill.loads(blob)
     except BaseException as exc:  # the model's own code failed while loading
         _error(sock, slot, load_advice(exc))
         return
     del blob, body
-    notes = _version_warnings(caught)
+    try:
+        notes = libversions.check(obj, caught)
+    except Exception:  # inspecting the object ran its code and failed: no warnings then
+        notes = list(caught)
     if spec.get("contract"):
         _report_contract(sock, slot, obj, notes, models)
         return
@@ -136,7 +131,7 @@ def _score(
             _error(sock, slot, str(exc))
             continue
         except BaseException as exc:  # the model's own failure: it fails alone
-            _error(sock, slot, f"{type(exc).__name__}: {exc}")
+            _error(sock, slot, describe_model_error(exc))
             continue
         data = np.ascontiguousarray(scores, dtype=np.float64)  # a column of predict_proba
         p.send_frame(sock, p.SCORES, slot, memoryview(data).cast("B"))

@@ -2,7 +2,9 @@
 
 The daemon forks it from its fork server (mldropd.batch.runner); `mldropd run` runs it in its
 own process; it can also be started by hand or by spark-submit:
-python -m mldropd.jobs.score_batch SETTINGS.json BATCH_ID [BATCH_ID ...] [--no-retries]
+python -m mldropd.jobs.score_batch SETTINGS.json|config.toml BATCH_ID [BATCH_ID ...]
+[--no-retries]. A batch that is not pending (finished, or running elsewhere) is refused with
+one sentence and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from sqlalchemy.engine import Engine
 
 from mldropd import logs
 from mldropd.batch import ledger
+from mldropd.batch.plan import REFUSED_EXIT
 from mldropd.batch.report import report_batches
 from mldropd.batch.run import BatchJob
 from mldropd.batch.runner import batch_lock
 from mldropd.db import make_engine
 from mldropd.engines import Engines
-from mldropd.settings import Settings
+from mldropd.settings import Settings, load_settings
 from mldropd.states import RunStatus
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,8 @@ def run_batches(
                         report=False,
                     )
                     statuses[batch_id] = job.execute()
-            except BlockingIOError:
-                refused.append(f"batch {batch_id} is being run by another process")
+            except BlockingIOError:  # another process holds the batch's lock
+                refused.append(ledger.busy(db, batch_id))
             except ledger.NotRunnable as exc:
                 refused.append(str(exc))
     finally:
@@ -67,7 +70,10 @@ def run_batches(
 
 def main(argv: list[str]) -> int:
     """Exit 0 when the batches ran (whatever became of their models), 2 when one cannot run."""
-    settings = Settings.from_dict(json.loads(Path(argv[0]).read_text()))
+    if argv[0].endswith(".toml"):  # spark-submit by hand: the daemon's own config file
+        settings = load_settings(argv[0])
+    else:
+        settings = Settings.from_dict(json.loads(Path(argv[0]).read_text()))
     logs.configure(settings.server.log_format, settings.server.log_level)
     ids = [int(a) for a in argv[1:] if not a.startswith("--")]
     with contextlib.suppress(OSError):
@@ -76,7 +82,7 @@ def main(argv: list[str]) -> int:
         run_batches(settings, ids, retries="--no-retries" not in argv)
     except ledger.NotRunnable as exc:
         print(f"mldropd: {exc}", file=sys.stderr)
-        return 2
+        return REFUSED_EXIT
     return 0
 
 

@@ -126,6 +126,13 @@ def _page_user(request: Request[Any, Any, Any], state: State) -> User:
     return user
 
 
+def _template_filters(engine: JinjaTemplateEngine) -> None:
+    """Filters the templates share with the reports: durations in human units."""
+    from mldropd.text import duration
+
+    engine.engine.filters["duration"] = duration
+
+
 def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
     """The web app; the daemon starts with the app and stops with it."""
     daemon = daemon or Daemon(settings)
@@ -174,7 +181,11 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
             cookie_samesite="lax",
             cookie_secure=settings.server.secure_cookies,
         ),
-        template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=WEB_DIR / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=_template_filters,
+        ),
         exception_handlers={
             MldropdError: on_domain_error,
             HTTPException: on_http_error,

@@ -196,6 +196,7 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
                     "scan": result.scan,
                     "summary": result.summary,
                     "dry_run": result.dry_run,
+                    "warnings": result.warnings,
                 },
                 indent=2,
             )
@@ -219,6 +220,8 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
                 f"dry run: {d['rows']} rows of {d['slice_date']} in {d['seconds']} s; "
                 f"scores {d['min']:.4g} .. {d['max']:.4g} (mean {d['mean']:.4g})"
             )
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}")
         for e in result.errors:
             click.echo(f"problem: {e.field}: {e.message}", err=True)
         click.echo(
@@ -227,114 +230,6 @@ def models_check(file: str, config: str | None, as_json: bool) -> None:
             else f"NOT OK: {len(result.errors)} problem(s)"
         )
     sys.exit(0 if result.ok else 1)
-
-
-def _parse_day(value: str, hint: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=hint) from None
-
-
-@main.command()
-@click.option(
-    "--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's time zone)."
-)
-@click.option("--from", "first", help="Backfill from this date (YYYY-MM-DD), oldest first.")
-@click.option("--to", "last", help="Backfill up to this date, included (default: today).")
-@click.option(
-    "--model",
-    "model_ids",
-    type=int,
-    multiple=True,
-    help="Model id to score (repeatable). Default: every active model due on the date.",
-)
-@config_option
-def run(
-    day: str | None,
-    first: str | None,
-    last: str | None,
-    model_ids: tuple[int, ...],
-    config: str | None,
-) -> None:
-    """Score now in the foreground, as the sweep would; exits 1 if a model failed.
-
-    With --from/--to, every date of the range is scored in turn (a backfill). Without --model,
-    models already scored for a date are not scored again; with --model they are rescored.
-    """
-    from sqlmodel import Session, col, select
-
-    from mldropd.daemon import Daemon
-    from mldropd.records import Model
-
-    settings = load_config(config)
-    daemon = Daemon(settings, with_scheduler=False)
-    if day and (first or last):
-        raise click.UsageError("use either --date or --from/--to")
-    if first:
-        start = _parse_day(first, "--from")
-        end = _parse_day(last, "--to") if last else daemon.today()
-        if end < start:
-            raise click.BadParameter(f"--to {end} is before --from {start}", param_hint="--to")
-        dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-    else:
-        dates = [_parse_day(day, "--date") if day else daemon.today()]
-    chosen: list[Model] | None = None
-    if model_ids:
-        with Session(daemon.engine) as s:
-            chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
-        unknown = set(model_ids) - {m.id for m in chosen}
-        if unknown:
-            raise click.ClickException(f"no model with id {sorted(unknown)}")
-    failed = sum(_run_date(daemon, d, chosen, backfill=len(dates) > 1) for d in dates)
-    daemon.stop()
-    sys.exit(1 if failed else 0)
-
-
-def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None, *, backfill: bool) -> int:
-    """Score one date in the foreground (waiting for late data like the sensor); count failures."""
-    import time
-
-    from sqlmodel import Session
-
-    from mldropd.batch.plan import due_models
-    from mldropd.records import BatchRun, ModelRun, utcnow
-    from mldropd.states import RunStatus, Trigger
-
-    models = chosen
-    if models is None:
-        with Session(daemon.engine) as s:
-            models = due_models(s, run_date)
-    if not models:
-        click.echo(f"no model is due on {run_date}")
-        return 0
-    trigger = (Trigger.BACKFILL if backfill else Trigger.MANUAL) if chosen else Trigger.SCHEDULE
-    batch_id, covered = daemon.run_models(
-        run_date, models, trigger, force=chosen is not None, submit=False
-    )
-    while batch_id is not None and daemon.runner.run(batch_id, retries=False) == RunStatus.PENDING:
-        with Session(daemon.engine) as s:
-            batch = s.get(BatchRun, batch_id)
-            wake = batch.not_before if batch is not None else None
-        if wake is None:
-            break
-        wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
-        click.echo(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
-        time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
-    failed = 0
-    with Session(daemon.engine) as s:
-        for model in models:
-            mr = s.get(ModelRun, covered[model.id].id)
-            assert mr is not None
-            failed += mr.status != "succeeded"
-            done = (
-                f", {mr.rows} rows in {mr.seconds:.2f} s"
-                if mr.rows is not None and mr.seconds is not None
-                else ""
-            )
-            error = f"\n  error: {mr.error}" if mr.error else ""
-            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}{done}{error}")
-    return failed
 
 
 @main.command("check-config")
@@ -375,6 +270,10 @@ def check_config(config: str | None, host: str | None, port: int | None) -> None
         click.echo(f"{key} = {json.dumps(value)}  # [{source}] {help_text}")
     click.echo("\nOK: the configuration is valid")
 
+
+from mldropd.cli_run import register as register_run  # noqa: E402  (run)
+
+register_run(main)
 
 from mldropd.cli_store import register  # noqa: E402  (store check, users set-quota)
 

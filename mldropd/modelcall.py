@@ -76,3 +76,17 @@ def check_scores(scores: np.ndarray, rows: int) -> None:
     bad = int(np.count_nonzero(~np.isfinite(scores)))
     if bad:
         raise ModelOutputError(f"the model returned {bad} NaN or infinite scores out of {rows}")
+
+
+def describe_model_error(exc: BaseException) -> str:
+    """The model's exception in words, with a hint for the failure every notebook user meets:
+    a NameError inside the model's code means a notebook global (`np`, `pd`, a helper) was not
+    saved with it, because the file was written without dill's recurse=True."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, NameError):
+        text += (
+            ". The model uses a notebook name that was not saved with it: save it with "
+            "mldropd.save_model(...) or dill.dump(obj, f, recurse=True) (recurse=True stores the "
+            "globals a function uses), or import the module inside the function"
+        )
+    return text

@@ -33,8 +33,11 @@ def save_model(
     import numpy as np
 
     from mldropd.contract import check_model_object
+    from mldropd.libversions import META_KEY, versions_of
     from mldropd.modelcall import check_scores, predict
 
+    # The libraries the pipeline is built from, checked against the sandbox's at upload.
+    meta = {META_KEY: versions_of(pipeline), **(meta or {})}
     obj: dict[str, Any] = {"pipeline": pipeline, "features": list(features)}
     optional = {
         "name": name,
@@ -55,6 +58,14 @@ def save_model(
             + "\n".join(f"- {p.field}: {p.message}" for p in problems)
         )
     if sample is not None:
+        columns = set(getattr(sample, "columns", []))
+        lacking = [f for f in summary.features if f not in columns]
+        if lacking:
+            raise ValueError(
+                "the model object is not valid:\n- sample: the sample lacks "
+                f"{', '.join(lacking)}, which `features` lists; pass a DataFrame with every "
+                "feature column (the rows mldropd will score look like it)"
+            )
         frame = sample[summary.features]
         if summary.input == "numpy":
             frame = np.asarray(frame, dtype=np.float64)

@@ -57,6 +57,10 @@ class ModelVersion(SQLModel, table=True):
     )  # summary of the object
     dry_run: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     scan: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Library-version mismatches found when the sandbox loaded it (warnings, never refusals).
+    warnings: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     uploaded_by: str = ""
     uploaded_at: dt.datetime = Field(default_factory=utcnow)
 
@@ -109,6 +113,10 @@ class ModelRun(SQLModel, table=True):
     slice_date: dt.date | None = None  # the feature partition actually used
     warning: str | None = None  # e.g. much slower than the model's median run
     quarantined: bool = False  # scores held back by the DQ publish gate
+    # Null and duplicated entity keys found in the slice, and what the key policies did.
+    key_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # "scored from the 2026-11-29 slice: 2026-11-30 not present; max_staleness_days = 3"
+    stale_slice: str | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -168,6 +168,7 @@ def _store_and_record(
                 features=summary["features"],
                 contract=summary,
                 dry_run=inspection.dry_run,
+                warnings=inspection.warnings,
                 scan=inspection.scan,
                 uploaded_by=user.email,
             )

@@ -94,6 +94,14 @@ class FeatureSettings:
     max_staleness_days: int = _opt(
         3, "Use the latest slice at most this many days older than the run date."
     )
+    duplicate_keys: str = _opt(
+        "fail",
+        "Entity keys on several rows of a slice: fail (the models fail, naming them), first or "
+        "last (score only the first/last row of each key in file order).",
+    )
+    null_keys: str = _opt(
+        "fail", "Rows without an entity key: fail (the models fail) or drop (not scored)."
+    )
 
 
 @dataclass
@@ -145,7 +153,14 @@ class EngineSettings:
     validate_timeout_s: int = _opt(120, "Wall-clock limit of the validation of an upload.")
     validate_sample_rows: int = _opt(1000, "Rows of the latest slice used for the dry run.")
     spark_conf: dict[str, str] = _opt(
-        {}, 'Spark settings passed to the session as they are (a table: "spark.x" = "v").'
+        {},
+        'Spark settings passed to the session builder (a table: "spark.x" = "v"); settings read '
+        "before the JVM starts (spark.driver.memory, spark.pyspark.python) need spark-submit.",
+    )
+    spark_python: str = _opt(
+        "",
+        "Python that Spark's executors run (PYSPARK_PYTHON) for every master; empty: "
+        "$PYSPARK_PYTHON if set, else this interpreter. It must have mldropd installed.",
     )
 
 
@@ -189,6 +204,11 @@ class DQSettings:
     )
     quarantine_path: str = _opt(
         "quarantine", "Where the publish gate keeps held-back partitions.", path=True
+    )
+    stale_slice: str = _opt(
+        "warn",
+        "DQ status of a run scored from an older slice (max_staleness_days): ok (only stated), "
+        "warn or alert.",
     )
 
 
@@ -398,8 +418,11 @@ _CHOICES = {
     ("server", "log_format"): {"text", "json"},
     ("storage", "kind"): {"local", "s3"},
     ("features", "kind"): {"parquet", "duckdb", "spark_table"},
+    ("features", "duplicate_keys"): {"fail", "first", "last"},
+    ("features", "null_keys"): {"fail", "drop"},
     ("engine", "default"): {"auto", "local", "spark"},
     ("dq", "gate"): {"off", "alert"},
+    ("dq", "stale_slice"): {"ok", "warn", "alert"},
 }
 
 
@@ -426,6 +449,7 @@ def validate(settings: Settings) -> None:
             f"[scheduler] timezone = {settings.scheduler.timezone!r} is not a known time zone "
             "(use an IANA name such as Europe/Berlin)"
         ) from None
+    _check_engine_and_store(settings)
     if settings.storage.kind == "s3" and not settings.storage.bucket:
         raise ConfigError("[storage] bucket must be set when kind = 's3'")
     positive = [
@@ -464,3 +488,20 @@ def validate(settings: Settings) -> None:
         )
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")
+
+
+def _check_engine_and_store(settings: Settings) -> None:
+    """Refuse an engine that cannot read the feature store, naming both keys."""
+    engine, kind = settings.engine.default, settings.features.kind
+    if engine == "spark" and kind == "duckdb":
+        raise ConfigError(
+            '[engine] default = "spark" cannot read [features] kind = "duckdb" (a DuckDB file '
+            'is read by the local engine only): set [engine] default = "local" or "auto", or '
+            'move the features to Parquet (kind = "parquet")'
+        )
+    if engine == "local" and kind == "spark_table":
+        raise ConfigError(
+            '[engine] default = "local" cannot read [features] kind = "spark_table" (a catalog '
+            'table is scored by Spark): set [engine] default = "spark" or "auto", or point '
+            '[features] at the table\'s files with kind = "parquet"'
+        )

@@ -170,7 +170,7 @@ def test_report_succeeded_has_every_figure() -> None:
         "2026-11-27",
         "succeeded (attempt 1 of 3)",
         "1,234,567",
-        "12.3 s",
+        "12 s",
         "ok — PSI 0.012 (noise level 0.004), AUC 0.512, KS 0.031, compared with 2026-11-26",
         f"{BASE}/models/12",
     ]:

@@ -6,11 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from mldropd.batch.plan import due_models, plan_batch, retry_at
 from mldropd.db import init_db, make_engine
-from mldropd.records import Model, User
+from mldropd.records import Model, ModelRun, User
 from mldropd.states import ModelRunStatus, Trigger
 
 MONDAY = dt.date(2026, 11, 23)
@@ -103,4 +103,57 @@ def test_slow_run_is_flagged_against_the_model_median(tmp_path: Path) -> None:
         s.flush()
         assert _slow_warning(s, model.id, 7.0, 3.0) is None  # 7.0 < 3 x median 2.5
         warning = _slow_warning(s, model.id, 8.0, 3.0)
-        assert warning is not None and "3 times the median 2.5 s" in warning
+        assert warning == (
+            "slow: 8.0 s is more than 3 times the median 2.5 s of the model's last 3 runs"
+        )
+        for run in s.exec(select(ModelRun)).all():
+            run.seconds = run.seconds / 100  # sub-second runs: jitter, not news
+        s.flush()
+        assert _slow_warning(s, model.id, 0.08, 3.0) is None
+
+
+def _finish(s: Session, run: ModelRun, status: ModelRunStatus) -> None:
+    run.status = status
+    s.flush()
+
+
+def test_attempts_count_the_failure_episode_not_the_dates_history(tmp_path: Path) -> None:
+    """Nine re-scorings, then failures: attempt 1, 2, 3 of 3; an explicit request starts over."""
+    with Session(_engine(tmp_path)) as s:
+        model = _models(s)[0]
+
+        def plan(trigger: Trigger, force: bool = True) -> ModelRun:
+            batch, covered = plan_batch(s, MONDAY, trigger, [model], force=force)
+            assert batch is not None
+            return covered[model.id]
+
+        for _ in range(9):
+            _finish(s, plan(Trigger.MANUAL), ModelRunStatus.SUCCEEDED)
+        first = plan(Trigger.MANUAL)
+        assert first.attempt == 1  # was 10 when every earlier run counted
+        _finish(s, first, ModelRunStatus.FAILED)
+        second = plan(Trigger.RETRY, force=False)
+        assert second.attempt == 2
+        _finish(s, second, ModelRunStatus.FAILED)
+        third = plan(Trigger.RETRY, force=False)
+        assert third.attempt == 3
+        _finish(s, third, ModelRunStatus.FAILED)
+        assert retry_at(third.attempt, 3, 1800, dt.datetime.now(dt.UTC)) is None
+        again = plan(Trigger.BACKFILL)  # a person asks again: a new episode
+        assert again.attempt == 1
+        _finish(s, again, ModelRunStatus.FAILED)
+        assert plan(Trigger.RETRY, force=False).attempt == 2
+
+
+def test_a_success_ends_the_episode_of_scheduled_runs(tmp_path: Path) -> None:
+    with Session(_engine(tmp_path)) as s:
+        model = _models(s)[0]
+        for trigger, status, attempt in [
+            (Trigger.SCHEDULE, ModelRunStatus.FAILED, 1),
+            (Trigger.RETRY, ModelRunStatus.SUCCEEDED, 2),  # recovered on attempt 2
+            (Trigger.CATCHUP, ModelRunStatus.FAILED, 1),  # after a success: a new episode
+            (Trigger.RETRY, ModelRunStatus.FAILED, 2),
+        ]:
+            batch, covered = plan_batch(s, MONDAY, trigger, [model], force=True)
+            assert batch is not None and covered[model.id].attempt == attempt, trigger
+            _finish(s, covered[model.id], status)

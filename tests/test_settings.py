@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -76,3 +78,22 @@ def test_settings_round_trip_for_the_batch_job(tmp_path: Path) -> None:
     settings = load_settings(config, env={})
     again = Settings.from_dict(settings.to_dict())
     assert again.to_dict() == settings.to_dict()
+
+
+def test_engine_and_store_that_cannot_work_together_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[engine]\ndefault = "spark"\n[features]\nkind = "duckdb"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, env={})
+    assert '[engine] default = "spark"' in str(caught.value)
+    assert '[features] kind = "duckdb"' in str(caught.value)
+    config.write_text('[engine]\ndefault = "local"\n[features]\nkind = "spark_table"\n')
+    with pytest.raises(ConfigError, match=r'\[features\] kind = "spark_table"'):
+        load_settings(config, env={})
+    check = subprocess.run(
+        [sys.executable, "-m", "mldropd", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 1 and '[engine] default = "local" cannot read' in check.stderr

@@ -324,3 +324,37 @@ def test_spark_conf_is_a_table_of_settings(tmp_path: Path) -> None:
     assert load_settings(config, env=env).engine.spark_conf == {"spark.executor.memory": "4g"}
     with pytest.raises(ConfigError, match=r"\[engine\] spark_conf \(from environment\)"):
         load_settings(config, env={"MLDROPD_ENGINE__SPARK_CONF": "4g"})
+
+
+@pytest.mark.parametrize("policy", ["first", "last"])
+def test_keys_one_row_per_entity_on_a_spark_written_store(
+    spark: Any, tmp_path: Path, policy: str
+) -> None:
+    """A store written by Spark (_SUCCESS, .crc, several part files), with duplicated and null
+    keys: both engines keep the same row of each key, one row per entity."""
+    from tests import field_data
+    from tests.test_keys import make_lab
+
+    day = today()
+    data = field_data.frame(day)
+    data["segment"] = data["segment"].astype(str)
+    data["dt"] = day.isoformat()
+    spark.createDataFrame(data).repartition(2).write.partitionBy("dt").parquet(
+        str(tmp_path / "features")
+    )
+    folder = tmp_path / "features" / f"dt={day}"
+    assert (tmp_path / "features" / "_SUCCESS").exists() and list(folder.glob(".*.crc"))
+    files = sorted(folder.glob("*.parquet"))
+    in_file_order = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+    expected = field_data.expected_scores(in_file_order, policy)
+    lab = make_lab(tmp_path, 'path = "features"')
+    got = {}
+    for engine in ("local", "spark"):
+        lab.settings.engine.default = engine
+        run = lab.run(day, duplicate_keys=policy, null_keys="drop")
+        assert run.status == "succeeded" and run.rows == field_data.ROWS, (engine, run.error)
+        table = lab.scores(day)
+        keys = table["entity_id"].to_pylist()
+        assert None not in keys and len(set(keys)) == len(keys) == field_data.ROWS, engine
+        got[engine] = dict(zip(keys, table["score"].to_pylist(), strict=True))
+    assert got["local"] == got["spark"] == expected

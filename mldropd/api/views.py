@@ -51,6 +51,8 @@ def run_json(run: ModelRun) -> dict[str, Any]:
         "slice_date": run.slice_date.isoformat() if run.slice_date else None,
         "warning": run.warning,
         "quarantined": run.quarantined,
+        "stale_slice": run.stale_slice,  # said when slice_date is not the run date
+        "key_check": run.key_check,  # null / duplicated entity keys and what was done
         "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
@@ -85,6 +87,7 @@ def version_json(v: ModelVersion) -> dict[str, Any]:
         "dry_run": v.dry_run,
         "scan": v.scan,
         "scan_notes": scan_notes(v.scan),  # e.g. "contains serialized Python functions ..."
+        "warnings": v.warnings or [],  # e.g. saved with scikit-learn 1.2.2, runs with 1.9.1
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from mldropd.batch.plan import lock_for_planning, process_alive
 from mldropd.db import session_scope
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, utcnow
 from mldropd.states import (
@@ -45,18 +46,31 @@ class NotRunnable(Exception):
     """The batch is finished or already running; the message says which."""
 
 
-def claim(engine: Engine, batch_id: int, *, resume: bool = True) -> Claimed:
-    """Mark the batch running (this process) and its pending model runs running."""
+def claim_runner(engine: Engine, batch_id: int, pid: int) -> bool:
+    """Make `pid` the runner of a pending batch; False when it is not pending or another live
+    process (the daemon, another `mldropd run`) already runs or watches it."""
     with session_scope(engine) as s:
+        lock_for_planning(s)
         batch = s.get(BatchRun, batch_id)
-        if batch is None:
-            raise NotRunnable(f"batch {batch_id} does not exist")
-        if batch.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
-            raise NotRunnable(f"batch {batch_id} has already {batch.status}; plan a new one")
-        if batch.status == RunStatus.RUNNING and not resume:
-            raise NotRunnable(f"batch {batch_id} is already running (process {batch.pid})")
-        if batch.status != RunStatus.RUNNING:
-            batch.status = check_run_transition(batch.status, RunStatus.RUNNING)
+        if batch is None or batch.status != RunStatus.PENDING:
+            return False
+        if batch.runner_pid not in (None, pid) and process_alive(batch.runner_pid):
+            return False
+        batch.runner_pid = pid
+        return True
+
+
+def claim(engine: Engine, batch_id: int) -> Claimed:
+    """Start a pending batch in this process: it and its pending model runs become running.
+    Anything else is refused in one sentence (NotRunnable)."""
+    with session_scope(engine) as s:
+        lock_for_planning(s)  # two jobs given one batch: one of them gets it
+        batch = s.get(BatchRun, batch_id)
+        why = refusal(batch, batch_id)
+        if why is not None:
+            raise NotRunnable(why)
+        assert batch is not None
+        batch.status = check_run_transition(batch.status, RunStatus.RUNNING)
         batch.pid, batch.started_at, batch.heartbeat_at = os.getpid(), utcnow(), utcnow()
         rows = s.exec(
             select(ModelRun, Model, ModelVersion)
@@ -74,6 +88,35 @@ def claim(engine: Engine, batch_id: int, *, resume: bool = True) -> Claimed:
         return Claimed(batch.date, [(r, m, v) for r, m, v in rows])
 
 
+def refusal(batch: BatchRun | None, batch_id: int) -> str | None:
+    """Why a batch cannot be started, in one sentence (None: it can)."""
+    if batch is None:
+        return (
+            f"batch run {batch_id} does not exist; plan one with "
+            "`mldropd run --plan-only --date YYYY-MM-DD` and pass the id it prints"
+        )
+    if batch.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return (
+            f"batch run {batch_id} ({batch.date}) already finished ({batch.status}); a batch "
+            f"runs once: plan a new one with `mldropd run --plan-only --date {batch.date}`"
+        )
+    if batch.status == RunStatus.RUNNING:
+        return (
+            f"batch run {batch_id} ({batch.date}) is already running in process "
+            f"{batch.pid}; wait for it (GET /api/v1/runs?date=...) instead of starting it twice"
+        )
+    return None
+
+
+def busy(engine: Engine, batch_id: int) -> str:
+    """Why a batch another process holds cannot be started here."""
+    with session_scope(engine) as s:
+        batch = s.get(BatchRun, batch_id)
+        return refusal(batch, batch_id) or (
+            f"batch run {batch_id} is being started by another process; wait for it"
+        )
+
+
 def beat(engine: Engine, batch_id: int) -> None:
     """The batch job is alive (the daemon stops a job whose heartbeat stops)."""
     with session_scope(engine) as s:
@@ -82,12 +125,14 @@ def beat(engine: Engine, batch_id: int) -> None:
             batch.heartbeat_at = utcnow()
 
 
-def fail_run(engine: Engine, run_id: int, error: str) -> None:
+def fail_run(engine: Engine, run_id: int, error: str, **fields: Any) -> None:
     with session_scope(engine) as s:
         run = s.get(ModelRun, run_id)
         assert run is not None
         run.status = check_model_run_transition(run.status, ModelRunStatus.FAILED)
         run.error, run.finished_at = error, utcnow()
+        for key, value in fields.items():
+            setattr(run, key, value)
 
 
 def succeed_run(engine: Engine, run_id: int, dq: DQResult | None, **fields: Any) -> None:

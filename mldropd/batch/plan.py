@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable
 
+from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
 from mldropd.records import BatchRun, Model, ModelRun
 from mldropd.scheduling.schedules import ScheduleError, parse_schedule
 from mldropd.states import ModelRunStatus, ModelStatus, RunStatus, Trigger
 
+REFUSED_EXIT = 2  # the batch job's exit code when it refuses a batch that is not pending
 _IN_PROGRESS = (ModelRunStatus.PENDING, ModelRunStatus.RUNNING)
 
 
@@ -42,34 +45,55 @@ def _latest_runs(session: Session, day: dt.date, model_ids: Iterable[int]) -> di
     return {r.model_id: r for r in rows}
 
 
+# A person's request starts a new failure episode: its first attempt is attempt 1 again.
+EXPLICIT_TRIGGERS = frozenset({Trigger.MANUAL, Trigger.BACKFILL})
+
+
 def attempts_so_far(session: Session, day: dt.date, model_id: int) -> int:
-    """How many attempts the model already had for day (any trigger)."""
-    return session.exec(
-        select(func.count())
-        .select_from(ModelRun)
-        .where(
-            ModelRun.date == day,
-            ModelRun.model_id == model_id,
-            col(ModelRun.status).in_([ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED]),
-        )
-    ).one()
+    """Attempts of the model for day in its current failure episode (see _attempts)."""
+    return _attempts(session, day, [model_id]).get(model_id, 0)
 
 
 def _attempts(session: Session, day: dt.date, model_ids: list[int]) -> dict[int, int]:
-    """attempts_so_far for many models in one query (a sweep plans hundreds at once)."""
+    """Per model, the failed attempts for day since its last success or explicit request.
+
+    max_attempts counts a failure episode, not the date's whole history: a date re-scored nine
+    times and then failing is at attempt 1 again. Walking the finished runs newest first, a
+    success ends the episode before it (not counted), an explicit request (run now, backfill,
+    re-run) ends it at itself (counted: it was the episode's first attempt).
+    """
     counts: dict[int, int] = {}
     for start in range(0, len(model_ids), 500):  # far below SQLite's bound on parameters
         rows = session.exec(
-            select(ModelRun.model_id, func.count())
+            select(ModelRun.model_id, ModelRun.status, ModelRun.trigger)
             .where(
                 ModelRun.date == day,
                 col(ModelRun.model_id).in_(model_ids[start : start + 500]),
                 col(ModelRun.status).in_([ModelRunStatus.SUCCEEDED, ModelRunStatus.FAILED]),
             )
-            .group_by(ModelRun.model_id)
+            .order_by(col(ModelRun.model_id), col(ModelRun.id).desc())
         ).all()
-        counts.update((model_id, n) for model_id, n in rows)
+        ended: set[int] = set()
+        for model_id, status, trigger in rows:
+            if model_id in ended:
+                continue
+            if status == ModelRunStatus.SUCCEEDED:
+                ended.add(model_id)
+                continue
+            counts[model_id] = counts.get(model_id, 0) + 1
+            if trigger in EXPLICIT_TRIGGERS:
+                ended.add(model_id)
     return counts
+
+
+def lock_for_planning(session: Session) -> None:
+    """Take SQLite's write lock now, so what this transaction reads stays true until it commits.
+
+    Two planners (the daemon and `mldropd run`, or two CLI runs) would otherwise both see no run
+    in progress and both plan the same model; an UPDATE that changes nothing still takes the
+    lock, and the other planner waits (busy_timeout) and then sees this one's runs.
+    """
+    session.connection().execute(text("UPDATE batch_run SET id = id WHERE 0"))
 
 
 def plan_batch(
@@ -86,6 +110,7 @@ def plan_batch(
     model run that covers it: the new one, the one already in progress (a concurrent request
     joins it) or, without force, the one that already succeeded.
     """
+    lock_for_planning(session)
     latest = _latest_runs(session, day, [m.id for m in models if m.id is not None])
     covered: dict[int, ModelRun] = {}
     todo: list[Model] = []
@@ -104,7 +129,8 @@ def plan_batch(
     session.add(batch)
     session.flush()
     assert batch.id is not None
-    attempts = _attempts(session, day, [m.id for m in todo if m.id is not None])
+    fresh = trigger in EXPLICIT_TRIGGERS
+    attempts = {} if fresh else _attempts(session, day, [m.id for m in todo if m.id is not None])
     for model in todo:
         assert model.id is not None
         run = ModelRun(
@@ -128,3 +154,16 @@ def retry_at(
     if attempt >= max_attempts:
         return None
     return now + dt.timedelta(seconds=retry_delay_s)
+
+
+def process_alive(pid: int | None) -> bool:
+    """True when a process with this id exists (ours or another user's)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

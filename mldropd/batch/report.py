@@ -52,6 +52,8 @@ def report_batches(
                     retry_at=retry,
                     dq=None if dq is None else _dq_fields(dq),
                     recovered=run.status == ModelRunStatus.SUCCEEDED and run.attempt > 1,
+                    stale_slice=run.stale_slice,
+                    keys=(run.key_check or {}).get("note"),
                     note=_note(run),
                 )
             )

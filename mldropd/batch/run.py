@@ -15,13 +15,16 @@ import statistics
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mldropd.batch import ledger
+from mldropd.batch.keys import KeyScreen, screen_keys
 from mldropd.batch.quality import check_quality
 from mldropd.batch.report import report_batches
+from mldropd.batch.staleness import stale_note, weigh
 from mldropd.batch.table import PreparedModel, ScoringTable, build_table
 from mldropd.batch.write import discard_staging, publish, staging_dir
 from mldropd.db import make_engine, session_scope
@@ -39,8 +42,11 @@ from mldropd.records import BatchRun, DQResult, ModelRun
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, RunStatus
 from mldropd.store import make_store
+from mldropd.text import duration
 
 log = logging.getLogger(__name__)
+
+SLOW_MIN_EXTRA_S = 5.0  # a run is called slow only when it took at least this much longer
 
 
 class BatchJob:
@@ -86,14 +92,20 @@ class BatchJob:
             for run_id, reason in self._rejected(table).items():
                 ledger.fail_run(self.db, run_id, reason)
             if table.models and table.slice is not None:
-                outcomes = self._score(table)
-                slice_rows = max(
-                    (o.rows for o in outcomes.values() if o.ok and o.rows is not None), default=None
-                )
+                keys, stale = self._screen(table)
+                outcomes = self._score(table, keys.filters) if table.models else {}
                 for p in table.models:
                     assert p.run.id is not None
                     outcome = outcomes.get(p.run.id) or Outcome(error="no result from scoring")
-                    self._finish_model(claimed.date, p, outcome, table.slice.date, slice_rows)
+                    self._finish_model(
+                        claimed.date,
+                        p,
+                        outcome,
+                        table.slice.date,
+                        keys.entities.get(p.run.id, outcome.rows),
+                        key_check=keys.records.get(p.run.id),
+                        stale=stale,
+                    )
             fault_point("checked")
             if self.report:
                 report_batches(self.db, self.settings, [self.batch_id], retries=self.retries)
@@ -130,9 +142,9 @@ class BatchJob:
     def _rejected(self, table: ScoringTable) -> dict[int, str]:
         if table.slice is not None:
             return table.rejected
-        hours = self.settings.scheduler.sensor_deadline / 3600
+        waited = duration(self.settings.scheduler.sensor_deadline)
         return {
-            run_id: f"gave up waiting for the feature slice after {hours:g} h: {reason}"
+            run_id: f"gave up waiting for the feature slice after {waited}: {reason}"
             for run_id, reason in table.rejected.items()
         }
 
@@ -162,7 +174,27 @@ class BatchJob:
         )
         return True
 
-    def _score(self, table: ScoringTable) -> dict[int, Outcome]:
+    def _screen(self, table: ScoringTable) -> tuple[KeyScreen, str | None]:
+        """Before any model code runs: check the slice's entity keys (models keyed on a column
+        the policies refuse fail here) and whether the slice is stale."""
+        assert table.slice is not None
+        cfg = self.settings.features
+        stale = stale_note(table.slice, cfg.max_staleness_days)
+        keys = screen_keys(
+            self.source,
+            table.slice.date,
+            [(p.run.id, p.entity_key) for p in table.models if p.run.id is not None],
+            cfg.duplicate_keys,
+            cfg.null_keys,
+        )
+        for run_id, reason in keys.rejected.items():
+            ledger.fail_run(
+                self.db, run_id, reason, key_check=keys.records[run_id], stale_slice=stale
+            )
+        table.models = [p for p in table.models if p.run.id not in keys.rejected]
+        return keys, stale
+
+    def _score(self, table: ScoringTable, key_filters: list[dict[str, Any]]) -> dict[int, Outcome]:
         """One pass over the slice for every model, with the engine the batch calls for."""
         assert table.slice is not None
         cfg = self.settings.engine
@@ -174,6 +206,7 @@ class BatchJob:
             batch_rows=min([int(q.get("batch_size") or cfg.batch_rows) for q in params]),
             scored_at=dt.datetime.now(dt.UTC),
             tasks=tuple(tasks),
+            key_filters=tuple(key_filters),
         )
         requested = {
             p.model.name: q.get("engine") for p, q in zip(table.models, params, strict=True)
@@ -214,6 +247,9 @@ class BatchJob:
         outcome: Outcome,
         slice_date: dt.date,
         slice_rows: int | None,
+        *,
+        key_check: dict[str, Any] | None = None,
+        stale: str | None = None,
     ) -> None:
         """DQ -> publish (or hold at the gate) -> record, for one scored model."""
         assert p.run.id is not None and p.model.id is not None
@@ -224,7 +260,13 @@ class BatchJob:
             "date": day.isoformat(),
         }
         if not outcome.ok:
-            ledger.fail_run(self.db, p.run.id, outcome.error or "failed")
+            ledger.fail_run(
+                self.db,
+                p.run.id,
+                outcome.error or "failed",
+                key_check=key_check,
+                stale_slice=stale,
+            )
             log.warning("model run failed: %s", outcome.error, extra=extra)
             return
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
@@ -251,7 +293,12 @@ class BatchJob:
             log.exception("DQ failed", extra=extra)
             result, dq_error = None, f"{type(exc).__name__}: {exc}"
         gate = overrides.get("gate") or self.settings.dq.gate
-        held = gate == "alert" and result is not None and result.report.status == "alert"
+        status = reason = None
+        if result is not None:  # a stale slice weighs in before the gate looks
+            status, reason = weigh(
+                result.report.status, result.report.reason, stale, self.settings.dq.stale_slice
+            )
+        held = gate == "alert" and status == "alert"
         target = self.settings.dq.quarantine_path if held else self.settings.scores.path
         publish(staged, target, day, p.model.id)
         fault_point("published")
@@ -266,8 +313,8 @@ class BatchJob:
                 psi_noise=r.psi_noise,
                 auc=r.auc,
                 ks=r.ks,
-                status=r.status,
-                reason=r.reason,
+                status=status or r.status,
+                reason=reason or r.reason,
                 details=r.details,
             )
         else:
@@ -292,6 +339,8 @@ class BatchJob:
             slice_date=slice_date,
             warning="; ".join(notes) or None,
             quarantined=held,
+            key_check=key_check,
+            stale_slice=stale,
         )
         log.info(
             "model run succeeded rows=%s seconds=%.2f",
@@ -316,10 +365,11 @@ def _slow_warning(s: Session, model_id: int, seconds: float | None, factor: floa
     if seconds is None or len(past) < 3:
         return None
     median = float(statistics.median(x for x in past if x is not None))
-    if median > 0 and seconds > factor * median:
+    # Sub-second jitter is no news: a few seconds more than usual at the least.
+    if median > 0 and seconds > factor * median and seconds - median >= SLOW_MIN_EXTRA_S:
         return (
-            f"slow: {seconds:.1f} s is more than {factor:g} times the median "
-            f"{median:.1f} s of the model's last {len(past)} runs"
+            f"slow: {duration(seconds)} is more than {factor:g} times the median "
+            f"{duration(median)} of the model's last {len(past)} runs"
         )
     return None
 

@@ -29,7 +29,7 @@ from sqlmodel import select
 
 from mldropd import logs
 from mldropd.batch import ledger, write
-from mldropd.batch.plan import retry_at
+from mldropd.batch.plan import REFUSED_EXIT, retry_at
 from mldropd.batch.report import report_batches
 from mldropd.db import session_scope
 from mldropd.notify.outbox import deliver_pending
@@ -211,15 +211,8 @@ class Runner:
         return statuses
 
     def _take(self, batch_ids: list[int]) -> list[int]:
-        """The batches that are pending; mark this process as their runner."""
-        taken = []
-        with session_scope(self.engine) as s:
-            for batch_id in batch_ids:
-                batch = s.get(BatchRun, batch_id)
-                if batch is not None and batch.status == RunStatus.PENDING:
-                    batch.runner_pid = os.getpid()
-                    taken.append(batch_id)
-        return taken
+        """The pending batches no other live process runs; this process becomes their runner."""
+        return [b for b in batch_ids if ledger.claim_runner(self.engine, b, os.getpid())]
 
     def _run_inline(self, batch_ids: list[int], retries: bool) -> None:
         from mldropd.jobs.score_batch import run_batches
@@ -246,6 +239,8 @@ class Runner:
         job.close()
         if self._stopping and status != 0:
             return  # recover() resumes it at the next start
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == REFUSED_EXIT:
+            return  # another process took the batch: not ours to close
         for batch_id in batch_ids:
             state, not_before, reported = ledger.status(self.engine, batch_id)
             if state == RunStatus.PENDING and not_before is not None and status == 0:

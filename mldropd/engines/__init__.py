@@ -109,6 +109,11 @@ class Engines:
         return LocalEngine(sandboxes, self.settings.engine.model_memory_mb)
 
     def spark(self) -> ScoringEngine:
+        if self.settings.features.kind == "duckdb":  # said before Spark's ~40 s start-up
+            raise EngineUnavailable(
+                'it cannot read [features] kind = "duckdb"; set the model\'s params.engine to '
+                '"local" or "auto"'
+            )
         if not pyspark_available():
             raise EngineUnavailable(
                 "pyspark is not installed where the batch job runs; install mldropd[spark] "

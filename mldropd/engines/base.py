@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mldropd.settings import EngineSettings, FeatureSettings
 
@@ -48,6 +48,8 @@ class ScoringRequest:
     batch_rows: int
     scored_at: dt.datetime
     tasks: tuple[ModelTask, ...]
+    # Rows of null or duplicated entity keys left out (mldropd.batch.keys, as plain data).
+    key_filters: tuple[dict[str, Any], ...] = ()
 
     @property
     def columns(self) -> list[str]:

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 
+from mldropd.batch.keys import KeyFilters
 from mldropd.engines.base import ModelTask, Outcome, Progress, ScoringRequest
 from mldropd.engines.local_io import Output, Prefetch, ScoreWriter, read_batches
 from mldropd.engines.owner import OwnerScorer
@@ -46,10 +47,15 @@ class LocalEngine:
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
     ) -> dict[int, Outcome]:
-        by_owner: dict[int, list[ModelTask]] = defaultdict(list)
+        # One host per owner (and entity key: the key policies may keep other rows per key).
+        by_owner: dict[tuple[int, str], list[ModelTask]] = defaultdict(list)
         for task in request.tasks:
-            by_owner[task.owner_id].append(task)
-        owners = [OwnerScorer(self.sandboxes, o, ts, self.memory_mb) for o, ts in by_owner.items()]
+            by_owner[(task.owner_id, task.entity_key)].append(task)
+        owners = [
+            OwnerScorer(self.sandboxes, owner, tasks, self.memory_mb)
+            for (owner, _), tasks in by_owner.items()
+        ]
+        keys = KeyFilters.from_request(list(request.key_filters))
         outputs = {
             t.model_run_id: Output(
                 t.model_run_id, t.model_id, t.model_version, t.entity_key, t.out_dir
@@ -66,20 +72,26 @@ class LocalEngine:
         key_types: dict[str, pa.DataType] = {}
         try:
             _start_all(pool, owners)
-            for index, batch in enumerate(batches):
-                rows += batch.num_rows
+            for index, read in enumerate(batches):
+                rows += read.num_rows
                 for key in {t.entity_key for t in request.tasks}:
-                    key_types.setdefault(key, batch.schema.field(key).type)
-                futures = {o: pool.submit(o.score, batch, index) for o in owners if o.live}
-                for owner, future in futures.items():
+                    key_types.setdefault(key, read.schema.field(key).type)
+                views = keys.views(read)  # the rows each key's models score (one per entity)
+                futures = {}
+                for o in owners:
+                    view = views.get(o.entity_key, read)
+                    if o.live and view.num_rows:
+                        futures[o] = (view, pool.submit(o.score, view, index))
+                for owner, (view, future) in futures.items():
                     for slot, scores in future.result().items():
                         task = owner.models[slot].task
-                        writer.write(outputs[task.model_run_id], _keys(batch, task), scores)
+                        writer.write(outputs[task.model_run_id], _keys(view, task), scores)
                 _discard_failed(owners, outputs, writer)
                 writer.check()
                 heartbeat()
                 if progress is not None:
                     progress("scoring", {i: o.rows for i, o in outputs.items() if not o.failed})
+            keys.finish()
         except BaseException:
             writer.stop()
             raise

@@ -49,6 +49,7 @@ class OwnerScorer:
     ) -> None:
         self.sandboxes = sandboxes
         self.owner_id = owner_id
+        self.entity_key = tasks[0].entity_key
         self.models = {slot: _Model(task) for slot, task in enumerate(tasks)}
         self.live: list[int] = list(self.models)
         self.errors: dict[int, str] = {}

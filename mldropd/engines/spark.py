@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet: file row counts for key positions)
 
 from mldropd.engines import under_spark_submit
 from mldropd.engines.base import Outcome, Progress, ScoringRequest
@@ -88,6 +89,7 @@ class SparkEngine:
                 }
                 for t in request.tasks
             ],
+            "key_filters": list(request.key_filters),
         }
         timeouts = {t.model_run_id: t.timeout_s for t in request.tasks}
         return score_with_spark(
@@ -95,11 +97,22 @@ class SparkEngine:
         )
 
 
+def executor_python(engine: EngineSettings) -> str:
+    """The Python Spark's executors run: [engine] spark_python, $PYSPARK_PYTHON, this one."""
+    return engine.spark_python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 def get_session(engine: EngineSettings, app_name: str = "mldropd-batch") -> SparkSession:
-    """The active session, else a new one on engine.spark_master with engine.spark_conf."""
+    """The active session, else a new one on engine.spark_master with engine.spark_conf.
+
+    PySpark reads the executors' Python from PYSPARK_PYTHON in the driver's environment when the
+    context starts (spark.pyspark.python given to the builder is ignored), so it is set here for
+    every master, also under spark-submit: executors of a standalone or YARN cluster otherwise
+    start the `python3` on their PATH, which has no mldropd.
+    """
+    os.environ["PYSPARK_PYTHON"] = executor_python(engine)
     local = engine.spark_master.startswith("local")
-    if local:  # workers must run this interpreter; stay on loopback
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if local:  # stay on loopback
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
@@ -157,18 +170,69 @@ def score_with_spark(
     # Arrow batches of engine.batch_rows rows, as the local engine reads them.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(request["batch_rows"]))
     scratch = Path(request["models"][0]["out_dir"]).parent / "spark-output"
+    frame = read_slice(spark, features, day)
+    filters = {f["key"]: f for f in request.get("key_filters") or []}
+    outcomes: dict[int, Outcome] = {}
     try:
-        return _score_all(
-            spark,
-            read_slice(spark, features, day),
-            request["models"],
-            timeouts,
-            scored_at,
-            scratch,
-            heartbeat,
-        )
+        # One pass per key column that needs its own rows (usually one pass: one key, no filter).
+        groups: dict[str | None, list[dict[str, Any]]] = {}
+        for t in request["models"]:
+            groups.setdefault(t["entity_key"] if t["entity_key"] in filters else None, []).append(t)
+        for key, tasks in groups.items():
+            keyed = frame if key is None else keep_rows(spark, frame, features, day, filters[key])
+            outcomes.update(
+                _score_all(spark, keyed, tasks, timeouts, scored_at, scratch, heartbeat)
+            )
+        return outcomes
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def keep_rows(
+    spark: SparkSession,
+    frame: DataFrame,
+    features: FeatureSettings,
+    day: dt.date,
+    key_filter: dict[str, Any],
+) -> DataFrame:
+    """The rows the key policies keep (mldropd.batch.keys), chosen by position in file order.
+
+    A row's position is its file's offset (the slice's files sorted by name, as the local
+    reader and the key check read them) plus its index in the file (Parquet's _metadata).
+    The duplicated keys and their kept positions are a small broadcast table.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    from mldropd.batch.keys import slice_files
+    from mldropd.features import FeatureSource
+
+    key, columns = key_filter["key"], frame.columns
+    if key_filter["drop_nulls"]:
+        frame = frame.where(F.col(key).isNotNull())
+    if not key_filter["keep"]:
+        return frame
+    offsets, start = [], 0
+    for path in slice_files(FeatureSource(features), day):
+        offsets.append((path.name, start))
+        start += pa.parquet.ParquetFile(path).metadata.num_rows
+    files = spark.createDataFrame(offsets, "_file string, _offset long")
+    kept = spark.createDataFrame(
+        [tuple(pair) for pair in key_filter["keep"]],
+        StructType(
+            [StructField(key, frame.schema[key].dataType), StructField("_keep", LongType())]
+        ),
+    )
+    placed = frame.select(
+        *columns,
+        F.col("_metadata.file_name").alias("_file"),
+        F.col("_metadata.row_index").alias("_row"),
+    ).join(F.broadcast(files), "_file", "left")
+    return (
+        placed.join(F.broadcast(kept), key, "left")
+        .where(F.col("_keep").isNull() | (F.col("_keep") == F.col("_offset") + F.col("_row")))
+        .select(*columns)
+    )
 
 
 def _score_all(
@@ -288,9 +352,31 @@ def _run_watched(
 
 
 def _short(exc: BaseException) -> str:
-    """The useful line of a (long, Java-wrapped) Spark error."""
+    """The root cause of a (long, Java-wrapped) Spark error, in at most two lines.
+
+    A Python worker's failure reaches the driver as "An exception was thrown from the Python
+    worker:" followed by the worker's traceback: its last line ("ModuleNotFoundError: No module
+    named 'mldropd'") is the cause. A JVM failure keeps its last "Caused by:" line.
+    """
     text = str(exc)
-    for line in text.splitlines():
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = lines[0].strip()
+    python = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
+    if python:  # the worker's traceback: its last line that is not a frame or source line
+        tail = [
+            line.strip()
+            for line in lines[python[-1] + 1 :]
+            if not line.startswith((" ", "\t")) and not line.strip().startswith("at ")
+        ]
+        if tail:
+            cause = tail[0] if ":" in tail[0] else tail[-1]
+            return f"{head[:300]}\n{cause[:500]}" if cause not in head else head[:500]
+    caused = [line.strip() for line in lines if line.strip().startswith("Caused by:")]
+    if caused:
+        return f"{head[:300]}\n{caused[-1][:500]}"
+    for line in lines:
         if line.strip().startswith(("PythonException", "TimeoutError", "org.apache.spark")):
             return line.strip()[:500]
-    return (text.splitlines() or [type(exc).__name__])[0][:500]
+    return head[:500]

@@ -142,7 +142,7 @@ def score_partition(
     """
     from pyspark import TaskContext
 
-    from mldropd.modelcall import check_scores, predict, to_input
+    from mldropd.modelcall import check_scores, describe_model_error, predict, to_input
 
     if _JOB[0] != job:  # a reused worker starting another job: forget the last one's models
         _JOB[0] = job
@@ -188,7 +188,7 @@ def score_partition(
             except Exception as exc:  # the model's own failure: it fails alone
                 errors[run_id] = (
                     f"scoring batch {index} of Spark partition {partition} ({n} rows) failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{describe_model_error(exc)}"
                 )
             seconds = time.perf_counter() - started
             spent[run_id] += seconds

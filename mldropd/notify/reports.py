@@ -7,6 +7,8 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from mldropd.text import duration
+
 # Longest error text put in a report; beyond it the head and the tail are kept.
 MAX_ERROR_CHARS = 3000
 
@@ -29,6 +31,10 @@ class ReportItem:
     dq: dict[str, Any] | None  # status, reason, psi, psi_noise, auc, ks, reference_date
     recovered: bool = False  # succeeded after earlier failed attempts
     note: str | None = None  # e.g. scores held back by the DQ gate, or a slow run
+    stale_slice: str | None = (
+        None  # "scored from the 2026-11-29 slice: 2026-11-30 not present; ..."
+    )
+    keys: str | None = None  # what the key policies did (null / duplicated entity keys)
 
 
 def _one_line(value: str) -> str:
@@ -71,15 +77,7 @@ def _fmt_rows(rows: int | None) -> str | None:
 
 
 def _fmt_seconds(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min {secs} s" if hours else f"{minutes} min {secs} s"
+    return None if seconds is None else duration(seconds)
 
 
 def _fmt_num(value: Any) -> str:
@@ -171,7 +169,9 @@ def _outcome(items: list[ReportItem]) -> str:
 
 def _subject(items: list[ReportItem]) -> str:
     what = items[0].model_name if len(items) == 1 else f"{len(items)} models"
-    return _one_line(f"mldropd: {what} scored {_date_words(items)} — {_outcome(items)}")
+    stale = sorted({str(i.stale_slice).split(":")[0] for i in items if i.stale_slice})
+    source = f" ({', '.join(stale)})" if stale else ""  # "(scored from the 2026-11-29 slice)"
+    return _one_line(f"mldropd: {what} scored {_date_words(items)}{source} — {_outcome(items)}")
 
 
 def _counts(items: list[ReportItem]) -> str:
@@ -191,6 +191,10 @@ def _fields(item: ReportItem) -> list[tuple[str, str]]:
         fields.append(("Rows", rows))
     if seconds is not None:
         fields.append(("Time", seconds))
+    if item.stale_slice:
+        fields.append(("Slice", item.stale_slice))
+    if item.keys:
+        fields.append(("Keys", item.keys))
     if item.dq:
         fields.append(("DQ", _dq_figures(item.dq)))
         if item.dq.get("reason"):
@@ -272,6 +276,9 @@ def _html_row(item: ReportItem, base_url: str) -> list[str]:
     retry = _retry_words(item)
     if retry:
         notes.append(f"<b>{html.escape(retry)}</b>")
+    for label, fact in (("Slice", item.stale_slice), ("Keys", item.keys)):
+        if fact:
+            notes.append(f"<div>{label}: {html.escape(fact)}</div>")
     if notes:
         notes_cell = f'<td colspan="{len(cells)}" style="{_CELL}">' + "".join(notes) + "</td>"
         rows.append(f"<tr>{notes_cell}</tr>")

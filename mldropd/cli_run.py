@@ -1,0 +1,223 @@
+"""`mldropd run`: score dates in the foreground, join runs in progress, or only plan a batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mldropd.cli_common import config_option, load_config
+from mldropd.text import duration
+
+
+def _parse_day(value: str, hint: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=hint) from None
+
+
+@click.command()
+@click.option(
+    "--date", "day", help="Run date YYYY-MM-DD (default: today in the scheduler's time zone)."
+)
+@click.option("--from", "first", help="Backfill from this date (YYYY-MM-DD), oldest first.")
+@click.option("--to", "last", help="Backfill up to this date, included (default: today).")
+@click.option(
+    "--model",
+    "model_ids",
+    type=int,
+    multiple=True,
+    help="Model id to score (repeatable). Default: every active model due on the date.",
+)
+@click.option(
+    "--plan-only",
+    is_flag=True,
+    help="Only plan: create the pending batch and print its id (for spark-submit), one a line.",
+)
+@config_option
+def run(
+    day: str | None,
+    first: str | None,
+    last: str | None,
+    model_ids: tuple[int, ...],
+    plan_only: bool,
+    config: str | None,
+) -> None:
+    """Score now in the foreground, as the sweep would; exits 1 if a model failed.
+
+    With --from/--to, every date of the range is scored in turn (a backfill). Without --model,
+    models already scored for a date are not scored again; with --model they are rescored.
+    A model already being scored for the date (by the daemon or another `mldropd run`) is
+    joined: the command waits for that run and prints its outcome.
+    """
+    from sqlmodel import Session, col, select
+
+    from mldropd.daemon import Daemon
+    from mldropd.records import Model
+
+    settings = load_config(config)
+    daemon = Daemon(settings, with_scheduler=False)
+    if day and (first or last):
+        raise click.UsageError("use either --date or --from/--to")
+    if first:
+        start = _parse_day(first, "--from")
+        end = _parse_day(last, "--to") if last else daemon.today()
+        if end < start:
+            raise click.BadParameter(f"--to {end} is before --from {start}", param_hint="--to")
+        dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    else:
+        dates = [_parse_day(day, "--date") if day else daemon.today()]
+    chosen: list[Model] | None = None
+    if model_ids:
+        with Session(daemon.engine) as s:
+            chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
+        unknown = set(model_ids) - {m.id for m in chosen}
+        if unknown:
+            raise click.ClickException(f"no model with id {sorted(unknown)}")
+    if plan_only:
+        for d in dates:
+            _plan_date(daemon, d, chosen, config)
+        daemon.engine.dispose()
+        return
+    failed = sum(_run_date(daemon, d, chosen) for d in dates)
+    daemon.stop()
+    sys.exit(1 if failed else 0)
+
+
+def _plan(daemon: Any, run_date: dt.date, chosen: list[Any] | None) -> Any:
+    """Plan one date: (models, batch id or None, model run per model); None when none is due."""
+    from sqlmodel import Session
+
+    from mldropd.batch.plan import due_models
+    from mldropd.states import Trigger
+
+    models = chosen
+    if models is None:
+        with Session(daemon.engine) as s:
+            models = due_models(s, run_date)
+    if not models:
+        return None
+    # A person asked: a new failure episode (attempt 1), dated today or a backfill.
+    trigger = Trigger.MANUAL if run_date == daemon.today() else Trigger.BACKFILL
+    batch_id, covered = daemon.run_models(
+        run_date, models, trigger, force=chosen is not None, submit=False
+    )
+    return models, batch_id, covered
+
+
+def _plan_date(
+    daemon: Any, run_date: dt.date, chosen: list[Any] | None, config: str | None
+) -> None:
+    """--plan-only: a pending batch for spark-submit; its id alone on stdout, the rest on stderr."""
+    planned = _plan(daemon, run_date, chosen)
+    if planned is None:
+        click.echo(f"no model is due on {run_date}", err=True)
+        return
+    models, batch_id, covered = planned
+    for model in models:
+        run = covered[model.id]
+        if run.batch_id != batch_id:
+            click.echo(
+                f"{model.name} (id {model.id}) {run_date}: already {run.status} "
+                f"in batch {run.batch_id}; not planned again",
+                err=True,
+            )
+    if batch_id is None:
+        return
+    spec = importlib.util.find_spec("mldropd.jobs.score_batch")
+    job = spec.origin if spec is not None else "score_batch.py"
+    click.echo(
+        f"planned batch {batch_id} for {run_date}; run it with:\n"
+        f"  spark-submit --master <URL> {job} {Path(config or 'config.toml').resolve()} {batch_id}",
+        err=True,
+    )
+    click.echo(str(batch_id))
+
+
+def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None) -> int:
+    """Score one date in the foreground (waiting for late data like the sensor, and for runs of
+    the same models already in progress elsewhere); print each model's outcome; count failures."""
+    from sqlmodel import Session
+
+    from mldropd.records import ModelRun
+
+    planned = _plan(daemon, run_date, chosen)
+    if planned is None:
+        click.echo(f"no model is due on {run_date}")
+        return 0
+    models, batch_id, covered = planned
+    batches = list(dict.fromkeys([batch_id] if batch_id is not None else []))
+    batches += [r.batch_id for r in covered.values() if r.batch_id not in batches]
+    for other in batches:  # ours first, then the ones joined
+        _follow(daemon, other, run_date, joined=other != batch_id)
+    failed = 0
+    with Session(daemon.engine) as s:
+        for model in models:
+            mr = s.get(ModelRun, covered[model.id].id)
+            assert mr is not None
+            failed += mr.status != "succeeded"
+            done = (
+                f", {mr.rows} rows in {duration(mr.seconds)}"
+                if mr.rows is not None and mr.seconds is not None
+                else ""
+            )
+            joined = f" (joined batch {mr.batch_id})" if mr.batch_id != batch_id else ""
+            error = f"\n  error: {mr.error}" if mr.error else ""
+            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}{joined}{done}{error}")
+    return failed
+
+
+def _follow(daemon: Any, batch_id: int, run_date: dt.date, *, joined: bool) -> None:
+    """Until the batch is over: run it here unless another live process does (the runner claims
+    it atomically), sleep through the sensor's waits, else poll the process that has it."""
+    import time
+
+    from sqlmodel import Session
+
+    from mldropd.batch.plan import process_alive
+    from mldropd.records import BatchRun, utcnow
+    from mldropd.states import RunStatus
+
+    told = False
+    while True:
+        daemon.runner.run(batch_id, retries=False)
+        with Session(daemon.engine) as s:
+            batch = s.get(BatchRun, batch_id)
+        if batch is None or batch.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+            return
+        mine = batch.runner_pid == os.getpid()
+        if batch.status == RunStatus.PENDING and batch.not_before is not None and mine:
+            wake = batch.not_before
+            wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
+            click.echo(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
+            time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
+            continue
+        holder = batch.runner_pid
+        if batch.status == RunStatus.RUNNING and not (
+            process_alive(holder) or process_alive(batch.pid)
+        ):
+            click.echo(
+                f"{run_date}: batch {batch_id} was left running by process {holder}, which is "
+                "gone; the daemon resumes it at its next start"
+            )
+            return
+        if not told:
+            who = "being scored" if batch.status == RunStatus.RUNNING else "planned"
+            click.echo(
+                f"{run_date}: joined batch {batch_id}, {who} by process {holder}; waiting ..."
+                if joined
+                else f"{run_date}: batch {batch_id} is taken by process {holder}; waiting ..."
+            )
+            told = True
+        time.sleep(1.0)
+
+
+def register(main: click.Group) -> None:
+    """Add `run` to the command group."""
+    main.add_command(run)
