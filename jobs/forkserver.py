@@ -37,10 +37,10 @@ def preload(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    import signal
-
     socket_path, config = argv[0], json.loads(argv[1])
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)  # end with whoever started us
+    # No PR_SET_PDEATHSIG here: it fires when the starting *thread* ends, and a daemon may
+    # start us from a short-lived worker thread. Our stdin is a pipe from the process that
+    # started us; its end of file (that process gone) stops the server (Server.serve).
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, to be killed
     # What this kernel lets a sandbox apply, tried before the libraries load (faster forks).
     uid = config.get("user_uid", config.get("uid_base"))

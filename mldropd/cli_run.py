@@ -85,7 +85,11 @@ def run(
             _plan_date(daemon, d, chosen, config)
         daemon.engine.dispose()
         return
-    failed = sum(_run_date(daemon, d, chosen) for d in dates)
+    planned = {d: _plan(daemon, d, chosen) for d in dates}
+    ours = [p[1] for p in planned.values() if p is not None and p[1] is not None]
+    if len(ours) > 1:  # a backfill is one job: each owner's models load once, one report
+        daemon.runner.run_job(ours, retries=False)
+    failed = sum(_run_date(daemon, d, planned[d]) for d in dates)
     daemon.stop()
     sys.exit(1 if failed else 0)
 
@@ -140,14 +144,13 @@ def _plan_date(
     click.echo(str(batch_id))
 
 
-def _run_date(daemon: Any, run_date: dt.date, chosen: list[Any] | None) -> int:
-    """Score one date in the foreground (waiting for late data like the sensor, and for runs of
-    the same models already in progress elsewhere); print each model's outcome; count failures."""
+def _run_date(daemon: Any, run_date: dt.date, planned: Any) -> int:
+    """Score one planned date in the foreground (waiting for late data like the sensor, and for
+    runs of the same models in progress elsewhere); print each model's outcome; count failures."""
     from sqlmodel import Session
 
     from mldropd.records import ModelRun
 
-    planned = _plan(daemon, run_date, chosen)
     if planned is None:
         click.echo(f"no model is due on {run_date}")
         return 0

@@ -77,9 +77,12 @@ class BatchJob:
         """Run every step; the batch ends succeeded or failed (or waits for its data)."""
         started = time.monotonic()
         self.work.mkdir(parents=True, exist_ok=True)
-        self.engines.prepare()  # the fork server imports while we plan
         try:
             claimed = ledger.claim(self.db, self.batch_id)
+            # The fork server imports its models' libraries while we fetch files and check keys.
+            self.engines.prepare(
+                [str(v.contract.get("pipeline_type", "")) for _, _, v in claimed.runs]
+            )
             fault_point("claimed")
             extra = {"run_id": self.batch_id, "date": claimed.date.isoformat()}
             log.info("batch started with %d model(s)", len(claimed.runs), extra=extra)

@@ -53,6 +53,16 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+_BASE_PRELOAD = ["numpy", "pandas", "pyarrow", "dill"]
+
+
+def preload_for(pipeline_types: list[str]) -> list[str]:
+    """The modules a job's fork server imports: the basics, and the modules the models' classes
+    come from ("lightgbm.sklearn.LGBMClassifier" -> lightgbm.sklearn)."""
+    modules = [t.rsplit(".", 1)[0] for t in pipeline_types if "." in t]
+    return list(dict.fromkeys(_BASE_PRELOAD + [m for m in modules if m != "builtins"]))
+
+
 class Engines:
     """The engines of one batch job, started lazily and kept for its batches."""
 
@@ -61,6 +71,7 @@ class Engines:
         self._sandboxes = sandboxes
         self._owned_sandboxes = False
         self._spark: ScoringEngine | None = None
+        self._local: ScoringEngine | None = None
 
     def choose(
         self,
@@ -91,22 +102,31 @@ class Engines:
                 self._owned_sandboxes = True
         return self._sandboxes
 
-    def prepare(self) -> None:
-        """Start the fork server in the background (it imports while the batch is planned)."""
+    def prepare(self, pipeline_types: list[str]) -> None:
+        """Start the fork server in the background (it imports while the batch is prepared):
+        a job's own server imports only what its models are made of, not every library
+        [sandbox] preload names (the daemon's long-lived server does that)."""
         if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
             from mldropd.sandbox.setup import Sandboxes
 
-            self._sandboxes = Sandboxes.start(self.settings, wait=False)
+            self._sandboxes = Sandboxes.start(
+                self.settings, wait=False, preload=preload_for(pipeline_types)
+            )
             self._owned_sandboxes = True
 
     def local(self) -> ScoringEngine:
         from mldropd.engines.local import LocalEngine
         from mldropd.sandbox.setup import Sandboxes
 
-        sandboxes = self.sandboxes()
-        assert isinstance(sandboxes, Sandboxes)
-        sandboxes.ready()
-        return LocalEngine(sandboxes, self.settings.engine.model_memory_mb)
+        if self._local is None:
+            sandboxes = self.sandboxes()
+            assert isinstance(sandboxes, Sandboxes)
+            sandboxes.ready()
+            # Kept for the job's batches: a backfill loads each owner's models once.
+            self._local = LocalEngine(
+                sandboxes, self.settings.engine.model_memory_mb, keep_hosts=True
+            )
+        return self._local
 
     def spark(self) -> ScoringEngine:
         if self.settings.features.kind == "duckdb":  # said before Spark's ~40 s start-up
@@ -122,10 +142,13 @@ class Engines:
         if self._spark is None:
             from mldropd.engines.spark import SparkEngine
 
-            self._spark = SparkEngine(self.settings.engine)
+            self._spark = SparkEngine(self.settings.engine, self.settings.sandbox)
         return self._spark
 
     def close(self) -> None:
+        if self._local is not None:
+            self._local.close()  # type: ignore[attr-defined]
+            self._local = None
         if self._owned_sandboxes and self._sandboxes is not None:
             self._sandboxes.stop()  # type: ignore[attr-defined]
             self._sandboxes = None

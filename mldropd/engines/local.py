@@ -16,7 +16,7 @@ import logging
 import resource
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
@@ -35,10 +35,41 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, sandboxes: Sandboxes, memory_mb: int) -> None:
+    def __init__(self, sandboxes: Sandboxes, memory_mb: int, *, keep_hosts: bool = False) -> None:
         self.sandboxes = sandboxes
         self.memory_mb = memory_mb
         self.host_peaks_mb: dict[int, float] = {}  # owner -> peak RSS of its host, last score()
+        # keep_hosts: a job scoring several dates (a backfill) loads each owner's models once;
+        # the hosts wait between dates and end with close().
+        self.keep_hosts = keep_hosts
+        self._kept: dict[tuple[int, str], OwnerScorer] = {}
+
+    def close(self) -> None:
+        """End the hosts kept between requests."""
+        for owner in self._kept.values():
+            with contextlib.suppress(Exception):
+                owner.close()
+        self._kept.clear()
+
+    def _owners(self, request: ScoringRequest) -> list[OwnerScorer]:
+        """One scorer per owner (and entity key: the key policies may keep other rows per key);
+        a kept one when it holds the same models and is healthy, else a new one."""
+        groups: dict[tuple[int, str], list[ModelTask]] = defaultdict(list)
+        for task in request.tasks:
+            groups[(task.owner_id, task.entity_key)].append(task)
+        owners = []
+        for key, tasks in groups.items():
+            kept = self._kept.pop(key, None)
+            if kept is not None and kept.rebind(tasks):
+                owners.append(kept)
+                continue
+            if kept is not None:
+                kept.close()
+            owners.append(OwnerScorer(self.sandboxes, key[0], tasks, self.memory_mb))
+        for stale in self._kept.values():  # owners this request does not need
+            stale.close()
+        self._kept.clear()
+        return owners
 
     def score(
         self,
@@ -47,14 +78,7 @@ class LocalEngine:
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
     ) -> dict[int, Outcome]:
-        # One host per owner (and entity key: the key policies may keep other rows per key).
-        by_owner: dict[tuple[int, str], list[ModelTask]] = defaultdict(list)
-        for task in request.tasks:
-            by_owner[(task.owner_id, task.entity_key)].append(task)
-        owners = [
-            OwnerScorer(self.sandboxes, owner, tasks, self.memory_mb)
-            for (owner, _), tasks in by_owner.items()
-        ]
+        owners = self._owners(request)
         keys = KeyFilters.from_request(list(request.key_filters))
         outputs = {
             t.model_run_id: Output(
@@ -97,10 +121,13 @@ class LocalEngine:
             raise
         finally:
             batches.close()
+            pool.shutdown(wait=True, cancel_futures=True)
             for owner in owners:
+                if self.keep_hosts and owner.healthy:
+                    self._kept[(owner.owner_id, owner.entity_key)] = owner
+                    continue
                 with contextlib.suppress(Exception):
                     owner.close()
-            pool.shutdown(wait=True, cancel_futures=True)
         writer.finish()
         _discard_failed(owners, outputs, writer)
         outcomes: dict[int, Outcome] = {}
@@ -129,7 +156,7 @@ class LocalEngine:
 
 def _start_all(pool: ThreadPoolExecutor, owners: list[OwnerScorer]) -> None:
     """Start every owner's host in parallel; an owner whose host cannot start fails alone."""
-    started: dict[OwnerScorer, Future[None]] = {o: pool.submit(o.start) for o in owners}
+    started = {o: pool.submit(o.start) for o in owners if o.host is None}
     for owner, future in started.items():
         try:
             future.result()

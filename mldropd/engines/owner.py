@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,12 @@ class OwnerScorer:
     """The models of one owner, scored batch after batch in one host process at a time."""
 
     def __init__(
-        self, sandboxes: Sandboxes, owner_id: int, tasks: list[ModelTask], memory_mb: int
+        self,
+        sandboxes: Sandboxes,
+        owner_id: int,
+        tasks: list[ModelTask],
+        memory_mb: int,
+        blob_of: Callable[[ModelTask], bytes] | None = None,
     ) -> None:
         self.sandboxes = sandboxes
         self.owner_id = owner_id
@@ -54,6 +60,7 @@ class OwnerScorer:
         self.live: list[int] = list(self.models)
         self.errors: dict[int, str] = {}
         self.memory_mb = memory_mb
+        self.blob_of = blob_of or (lambda task: task.path.read_bytes())
         self.host: ModelHost | None = None
         self.schema: pa.Schema | None = None
         self.columns: list[str] = []
@@ -84,7 +91,7 @@ class OwnerScorer:
         assert self.host is not None
         for slot in list(self.live):
             model = self.models[slot]
-            blob = model.task.path.read_bytes()
+            blob = self.blob_of(model.task)
             reply = self.host.load(slot, model.task.spec(), blob, model.remaining)
             model.used += reply.seconds
             if reply.kind == "loaded":
@@ -153,6 +160,30 @@ class OwnerScorer:
             message.splitlines()[0],
             extra={"model_run_id": self.models[slot].task.model_run_id},
         )
+
+    @property
+    def healthy(self) -> bool:
+        """Its host runs and every model of it is loaded (it can serve another date)."""
+        return self.host is not None and not self.errors
+
+    def rebind(self, tasks: list[ModelTask]) -> bool:
+        """Serve another request's runs of the same models with the host as it is (no model is
+        sent or loaded again); False when the models differ or the host is not healthy."""
+
+        def same(task: ModelTask) -> tuple[object, ...]:
+            return (task.model_id, task.model_version, task.features, task.input, task.call,
+                    task.output, task.entity_key)  # fmt: skip
+
+        if not self.healthy or [same(t) for t in tasks] != [
+            same(m.task) for m in self.models.values()
+        ]:
+            return False
+        self.models = {
+            slot: _Model(task, warnings=self.models[slot].warnings)
+            for slot, task in enumerate(tasks)
+        }
+        self.live = list(self.models)
+        return True
 
     def fail_all(self, message: str) -> None:
         for slot in list(self.live):

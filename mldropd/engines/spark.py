@@ -42,7 +42,7 @@ from mldropd.engines import under_spark_submit
 from mldropd.engines.base import Outcome, Progress, ScoringRequest
 from mldropd.engines.local_io import open_scores_file
 from mldropd.engines.spark_worker import REPORT_DDL, WorkerModel, score_partition
-from mldropd.settings import EngineSettings, FeatureSettings
+from mldropd.settings import EngineSettings, FeatureSettings, SandboxSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -55,8 +55,9 @@ class SparkEngine:
 
     name = "spark"
 
-    def __init__(self, engine: EngineSettings) -> None:
+    def __init__(self, engine: EngineSettings, sandbox: SandboxSettings) -> None:
         self.engine = engine
+        self.sandbox = sandbox
         self.session: SparkSession | None = None
 
     def score(
@@ -93,7 +94,12 @@ class SparkEngine:
         }
         timeouts = {t.model_run_id: t.timeout_s for t in request.tasks}
         return score_with_spark(
-            legacy, self.engine, timeouts=timeouts, spark=self.session, heartbeat=heartbeat
+            legacy,
+            self.engine,
+            timeouts=timeouts,
+            spark=self.session,
+            heartbeat=heartbeat,
+            sandbox=dataclasses.asdict(self.sandbox),
         )
 
 
@@ -161,8 +167,13 @@ def score_with_spark(
     timeouts: dict[int, float],
     spark: SparkSession | None = None,
     heartbeat: Callable[[], None] = lambda: None,
+    sandbox: dict[str, Any] | None = None,
 ) -> dict[int, Outcome]:
-    """Score request["models"] (the local engine's request) on Spark; an outcome per model run."""
+    """Score request["models"] (the local engine's request) on Spark; an outcome per model run.
+
+    sandbox: the [sandbox] settings the executors' model hosts apply (default: the defaults)."""
+    if sandbox is None:
+        sandbox = dataclasses.asdict(SandboxSettings())
     spark = spark or get_session(engine)
     features = FeatureSettings(**request["features"])
     day = dt.date.fromisoformat(request["slice_date"])
@@ -181,8 +192,11 @@ def score_with_spark(
         for key, tasks in groups.items():
             keyed = frame if key is None else keep_rows(spark, frame, features, day, filters[key])
             outcomes.update(
-                _score_all(spark, keyed, tasks, timeouts, scored_at, scratch, heartbeat)
-            )
+                _score_all(
+                    spark, keyed, tasks, timeouts, scored_at, scratch, heartbeat,
+                    sandbox, engine.model_memory_mb,
+                )
+            )  # fmt: skip
         return outcomes
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -243,6 +257,8 @@ def _score_all(
     scored_at: dt.datetime,
     scratch: Path,
     heartbeat: Callable[[], None],
+    sandbox: dict[str, Any],
+    memory_mb: int,
 ) -> dict[int, Outcome]:
     from pyspark.sql.pandas.types import to_arrow_type
 
@@ -254,6 +270,7 @@ def _score_all(
             model_run_id=t["model_run_id"],
             model_id=t["model_id"],
             model_version=t["model_version"],
+            owner_id=int(t.get("owner_id", 0)),
             entity_key=t["entity_key"],
             features=tuple(t["features"]),
             input=t["input"],
@@ -273,6 +290,8 @@ def _score_all(
         blobs=blobs,
         scratch=str(scratch),
         stamp=int(scored_at.timestamp() * 1_000_000),  # as the local engine's writer stamps
+        sandbox=sandbox,
+        memory_mb=memory_mb,
     )
     report: list[Any] = []
     started = time.monotonic()

@@ -1,19 +1,23 @@
 """Python-worker side of the Spark engine: the mapInArrow function applying every model.
 
-Runs inside Spark's Python workers (imported there by reference, so keep it light). Each worker
-loads each model once per job from the broadcast dill bytes and keeps it in a module-level
-dict keyed by model run id. Scores go straight from the model into that model's Parquet file
-for the task, written with the local engine's writer; a model that raises, returns bad scores
-or runs out of its time fails alone: its file is deleted and its report row carries the error.
+Runs inside Spark's Python workers (imported there by reference). The worker is the trusted
+side of its partitions, as the batch job is for the local engine: model code never runs in it.
+Each worker starts one sandbox fork server (kept for the worker's life: Spark reuses Python
+workers across tasks and jobs), and per job one sandboxed model host per owner, confined with
+whatever layers the executor's kernel offers ([sandbox] require is checked there too). The
+models are sent their dill bytes (from the broadcast) once per job and worker; every Arrow
+batch goes to each owner's host with only that owner's columns; the scores come back checked
+and go into each model's Parquet file for the task, written with the local engine's writer.
+A model that raises, hangs, lies or crashes its host fails alone: its file is deleted and its
+report row carries the error.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
-import signal
-import threading
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +26,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-# Python-worker state for the current job: model run id -> loaded pipeline, and seconds spent
-# per model (for the time limit). A reused worker clears both when another job reaches it.
+# Python-worker state: the fork server (for the worker's life) and, for the current job, one
+# scorer per owner. A reused worker reaching another job closes the last job's hosts.
+_SERVER: list[Any] = []
 _JOB: list[str] = [""]
-_MODELS: dict[int, Any] = {}
-_USED: dict[int, float] = {}
+_OWNERS: dict[tuple[int, str], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -36,43 +40,13 @@ class WorkerModel:
     model_run_id: int
     model_id: int
     model_version: int
+    owner_id: int
     entity_key: str
     features: tuple[str, ...]
     input: str
     call: str
     output: str
     timeout_s: float
-
-
-class ModelTimeout(Exception):
-    """Raised inside a model's call when its time limit is over."""
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Interrupt the model's call with ModelTimeout after `seconds` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def fire(signum: int, frame: object) -> None:
-        raise ModelTimeout
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _load(spec: WorkerModel, blobs: Any) -> Any:
-    if spec.model_run_id not in _MODELS:
-        import dill
-
-        _MODELS[spec.model_run_id] = dill.loads(blobs.value[spec.model_run_id])["pipeline"]
-    return _MODELS[spec.model_run_id]
 
 
 REPORT_DDL = "model_run_id long, path string, rows long, error string, seconds double"
@@ -126,6 +100,50 @@ class _Output:
         return self.path
 
 
+def _sandboxes(sandbox: dict[str, Any]) -> Any:
+    """This worker's fork server, started once (it imports the model libraries once)."""
+    from mldropd.sandbox.setup import Sandboxes
+    from mldropd.settings import Settings
+
+    if not _SERVER:
+        settings = Settings.from_dict({"sandbox": sandbox})
+        settings.server.work_dir = tempfile.mkdtemp(prefix="mldropd-spark-worker-")
+        started = Sandboxes.start(settings, check_home=False)
+        _SERVER.append(started)
+        atexit.register(started.stop)
+    return _SERVER[0]
+
+
+def _owners(job: str, specs: list[WorkerModel], blobs: Any, sandbox: dict[str, Any],
+            memory_mb: int) -> dict[tuple[int, str], Any]:  # fmt: skip
+    """The job's scorers in this worker, one per owner (and key), started at the first task."""
+    from mldropd.engines.base import ModelTask
+    from mldropd.engines.owner import OwnerScorer
+
+    if _JOB[0] != job:  # a reused worker starting another job: end the last one's hosts
+        for owner in _OWNERS.values():
+            with contextlib.suppress(Exception):
+                owner.close()
+        _OWNERS.clear()
+        _JOB[0] = job
+        sandboxes = _sandboxes(sandbox)
+        groups: dict[tuple[int, str], list[ModelTask]] = {}
+        for s in specs:
+            task = ModelTask(s.model_run_id, s.model_id, s.model_version, s.owner_id,
+                             Path(f"broadcast:{s.model_run_id}"), s.features, s.input, s.call,
+                             s.output, s.entity_key, Path("/nonexistent"), s.timeout_s)  # fmt: skip
+            groups.setdefault((s.owner_id, s.entity_key), []).append(task)
+        for key, tasks in groups.items():
+            owner = OwnerScorer(sandboxes, key[0], tasks, memory_mb,
+                                blob_of=lambda t: blobs.value[t.model_run_id])  # fmt: skip
+            try:
+                owner.start()
+            except Exception as exc:  # no sandbox here: every model of the owner says why
+                owner.fail_all(f"the model's sandbox could not be started on the executor: {exc}")
+            _OWNERS[key] = owner
+    return _OWNERS
+
+
 def score_partition(
     batches: Iterator[pa.RecordBatch],
     *,
@@ -134,20 +152,17 @@ def score_partition(
     blobs: Any,
     scratch: str,
     stamp: int,
+    sandbox: dict[str, Any],
+    memory_mb: int,
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow function: every model scores every batch and appends to its own file.
+    """mapInArrow function: every owner's host scores every batch; scores go to files here.
 
     Yields the task's report, one row per model: its file (None when it wrote nothing), rows,
     seconds, or the error that failed it. The files of a failed task attempt are never listed.
     """
     from pyspark import TaskContext
 
-    from mldropd.modelcall import check_scores, describe_model_error, predict, to_input
-
-    if _JOB[0] != job:  # a reused worker starting another job: forget the last one's models
-        _JOB[0] = job
-        _MODELS.clear()
-        _USED.clear()
+    owners = _owners(job, specs, blobs, sandbox, memory_mb)
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
     attempt = context.attemptNumber() if context is not None else 0
@@ -159,42 +174,24 @@ def score_partition(
         )
         for s in specs
     }
-    errors: dict[int, str] = {}
-    spent = dict.fromkeys(outputs, 0.0)
+    used_before = {
+        owner.models[slot].task.model_run_id: owner.seconds_of(slot)
+        for owner in owners.values()
+        for slot in owner.models
+    }
     for index, batch in enumerate(batches):
-        n = batch.num_rows
-        if n == 0:  # models need not cope with empty input (the local engine never sends it)
+        if batch.num_rows == 0:  # models need not cope with empty input (local never sends it)
             continue
-        for spec in specs:
-            run_id = spec.model_run_id
-            if run_id in errors:
+        for (_, key), owner in owners.items():
+            if not owner.live:
                 continue
-            try:
-                model = _load(spec, blobs)
-            except Exception as exc:
-                errors[run_id] = f"loading the model failed: {type(exc).__name__}: {exc}"
-                continue
-            started = time.perf_counter()
-            try:
-                with _time_limit(spec.timeout_s - _USED.get(run_id, 0.0)):
-                    x = to_input(batch, list(spec.features), spec.input)
-                    scores = predict(model, x, spec.call, spec.output)
-                check_scores(scores, n)
-            except ModelTimeout:
-                errors[run_id] = (
-                    f"the model did not finish within its time limit of {spec.timeout_s:.0f} s "
-                    "(set params.timeout_s or [engine] model_timeout_s) and was stopped"
-                )
-            except Exception as exc:  # the model's own failure: it fails alone
-                errors[run_id] = (
-                    f"scoring batch {index} of Spark partition {partition} ({n} rows) failed: "
-                    f"{describe_model_error(exc)}"
-                )
-            seconds = time.perf_counter() - started
-            spent[run_id] += seconds
-            _USED[run_id] = _USED.get(run_id, 0.0) + seconds
-            if run_id not in errors:
-                outputs[run_id].write(batch.column(spec.entity_key), scores)
-    for run_id, output in outputs.items():
-        path = output.close(keep=run_id not in errors)
-        yield _report(run_id, path, output.rows, errors.get(run_id), spent[run_id])
+            keys = batch.column(batch.schema.get_field_index(key))
+            for slot, scores in owner.score(batch, index).items():
+                outputs[owner.models[slot].task.model_run_id].write(keys, scores)
+    for owner in owners.values():
+        for slot, model in owner.models.items():
+            run_id = model.task.model_run_id
+            error = owner.errors.get(slot)
+            path = outputs[run_id].close(keep=error is None)
+            seconds = owner.seconds_of(slot) - used_before.get(run_id, 0.0)
+            yield _report(run_id, path, outputs[run_id].rows, error, seconds)

@@ -116,6 +116,7 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._stop)
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "lifeline")
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         try:
@@ -124,6 +125,9 @@ class Server:
                     if key.data == "wake":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 4096)
+                    elif key.data == "lifeline":
+                        if not os.read(sys.stdin.fileno(), 4096):
+                            self.running = False  # whoever started us is gone: so are we
                     elif key.data is None:
                         conn, _ = listener.accept()
                         self.selector.register(conn, selectors.EVENT_READ, "conn")
@@ -390,7 +394,7 @@ class ForkServer:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mldropd.jobs.forkserver", path, json.dumps(config)],
             env=clean_environment(config.get("threads", 0)),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the lifeline: closed when this process ends, ending the server
             stdout=subprocess.PIPE,
             bufsize=0,  # unbuffered: select() must see every line that readline() has not read
             cwd="/",
@@ -485,8 +489,9 @@ class ForkServer:
         except Exception:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for stream in (self.proc.stdout, self.proc.stdin):
+            if stream is not None:
+                stream.close()
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
         self.proc = None

@@ -21,10 +21,14 @@ class SandboxUnavailable(ConfigError):
     """A required sandbox layer is missing here; the message says how to relax the setting."""
 
 
-def fork_server_config(settings: Settings, *, batch_jobs: bool = False) -> dict[str, Any]:
+def fork_server_config(
+    settings: Settings, *, batch_jobs: bool = False, preload: list[str] | None = None
+) -> dict[str, Any]:
+    """preload: the modules to import (default: [sandbox] preload)."""
     sb = settings.sandbox
     config: dict[str, Any] = {"uid_base": sb.uid_base, "threads": sb.threads}
-    config["preload"] = list(sb.preload) + (["mldropd.jobs.score_batch"] if batch_jobs else [])
+    modules = list(sb.preload) if preload is None else list(preload)
+    config["preload"] = modules + (["mldropd.jobs.score_batch"] if batch_jobs else [])
     if sb.user:
         try:
             entry = pwd.getpwnam(sb.user) if not sb.user.isdigit() else pwd.getpwuid(int(sb.user))
@@ -45,11 +49,20 @@ class Sandboxes:
         self.server = server
 
     @classmethod
-    def start(cls, settings: Settings, *, batch_jobs: bool = False, wait: bool = True) -> Sandboxes:
-        check_home_outside_sandbox(settings)
+    def start(
+        cls,
+        settings: Settings,
+        *,
+        batch_jobs: bool = False,
+        wait: bool = True,
+        check_home: bool = True,
+        preload: list[str] | None = None,
+    ) -> Sandboxes:
+        if check_home:  # a Spark executor has no home of ours
+            check_home_outside_sandbox(settings)
         server = ForkServer.start(
             Path(settings.server.work_dir),
-            fork_server_config(settings, batch_jobs=batch_jobs),
+            fork_server_config(settings, batch_jobs=batch_jobs, preload=preload),
             wait=wait,
         )
         sandboxes = cls(settings, server)
