@@ -241,6 +241,7 @@ class BatchJob:
             entity_key=p.entity_key,
             out_dir=staging_dir(self.settings.scores.path, self.batch_id, p.run.id),
             timeout_s=timeout_of(contract.get("params") or {}, self.settings.engine),
+            pipeline_type=str(contract.get("pipeline_type") or ""),
         )
 
     def _finish_model(

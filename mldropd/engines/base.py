@@ -28,6 +28,7 @@ class ModelTask:
     entity_key: str
     out_dir: Path  # staging folder of its partition
     timeout_s: float  # wall-clock limit of its own code (load + every batch), kept by us
+    pipeline_type: str = ""  # "lightgbm.sklearn.LGBMClassifier": what its host should import
 
     def spec(self) -> dict[str, object]:
         """What the model host needs to call the model (never a path of ours)."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401  (pa.parquet: file row counts for key positions)
 
-from mldropd.engines import under_spark_submit
+from mldropd.engines import preload_for, under_spark_submit
 from mldropd.engines.base import Outcome, Progress, ScoringRequest
 from mldropd.engines.local_io import open_scores_file
 from mldropd.engines.spark_worker import REPORT_DDL, WorkerModel, score_partition
@@ -99,7 +99,8 @@ class SparkEngine:
             timeouts=timeouts,
             spark=self.session,
             heartbeat=heartbeat,
-            sandbox=dataclasses.asdict(self.sandbox),
+            sandbox=dataclasses.asdict(self.sandbox)
+            | {"preload": preload_for([t.pipeline_type for t in request.tasks])},
         )
 
 
@@ -143,7 +144,9 @@ def read_slice(spark: SparkSession, features: FeatureSettings, day: dt.date) -> 
         return table.where(F.col(features.date_column).cast("date") == F.lit(day))
     if features.kind == "parquet":
         folder = Path(features.path) / f"{features.date_column}={day}"
-        return spark.read.parquet(str(folder / "*.parquet"))  # the local engine's file set
+        # The local engine's file set (*.parquet, not _SUCCESS or .crc), without the glob path
+        # that made Spark log a FileNotFoundException looking for a _spark_metadata folder.
+        return spark.read.option("pathGlobFilter", "*.parquet").parquet(str(folder))
     raise ValueError(f"the spark engine cannot read [features] kind = {features.kind!r}")
 
 
