@@ -35,6 +35,7 @@ class Inspection:
         return not self.errors and self.summary is not None
 
 
+EMPTY_FILE = "the file is empty; save the model object with dill.dump(obj, f, recurse=True)"
 FUNCTIONS_NOTE = "contains serialized Python functions (lambdas or notebook functions)"
 
 
@@ -51,12 +52,7 @@ def scan_file(
 ) -> tuple[dict[str, Any], list[FieldError]]:
     """The static scan, as JSON-able facts and problems; `allowed` names are not refused."""
     if path.stat().st_size == 0:
-        return {}, [
-            FieldError(
-                "file",
-                "the file is empty; save the model object with dill.dump(obj, f, recurse=True)",
-            )
-        ]
+        return {}, [FieldError("file", EMPTY_FILE)]
     limits = settings.limits
     result = scan_in_child(path, limits.scan_timeout_s, limits.scan_memory_mb)
     refused = [name for name in result.refused if name not in allowed]

@@ -30,7 +30,7 @@ from mldropd.auth import allowed_globals
 from mldropd.contract import check_email, check_name, check_schedule
 from mldropd.db import session_scope
 from mldropd.errors import FieldError, MldropdError, QuotaExceeded, ValidationFailed
-from mldropd.inspect import Inspection, scan_file, validate_file
+from mldropd.inspect import EMPTY_FILE, Inspection, scan_file, validate_file
 from mldropd.records import Model, ModelVersion, User
 from mldropd.registry import active_model_names, name_from_filename, quota_of, store_and_record
 from mldropd.settings import Settings
@@ -74,11 +74,14 @@ class Attempt:
         }
 
 
-def precheck(engine: Engine, settings: Settings, user: User, form: UploadForm) -> frozenset[str]:
-    """The form fields and the quota, before any model code runs.
-
-    Returns the refused globals an admin allowed for the user (auth.allowed_globals)."""
+def precheck(
+    engine: Engine, settings: Settings, user: User, form: UploadForm, size: int
+) -> frozenset[str]:
+    """The file's size, the form fields and the quota, before any model code runs; every
+    problem found at once. Returns the refused globals an admin allowed for the user."""
     problems: list[FieldError] = []
+    if size == 0:
+        problems.append(FieldError("file", EMPTY_FILE))
     if form.name is not None:
         problems += check_name(form.name)
     if form.email is not None:
@@ -138,7 +141,7 @@ async def register(
     """Check, scan, validate, store and record an uploaded file (see the module's order)."""
     engine, settings = daemon.engine, daemon.settings
     attempt.stage = "form"
-    allowed = await anyio.to_thread.run_sync(precheck, engine, settings, user, form)
+    allowed = await anyio.to_thread.run_sync(precheck, engine, settings, user, form, attempt.size)
     async with daemon.validations.slot(ticket):
         attempt.stage = "scan"
         facts, problems = await anyio.to_thread.run_sync(scan_file, path, settings, allowed)
@@ -170,7 +173,7 @@ def register_file(
     attempt = Attempt(filename=form.filename, size=path.stat().st_size, sha256=sha256_file(path))
     try:
         attempt.stage = "form"
-        allowed = precheck(engine, settings, user, form)
+        allowed = precheck(engine, settings, user, form, attempt.size)
         attempt.stage = "scan"
         facts, problems = scan_file(path, settings, allowed)
         attempt.scan = facts

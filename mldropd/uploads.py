@@ -93,6 +93,8 @@ async def _receive(
 
 
 def _text(value: Any) -> str | None:
+    """A form value with surrounding spaces removed; newlines, NUL and the like stay, so that
+    the checks refuse them (a name or e-mail is matched whole)."""
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return value.strip(" ")
     return None

@@ -219,37 +219,36 @@ def test_store_check_finds_missing_corrupt_and_orphans(
     ann = make_user(ANN)
     for name in ("alpha", "beta", "gamma"):
         assert upload(client, ann, small_model, name=name).status_code == 201
+    # Folders are named by ids (users/<user id>/models/<model id>), never by the e-mail.
+    A, B, G, GHOST = (f"users/1/models/{i}" for i in (1, 2, 3, 99))
     clean = mldropd(home, "store", "check", "-v")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert f"store: folder {settings.storage.path}" in clean.stdout
-    assert f"ok       {ANN}/alpha/v1/model.dill (model 1 alpha v1," in clean.stdout
+    assert f"ok       {A}/v1/model.dill (model 1 alpha v1," in clean.stdout
     assert "3 artifact(s) checked: 3 ok, 0 with problems; 0 orphan object(s)" in clean.stdout
     assert "OK: every artifact" in clean.stdout
 
     root = Path(settings.storage.path)
-    alpha = root / ANN / "alpha" / "v1" / "model.dill"
+    alpha = root / A / "v1" / "model.dill"
     alpha.write_bytes(bytes(b ^ 0xFF for b in alpha.read_bytes()))  # same size, other bytes
-    (root / ANN / "beta" / "v1" / "model.dill").unlink()
-    (root / ANN / "gamma" / "v1" / "manifest.json").unlink()
-    (root / ANN / "ghost" / "v7").mkdir(parents=True)
+    (root / B / "v1" / "model.dill").unlink()
+    (root / G / "v1" / "manifest.json").unlink()
+    (root / GHOST / "v7").mkdir(parents=True)
     (root / ANN / "ghost" / "v7" / "model.dill").write_bytes(b"nobody's")
 
     found = mldropd(home, "store", "check")
     assert found.returncode == 1, found.stdout + found.stderr
     lines = found.stdout.splitlines()
     assert any(
-        line.startswith(f"BAD      {ANN}/alpha/v1/model.dill (model 1 alpha v1): sha256 ")
+        line.startswith(f"BAD      {A}/v1/model.dill (model 1 alpha v1): sha256 ")
         and "in the database" in line
         for line in lines
     ), found.stdout
+    assert f"MISSING  {B}/v1/model.dill (model 2 beta v1): the object is missing" in found.stdout
     assert (
-        f"MISSING  {ANN}/beta/v1/model.dill (model 2 beta v1): the object is missing"
-        in found.stdout
+        f"BAD      {G}/v1/model.dill (model 3 gamma v1): its manifest "
+        f"{G}/v1/manifest.json is missing" in found.stdout
     )
-    assert (
-        f"BAD      {ANN}/gamma/v1/model.dill (model 3 gamma v1): its manifest "
-        f"{ANN}/gamma/v1/manifest.json is missing" in found.stdout
-    )
-    assert f"ORPHAN   {ANN}/ghost/v7/model.dill (no database row points at it)" in found.stdout
+    assert f"ORPHAN   {GHOST}/v7/model.dill (no database row points at it)" in found.stdout
     assert "3 artifact(s) checked: 0 ok, 3 with problems; 1 orphan object(s)" in found.stdout
     assert "ok       " not in found.stdout  # without -v only problems are listed
