@@ -77,6 +77,8 @@ class ValidationSlots:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationSlots:
+        """The daemon's slots; a count whose sandboxes would not fit in memory is refused."""
+        check_memory(settings)
         return cls(slot_count(settings), settings.limits.validation_wait_s)
 
     def ticket(self, owner_id: int, ticket_id: str | None = None) -> Ticket:
