@@ -235,8 +235,8 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
         for row in s.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)):
             s.delete(row)
         for table in (DQResult, ModelRun):
-            for row in s.exec(select(table).where(table.model_id == model.id)):
-                s.delete(row)
+            for child in s.exec(select(table).where(table.model_id == model.id)):
+                s.delete(child)
             s.flush()  # children first: without ORM relationships nothing orders the deletes
         s.delete(model)
         audit.record(

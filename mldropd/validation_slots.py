@@ -10,6 +10,7 @@ worker thread, so queued uploads cannot starve the page and API handlers.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from mldropd.errors import Busy, ConfigError
 from mldropd.settings import Settings
 
 MB = 1024 * 1024
+_TICKET = re.compile(r"[0-9a-f]{32}")
 
 
 def machine_memory_mb() -> int:
@@ -82,8 +84,10 @@ class ValidationSlots:
         return cls(slot_count(settings), settings.limits.validation_wait_s)
 
     def ticket(self, owner_id: int, ticket_id: str | None = None) -> Ticket:
-        """A ticket for an upload; the page passes its own id so it can ask for the progress."""
-        return Ticket(ticket_id or uuid.uuid4().hex, owner_id)
+        """A ticket for an upload; the page passes its own id (32 hex digits) so that it can ask
+        for the progress (GET /upload-progress/<id>); anything else gets a new id."""
+        valid = ticket_id is not None and _TICKET.fullmatch(ticket_id) is not None
+        return Ticket(ticket_id if valid and ticket_id else uuid.uuid4().hex, owner_id)
 
     def progress(self, owner_id: int, ticket_id: str) -> Ticket | None:
         """The owner's ticket (None for another user's or a finished one)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import dill
 import httpx
 import numpy as np
@@ -25,9 +26,9 @@ from sklearn.linear_model import LogisticRegression
 
 from mldropd import logs
 from mldropd.app import create_app
-from mldropd.errors import ConfigError
+from mldropd.errors import Busy, ConfigError
 from mldropd.settings import Settings
-from mldropd.validation_slots import check_memory, slot_count
+from mldropd.validation_slots import ValidationSlots, check_memory, slot_count
 from tests.pickle_corpus import REFUSED
 from tests.test_api_e2e import auth, upload
 from tests.test_cli import mldropd
@@ -198,6 +199,31 @@ def test_excess_uploads_wait_then_get_503_with_retry_after(
     assert 1.5 <= waited < 30
     assert not (tmp_path / "QUICK").exists()  # it never reached the sandbox
     assert results["slow"].status_code == 201, results["slow"].text
+
+
+def test_the_line_shows_each_upload_its_place_and_refuses_after_the_wait() -> None:
+    slots = ValidationSlots(1, wait_s=0.5)
+    first, second = slots.ticket(1), slots.ticket(2, "ab" * 16)
+    assert second.id == "ab" * 16 and slots.ticket(2, "../x").id != "../x"
+    seen: list[tuple[str, int] | None] = []
+
+    async def scenario() -> None:
+        async def wait_for_a_slot() -> None:
+            with pytest.raises(Busy) as busy:
+                async with slots.slot(second):
+                    raise AssertionError("the second upload got the only slot")
+            assert busy.value.retry_after_s >= 1
+
+        async with slots.slot(first), anyio.create_task_group() as tasks:
+            tasks.start_soon(wait_for_a_slot)
+            await anyio.sleep(0.1)
+            place = slots.progress(2, second.id)
+            seen.append((place.stage, place.ahead) if place else None)
+            seen.append(None if slots.progress(1, second.id) is None else ("other", 0))
+
+    anyio.run(scenario)
+    assert seen == [("waiting", 0), None]  # first in line; another user cannot see it
+    assert slots.progress(2, second.id) is None and slots.waiting == 0
 
 
 BAD_NAMES = ["bobmodel\n", "bob\x00model", "b\u043ebmodel", "../bob", "bob/model", "bob\\model"]

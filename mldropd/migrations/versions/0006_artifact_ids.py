@@ -65,7 +65,7 @@ def _store() -> Any:
     from mldropd.errors import ConfigError
     from mldropd.store import make_store
 
-    storage = op.get_context().config.attributes.get("storage")
+    storage = _attributes().get("storage")
     if storage is None:
         raise ConfigError(
             "schema revision 0006 moves the stored model files to id-based folders and needs "
@@ -75,8 +75,13 @@ def _store() -> Any:
     return make_store(storage)
 
 
-def _after_commit(step: Callable[[], None]) -> None:
-    op.get_context().config.attributes.setdefault("after_commit", []).append(step)
+def _attributes() -> dict[str, Any]:
+    config = op.get_context().config
+    return config.attributes if config is not None else {}
+
+
+def _after_commit(step: Callable[[], object]) -> None:
+    _attributes().setdefault("after_commit", []).append(step)
 
 
 def _move(moves: list[tuple[int, str, str, str, str]]) -> None:
@@ -129,7 +134,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     rows = op.get_bind().execute(_ROWS).all()
-    moves, owners = [], {}
+    moves: list[tuple[int, str, str, str, str]] = []
+    owners: dict[str, tuple[str, str]] = {}
     for row_id, version, key, sha256, model_id, name, _, email in rows:
         old = _legacy_key(email, name, version)
         other = owners.setdefault(old, (email, name))
