@@ -234,7 +234,7 @@ def test_store_check_finds_missing_corrupt_and_orphans(
     (root / B / "v1" / "model.dill").unlink()
     (root / G / "v1" / "manifest.json").unlink()
     (root / GHOST / "v7").mkdir(parents=True)
-    (root / ANN / "ghost" / "v7" / "model.dill").write_bytes(b"nobody's")
+    (root / GHOST / "v7" / "model.dill").write_bytes(b"nobody's")
 
     found = mldropd(home, "store", "check")
     assert found.returncode == 1, found.stdout + found.stderr
