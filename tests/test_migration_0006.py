@@ -135,7 +135,8 @@ def test_upgrade_moves_files_to_id_folders_and_downgrade_moves_them_back(
     # Back to 0005: refused while two models would share a folder again ...
     with engine.begin() as conn, pytest.raises(RuntimeError, match="would share the folder"):
         command.downgrade(_alembic_config(conn, storage), "0005")
-    assert schema_revision(engine) == head and _keys(db) == keys
+    # 0006 itself undid nothing (revisions chained after it may have been undone first).
+    assert schema_revision(engine) in (head, "0006") and _keys(db) == keys
     # ... and done once one of them is gone.
     with sqlite3.connect(db) as con:
         con.execute("DELETE FROM model_version WHERE model_id = 2")
