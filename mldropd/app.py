@@ -29,7 +29,7 @@ from mldropd.api.routes import bearer_user
 from mldropd.api.schema import document_errors
 from mldropd.auth import load_secret_key
 from mldropd.daemon import Daemon
-from mldropd.errors import MldropdError, Unauthorized
+from mldropd.errors import Busy, MldropdError, Unauthorized
 from mldropd.pages.routes import ROUTES as PAGE_ROUTES
 from mldropd.pages.routes import session_user
 from mldropd.records import User
@@ -53,7 +53,10 @@ def on_domain_error(request: Request[Any, Any, Any], exc: MldropdError) -> Respo
     """Every domain error becomes {"errors": [...]} with its status; pages redirect to sign-in."""
     if isinstance(exc, Unauthorized) and _is_page(request):
         return Redirect(f"/login?next={request.url.path}")
-    return _errors_response(exc.status_code, [e.as_dict() for e in exc.errors])
+    response = _errors_response(exc.status_code, [e.as_dict() for e in exc.errors])
+    if isinstance(exc, Busy):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

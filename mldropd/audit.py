@@ -50,8 +50,10 @@ def record(session: Session, actor: str, action: str, target: str, **detail: Any
     actor = actor or cli_actor()
     event = AuditEvent(actor=actor, action=action, target=target, detail=_plain(detail))
     session.add(event)
-    # One grep-able line per event for the operator, next to the rest of the daemon's log.
-    log.info("audit: %s %s %s", actor, action, target, extra={"user": actor})
+    # One grep-able line per event for the operator, next to the rest of the daemon's log; the
+    # JSON format carries the whole detail (user-chosen text such as file names stays inside
+    # the JSON string, never in the text line).
+    log.info("audit: %s %s %s", actor, action, target, extra={"user": actor, "audit": event.detail})
     return event
 
 

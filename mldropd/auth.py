@@ -37,7 +37,7 @@ def create_user(
     actor: str = "",
 ) -> tuple[User, str]:
     """Create a user; return it with its API token (the only time the token is seen)."""
-    email = email.strip().lower()
+    email = email.strip(" ").lower()  # a newline or NUL stays, and is refused
     problems = check_email(email, "email")
     if problems:
         raise ValidationFailed(problems)

@@ -110,8 +110,8 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
 
     from mldropd.auth import create_user, rotate_token
     from mldropd.daemon import Daemon
+    from mldropd.intake import UploadForm, register_file
     from mldropd.records import Model, ModelRun, User
-    from mldropd.registry import UploadForm, register_upload
     from mldropd.states import Trigger
 
     daemon = Daemon(settings, with_scheduler=False)
@@ -129,7 +129,7 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
             ).first()
         if model is None:
             click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...", err=True)
-            model, _ = register_upload(
+            model, _ = register_file(
                 daemon.engine,
                 daemon.store,
                 settings,

@@ -30,5 +30,5 @@ def open_registry(settings: Settings) -> Engine:
     from mldropd.db import init_db, make_engine
 
     engine = make_engine(settings.database.path)
-    init_db(engine)
+    init_db(engine, settings.storage)  # a migration may move the store's files
     return engine

@@ -14,8 +14,14 @@ from mldropd.errors import FieldError
 from mldropd.scheduling.schedules import ScheduleError, parse_schedule
 
 CONTRACT_VERSION = 1
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+# Both are matched whole (fullmatch): `$` would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# ASCII only: a look-alike letter (Cyrillic 'о' for 'o') would be another user. The local part
+# is RFC 5322's atext without '/', the domain dot-separated labels of letters, digits and '-'.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(
+    rf"[A-Za-z0-9!#$%&'*+=?^_`{{|}}~-]+(?:\.[A-Za-z0-9!#$%&'*+=?^_`{{|}}~-]+)*@{_LABEL}(?:\.{_LABEL})*"
+)
 INPUT_KINDS = ("pandas", "numpy", "polars")
 ENGINES = ("auto", "local", "spark")
 DQ_KEYS = ("psi_warn", "psi_alert", "auc_warn", "auc_alert")
@@ -64,7 +70,7 @@ class ContractSummary:
 
 def check_name(name: Any, field_name: str = "name") -> list[FieldError]:
     """Problems with a model name (empty list when it is valid)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         return [
             FieldError(
                 field_name,
@@ -77,8 +83,14 @@ def check_name(name: Any, field_name: str = "name") -> list[FieldError]:
 
 def check_email(email: Any, field_name: str = "owner_email") -> list[FieldError]:
     """Problems with a report address."""
-    if not isinstance(email, str) or not EMAIL_RE.match(email):
-        return [FieldError(field_name, f"{email!r} is not an email address")]
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.fullmatch(email):
+        return [
+            FieldError(
+                field_name,
+                f"{email!r} is not an email address: use name@domain in ASCII letters, digits "
+                "and . _ + - (no spaces, slashes or control characters)",
+            )
+        ]
     return []
 
 

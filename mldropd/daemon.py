@@ -38,6 +38,7 @@ from mldropd.scheduling.scheduler import (
 from mldropd.settings import Settings
 from mldropd.states import ModelStatus, Trigger
 from mldropd.store import make_store
+from mldropd.validation_slots import ValidationSlots
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class Daemon:
     def __init__(self, settings: Settings, *, with_scheduler: bool = True) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database.path)
-        init_db(self.engine)
         self.store = make_store(settings.storage)
+        init_db(self.engine, settings.storage)  # a migration may move the store's files
+        self.validations = ValidationSlots.from_settings(settings)
         self.tz = ZoneInfo(settings.scheduler.timezone)
         self.scheduler: BackgroundScheduler | None = (
             build_scheduler(settings) if with_scheduler else None

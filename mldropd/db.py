@@ -20,6 +20,8 @@ from mldropd.errors import MldropdError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from mldropd.settings import StorageSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -42,9 +44,11 @@ def make_engine(path: str | Path) -> Engine:
     return engine
 
 
-def init_db(engine: Engine) -> None:
-    """Bring the database to the current schema (Alembic migrations; see upgrade_db)."""
-    upgrade_db(engine)
+def init_db(engine: Engine, storage: StorageSettings | None = None) -> None:
+    """Bring the database to the current schema (Alembic migrations; see upgrade_db).
+
+    `storage`: the artifact store, for migrations that move its files (0006)."""
+    upgrade_db(engine, storage=storage)
 
 
 @contextmanager
@@ -67,7 +71,9 @@ class SchemaTooNew(MldropdError):
     """The database was upgraded by a newer mldropd; this one must not touch it."""
 
 
-def _alembic_config(connection: Connection | None = None) -> Config:
+def _alembic_config(
+    connection: Connection | None = None, storage: StorageSettings | None = None
+) -> Config:
     from alembic.config import Config
 
     from mldropd.migrations import MIGRATIONS_DIR
@@ -75,6 +81,8 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
+    config.attributes["storage"] = storage  # for migrations that move artifacts
+    config.attributes["after_commit"] = []  # callables run once the upgrade has committed
     return config
 
 
@@ -106,7 +114,9 @@ def copy_database(src: str | Path, dest: str | Path) -> None:
         source.close()
 
 
-def upgrade_db(engine: Engine, *, backup: bool = True) -> str:
+def upgrade_db(
+    engine: Engine, *, backup: bool = True, storage: StorageSettings | None = None
+) -> str:
     """Upgrade the database to the newest revision, after a copy to <db>.bak-<revision>.
 
     An empty database is created at the newest revision; one created before migrations
@@ -147,7 +157,10 @@ def upgrade_db(engine: Engine, *, backup: bool = True) -> str:
                 command.stamp(_alembic_config(conn), FIRST_REVISION)
             log.info("unversioned database %s taken as schema revision %s", db_path, current)
         with engine.begin() as conn:
-            command.upgrade(_alembic_config(conn), "head")
+            config = _alembic_config(conn, storage)
+            command.upgrade(config, "head")
+        for step in config.attributes["after_commit"]:  # e.g. old artifact folders removed
+            step()
         log.info(
             "database %s upgraded from schema revision %s to %s",
             db_path,

@@ -73,3 +73,11 @@ class Unavailable(MldropdError):
     """A dependency (store, SMTP, database) cannot be reached."""
 
     status_code = 503
+
+
+class Busy(Unavailable):
+    """Every validation slot stayed taken: try again after `retry_after_s` (HTTP Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int, field: str = "") -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s

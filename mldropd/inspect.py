@@ -1,5 +1,9 @@
 """Inspect an uploaded file: static scan of its imports (no code runs), then validation in a
-sandboxed child (jobs/validate_model.py) that loads it, checks the contract and dry-runs it."""
+sandboxed child (jobs/validate_model.py) that loads it, checks the contract and dry-runs it.
+
+Two steps, called in this order by the upload (mldropd/intake.py, inside a validation slot)
+and by `mldropd models check`: `scan_file`, then `validate_file`, the one place that starts
+the sandbox."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mldropd.errors import FieldError
-from mldropd.pickle_scan import scan_pickle
+from mldropd.scan_process import scan_in_child
 from mldropd.settings import Settings
 from mldropd.validation import validate_in_sandbox
 
@@ -31,6 +35,7 @@ class Inspection:
         return not self.errors and self.summary is not None
 
 
+EMPTY_FILE = "the file is empty; save the model object with dill.dump(obj, f, recurse=True)"
 FUNCTIONS_NOTE = "contains serialized Python functions (lambdas or notebook functions)"
 
 
@@ -43,17 +48,13 @@ def scan_notes(scan: dict[str, Any]) -> list[str]:
 
 
 def scan_file(
-    path: Path, allowed: frozenset[str] = frozenset()
+    path: Path, settings: Settings, allowed: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], list[FieldError]]:
     """The static scan, as JSON-able facts and problems; `allowed` names are not refused."""
     if path.stat().st_size == 0:
-        return {}, [
-            FieldError(
-                "file",
-                "the file is empty; save the model object with dill.dump(obj, f, recurse=True)",
-            )
-        ]
-    result = scan_pickle(path)
+        return {}, [FieldError("file", EMPTY_FILE)]
+    limits = settings.limits
+    result = scan_in_child(path, limits.scan_timeout_s, limits.scan_memory_mb)
     refused = [name for name in result.refused if name not in allowed]
     facts = {
         "globals": result.globals,
@@ -65,13 +66,14 @@ def scan_file(
     if result.error:
         return facts, [FieldError("file", result.error)]
     if refused:
+        why = "; ".join(f"{name} {result.reasons.get(name, 'is refused')}" for name in refused)
         return facts, [
             FieldError(
                 "file",
                 (
-                    f"the file imports {', '.join(refused)}, which can run commands, open "
-                    "connections or evaluate code; such models are refused. Remove them from the "
-                    "pipeline or ask an admin"
+                    f"the file imports {', '.join(refused)}, which can run commands, touch "
+                    f"files, open connections or evaluate code ({why}); such models are "
+                    "refused. Remove them from the pipeline or ask an admin"
                 ),
             )
         ]
@@ -89,13 +91,23 @@ def inspect_file(
     `allowed`: refused globals an admin allowed for the uploader (auth.allowed_globals).
     `sandboxes`: the daemon's fork server (None: one is started for this inspection).
     """
-    facts, problems = scan_file(path, allowed)
-    inspection = Inspection(errors=problems, scan=facts)
+    facts, problems = scan_file(path, settings, allowed)
     if problems:
-        return inspection
+        return Inspection(errors=problems, scan=facts)
+    return validate_file(path, settings, facts, sandboxes)
+
+
+def validate_file(
+    path: Path, settings: Settings, scan: dict[str, Any], sandboxes: Any = None
+) -> Inspection:
+    """Load, check and dry-run the file in the sandbox: the one call site of model code.
+
+    `sandboxes`: the daemon's fork server (None: one is started for this validation)."""
     result = validate_in_sandbox(path, settings, sandboxes)
-    inspection.errors += result.errors
-    inspection.summary = result.summary if not result.errors else None
-    inspection.dry_run = result.dry_run
-    inspection.warnings = result.warnings
-    return inspection
+    return Inspection(
+        errors=result.errors,
+        scan=scan,
+        summary=result.summary if not result.errors else None,
+        dry_run=result.dry_run,
+        warnings=result.warnings,
+    )

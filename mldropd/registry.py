@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from mldropd import audit
-from mldropd.auth import allowed_globals
-from mldropd.contract import DQ_KEYS, check_dq, check_email, check_name, check_schedule
+from mldropd.contract import DQ_KEYS, check_dq, check_email, check_schedule
 from mldropd.db import session_scope
 from mldropd.errors import Conflict, FieldError, NotFound, QuotaExceeded, ValidationFailed
-from mldropd.inspect import Inspection, inspect_file
+from mldropd.inspect import Inspection
 from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User, utcnow
 from mldropd.scheduling.schedules import parse_schedule
 from mldropd.settings import Settings
@@ -29,16 +26,6 @@ from mldropd.states import ModelRunStatus, ModelStatus
 from mldropd.store.base import ArtifactStore, artifact_key, manifest_key, model_prefix, sha256_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class UploadForm:
-    """What the user typed next to the file; each wins over the model object's own value."""
-
-    filename: str
-    email: str | None = None
-    schedule: str | None = None
-    name: str | None = None
 
 
 def name_from_filename(filename: str) -> str:
@@ -62,103 +49,56 @@ def get_model(session: Session, user: User, model_id: int) -> Model:
     return model
 
 
-def _resolve(
-    form: UploadForm, inspection: Inspection, user: User
-) -> tuple[str, str, str, list[FieldError]]:
-    summary = inspection.summary or {}
-    name = form.name or summary.get("name") or name_from_filename(form.filename)
-    email = form.email or summary.get("owner_email") or user.email
-    schedule = form.schedule or summary.get("schedule") or "daily"
-    problems = check_name(name) + check_email(email, "email") + check_schedule(schedule)
-    return name, email, schedule, problems
-
-
-def register_upload(
-    engine: Engine,
-    store: ArtifactStore,
-    settings: Settings,
-    user: User,
-    upload: Path,
-    form: UploadForm,
-    sandboxes: Any = None,
-) -> tuple[Model, ModelVersion]:
-    """Inspect, validate, store and register an uploaded model file (a new model or version).
-
-    sandboxes: the daemon's fork server for the validation (None: one is started for it).
-
-    Nothing is stored or recorded unless every check passes; a failed database write removes
-    the object it had stored.
-    """
-    with Session(engine) as s:
-        allowed = allowed_globals(s, user.id)
-    inspection = inspect_file(upload, settings, allowed, sandboxes)
-    name, email, schedule, problems = _resolve(form, inspection, user)
-    problems = inspection.errors + problems
-    if problems or inspection.summary is None:
-        raise ValidationFailed(problems or [FieldError("file", "the model could not be checked")])
-    with _name_lock(user.id or 0, name):  # one upload of a name at a time: versions don't clash
-        return _store_and_record(
-            engine, store, settings, user, upload, inspection, name, email, schedule
-        )
-
-
-def _name_lock(owner_id: int, name: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _NAME_LOCKS.setdefault((owner_id, name), threading.Lock())
-
-
-_LOCKS_GUARD = threading.Lock()
-_NAME_LOCKS: dict[tuple[int, str], threading.Lock] = {}
-
-
-def _store_and_record(
+def store_and_record(
     engine: Engine,
     store: ArtifactStore,
     settings: Settings,
     user: User,
     upload: Path,
     inspection: Inspection,
-    name: str,
-    email: str,
-    schedule: str,
+    names: tuple[str, str, str],
+    attempt: dict[str, Any],
 ) -> tuple[Model, ModelVersion]:
-    """Store the object, then record the version (the object goes if the record fails)."""
+    """Store a validated upload and record it as a new model or version, audited with `attempt`.
+
+    The object is stored inside the transaction that records it, under the ids it gets there
+    (users/<user id>/models/<model id>/v<n>/): a failed store rolls the rows back, a failed
+    commit deletes the object. SQLite's write lock is held while the file is copied (seconds
+    for the largest upload; other writers wait up to the busy timeout of 30 s).
+    """
+    name, email, schedule = names
     summary = inspection.summary
     assert summary is not None
-    with session_scope(engine) as s:
-        model = s.exec(select(Model).where(Model.owner_id == user.id, Model.name == name)).first()
-        if model is None:
-            _check_quota(s, user, settings)
-            version = 1
-        else:
-            version = (
-                s.exec(
-                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
-                ).one()
-                or 0
-            ) + 1
-    key = artifact_key(user.email, name, version)
     digest, size = sha256_file(upload), upload.stat().st_size
-    store.put_file(key, upload)  # the object exists before the row that points at it
-    manifest = {
-        "sha256": digest,
-        "size": size,
-        "uploaded_by": user.email,
-        "uploaded_at": utcnow().isoformat(),
-        "contract": summary,
-    }
+    key = ""
     try:
-        store.put_bytes(manifest_key(key), json.dumps(manifest, indent=2).encode())
         with session_scope(engine) as s:
+            model = s.exec(
+                select(Model).where(Model.owner_id == user.id, Model.name == name)
+            ).first()
             if model is None:
+                _check_quota(s, user, settings)
                 model = Model(owner_id=user.id or 0, name=name, email=email, schedule=schedule)
                 s.add(model)
-                s.flush()
+                s.flush()  # its id names its folder
+                version = 1
             else:
-                model = s.get(Model, model.id)
-                assert model is not None
+                newest = s.exec(
+                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+                ).one()
+                version = (newest or 0) + 1
                 model.email, model.schedule, model.updated_at = email, schedule, utcnow()
             model.version = version
+            key = artifact_key(user.id or 0, model.id or 0, version)
+            store.put_file(key, upload)
+            manifest = {
+                "sha256": digest,
+                "size": size,
+                "uploaded_by": user.email,
+                "uploaded_at": utcnow().isoformat(),
+                "contract": summary,
+            }
+            store.put_bytes(manifest_key(key), json.dumps(manifest, indent=2).encode())
             row = ModelVersion(
                 model_id=model.id or 0,
                 version=version,
@@ -178,15 +118,16 @@ def _store_and_record(
                 user.email,
                 "model.upload",
                 f"model:{model.id}",
+                outcome="accepted",
                 name=name,
                 version=version,
-                sha256=digest,
-                size=size,
                 functions=bool(inspection.scan.get("has_functions")),
                 allowed_globals=inspection.scan.get("allowed", []),
+                **{**attempt, "sha256": digest, "size": size, "stage": "stored"},
             )
     except BaseException:
-        store.delete_prefix(key.rsplit("/", 1)[0] + "/")
+        if key:
+            store.delete_prefix(key.rsplit("/", 1)[0] + "/")
         raise
     log.info(
         "model uploaded: %s v%d (%d bytes)",
@@ -290,12 +231,12 @@ def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int
             )
         owner = s.get(User, model.owner_id)
         assert owner is not None
-        prefix = model_prefix(owner.email, model.name)
+        prefix = model_prefix(owner.id or 0, model.id or 0)
         for row in s.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)):
             s.delete(row)
         for table in (DQResult, ModelRun):
-            for row in s.exec(select(table).where(table.model_id == model.id)):
-                s.delete(row)
+            for child in s.exec(select(table).where(table.model_id == model.id)):
+                s.delete(child)
             s.flush()  # children first: without ORM relationships nothing orders the deletes
         s.delete(model)
         audit.record(
@@ -368,7 +309,7 @@ def prune_versions(
             doomed = [v for v in rows if v.version not in keep]
             for row in doomed:
                 s.delete(row)
-            prefix, newest = model_prefix(owner.email, model.name), rows[0].version if rows else 0
+            prefix, newest = model_prefix(model.owner_id, model_id), rows[0].version if rows else 0
         if not doomed:
             return []
         # Rows go first: a failure below leaves objects without rows (orphans), never the reverse.

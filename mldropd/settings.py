@@ -231,6 +231,18 @@ class LimitsSettings:
     versions_kept: int = _opt(
         5, "Versions kept per model; older ones are deleted (never the version being scored)."
     )
+    concurrent_validations: int = _opt(
+        0,
+        "Uploads scanned and validated at once; 0: the core count, lowered until that many "
+        "sandboxes of [engine] model_memory_mb fit in the machine's memory.",
+    )
+    validation_wait_s: int = _opt(
+        120, "How long an upload waits for a validation slot before it gets 503 (Retry-After)."
+    )
+    scan_timeout_s: int = _opt(
+        60, "Time budget of the static scan of one upload (a model scans in about a second)."
+    )
+    scan_memory_mb: int = _opt(1024, "Address-space limit of the static scan's process.")
 
 
 @dataclass
@@ -464,11 +476,16 @@ def validate(settings: Settings) -> None:
         ("scheduler", "max_attempts"),
         ("limits", "max_upload_mb"),
         ("limits", "versions_kept"),
+        ("limits", "validation_wait_s"),
+        ("limits", "scan_timeout_s"),
+        ("limits", "scan_memory_mb"),
         ("dq", "av_max_rows"),
     ]
     for section, key in positive:
         if getattr(getattr(settings, section), key) <= 0:
             raise ConfigError(f"[{section}] {key} must be greater than 0")
+    if settings.limits.concurrent_validations < 0:
+        raise ConfigError("[limits] concurrent_validations must be 0 (from the cores) or more")
     if settings.server.session_idle_minutes <= 0:
         raise ConfigError("[server] session_idle_minutes must be greater than 0")
     for entry in settings.server.trusted_proxies:

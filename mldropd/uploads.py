@@ -1,8 +1,9 @@
-"""Receive an uploaded model file: size-limited, streamed to a private temporary file, then
-handed to the registry in a worker thread (validation starts a child process)."""
+"""Receive an uploaded model file: size-limited, streamed to a private temporary file (hashed on
+the way), then handed to the intake (mldropd/intake.py); every attempt is audited."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from litestar import Request
 from litestar.datastructures import UploadFile
+from litestar.exceptions import HTTPException
 
-from mldropd.errors import FieldError, TooLarge, ValidationFailed
+from mldropd import intake
+from mldropd.errors import FieldError, MldropdError, TooLarge, ValidationFailed
+from mldropd.intake import Attempt, UploadForm
 from mldropd.records import Model, ModelVersion, User
-from mldropd.registry import UploadForm, register_upload
 
 if TYPE_CHECKING:
     from mldropd.daemon import Daemon
@@ -30,13 +33,31 @@ def _too_large(limit_mb: int) -> TooLarge:
 async def receive_upload(
     request: Request[Any, Any, Any], daemon: Daemon, user: User
 ) -> tuple[Model, ModelVersion]:
-    """Parse the multipart form, store the file in a temporary place, register it."""
+    """Parse the multipart form, store the file in a temporary place, register it; a refused
+    attempt is audited before its error goes back to the caller."""
+    attempt = Attempt()
+    try:
+        return await _receive(request, daemon, user, attempt)
+    except MldropdError as exc:
+        await anyio.to_thread.run_sync(intake.record_refusal, daemon.engine, user, attempt, exc)
+        raise
+
+
+async def _receive(
+    request: Request[Any, Any, Any], daemon: Daemon, user: User, attempt: Attempt
+) -> tuple[Model, ModelVersion]:
     limit_mb = daemon.settings.limits.max_upload_mb
     limit = limit_mb * _CHUNK
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + _CHUNK:
+        attempt.size = int(declared)
         raise _too_large(limit_mb)  # refuse before reading the body
-    form = await request.form()
+    try:
+        form = await request.form()
+    except HTTPException as exc:
+        if exc.status_code == 413:  # the body outgrew the app's limit while it was read
+            raise _too_large(limit_mb) from None
+        raise
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ValidationFailed(
@@ -46,37 +67,34 @@ async def receive_upload(
                 )
             ]
         )
+    attempt.filename = upload.filename or "model.dill"
     fields = UploadForm(
-        filename=upload.filename or "model.dill",
+        filename=attempt.filename,
         email=_text(form.get("email")),
         schedule=_text(form.get("schedule")),
         name=_text(form.get("name")),
     )
+    ticket = daemon.validations.ticket(user.id or 0, _text(form.get("ticket")))
     work = Path(daemon.settings.server.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="upload-", dir=work) as tmp:
         path = Path(tmp) / "model.dill"
-        size = 0
+        digest = hashlib.sha256()
         with open(path, "wb") as out:
             while chunk := await upload.read(_CHUNK):
-                size += len(chunk)
-                if size > limit:
+                attempt.size += len(chunk)
+                if attempt.size > limit:
                     raise _too_large(limit_mb)
+                digest.update(chunk)
                 out.write(chunk)
         await upload.close()
-        return await anyio.to_thread.run_sync(
-            register_upload,
-            daemon.engine,
-            daemon.store,
-            daemon.settings,
-            user,
-            path,
-            fields,
-            daemon.sandboxes(),
-        )
+        attempt.sha256 = digest.hexdigest()
+        return await intake.register(daemon, user, path, fields, attempt, ticket)
 
 
 def _text(value: Any) -> str | None:
+    """A form value with surrounding spaces removed; newlines, NUL and the like stay, so that
+    the checks refuse them (a name or e-mail is matched whole)."""
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return value.strip(" ")
     return None

@@ -313,6 +313,7 @@ TABLE: dict[tuple[str, str], Check] = {
     ("GET", "/"): page_signed_in(200),
     ("POST", "/upload"): page_signed_in(422),
     ("GET", "/schedule-preview"): page_signed_in(200),
+    ("GET", "/upload-progress/{ticket_id:str}"): page_signed_in(200),
     ("GET", "/models"): page_list(),
     ("GET", "/dashboard"): page_list(),
     ("GET", P): page_owned(200),

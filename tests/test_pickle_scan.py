@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mldropd.pickle_scan import DANGEROUS, ScanResult, is_dangerous, scan_bytes, scan_pickle
+from mldropd.pickle_rules import DANGEROUS
+from mldropd.pickle_scan import ScanResult, is_dangerous, scan_bytes, scan_pickle
 
 SYSTEM = {"posix.system", "nt.system", "os.system"}  # os.system pickles as posix.system on Linux
 
@@ -255,7 +256,12 @@ def test_followed_helper_passed_around_is_refused() -> None:
 def test_getattr_of_risky_dunder_on_an_object_is_refused() -> None:
     instance = s("builtins") + s("object") + SG + EMPTY + REDUCE
     data = p4(s("builtins"), s("getattr"), SG, instance, s("__subclasses__"), T2, REDUCE)
-    assert "<object>.__subclasses__" in scan_bytes(data).refused
+    assert "builtins.object(...).__subclasses__" in scan_bytes(data).refused
+    # On an object the scan cannot name (a list here), the attribute is judged alone.
+    unnamed = p4(s("builtins"), s("getattr"), SG, b"]", s("__subclasses__"), T2, REDUCE)
+    assert scan_bytes(unnamed).refused == ["<object>.__subclasses__"]
+    harmless = p4(s("builtins"), s("getattr"), SG, b"]", s("append"), T2, REDUCE)
+    assert scan_bytes(harmless).ok
 
 
 def test_only_the_first_pickle_is_scanned() -> None:

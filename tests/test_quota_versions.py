@@ -122,8 +122,23 @@ def test_set_quota_cli(home: Path, make_user: Callable[..., str], settings: Sett
     assert wrong.returncode == 2 and "'lots' is not a whole number" in wrong.stderr
 
 
-def _version_folders(settings: Settings, name: str) -> list[str]:
-    folder = Path(settings.storage.path) / model_prefix(ANN, name)
+def _folder(settings: Settings, model_id: int) -> Path:
+    from sqlmodel import Session
+
+    from mldropd.db import make_engine
+    from mldropd.records import Model
+
+    engine = make_engine(settings.database.path)
+    with Session(engine) as s:
+        model = s.get(Model, model_id)
+        assert model is not None
+        owner_id = model.owner_id
+    engine.dispose()
+    return Path(settings.storage.path) / model_prefix(owner_id, model_id)
+
+
+def _version_folders(settings: Settings, model_id: int) -> list[str]:
+    folder = _folder(settings, model_id)
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
@@ -141,7 +156,7 @@ def test_versions_kept_never_the_scored_or_a_busy_one(
         assert response.status_code == 201, response.text
     mid = response.json()["id"]
     assert _versions(client, ann, mid) == [3, 2]  # versions_kept = 2: v1 went
-    assert _version_folders(settings, "churn") == ["v2", "v3"]
+    assert _version_folders(settings, mid) == ["v2", "v3"]
 
     # Roll back to v2, then keep one version: v3 is the newest, v2 is being scored.
     rolled = client.patch(f"/api/v1/models/{mid}", headers=auth(ann), json={"version": 2})
@@ -157,13 +172,13 @@ def test_versions_kept_never_the_scored_or_a_busy_one(
     )
     assert covered[mid].model_version == 2
     # An object that a failed delete left behind (v1) goes at the next pruning too.
-    stray = Path(settings.storage.path) / model_prefix(ANN, "churn") / "v1" / "model.dill"
+    stray = _folder(settings, mid) / "v1" / "model.dill"
     stray.parent.mkdir()
     stray.write_bytes(b"left over")
     newest = upload(client, ann, small_model, name="churn")
     assert newest.status_code == 201 and newest.json()["version"] == 4
     assert _versions(client, ann, mid) == [4, 2]  # v3 went; v2 stays for the planned run
-    assert _version_folders(settings, "churn") == ["v2", "v4"]
+    assert _version_folders(settings, mid) == ["v2", "v4"]
     gone = client.patch(f"/api/v1/models/{mid}", headers=auth(ann), json={"version": 3})
     assert gone.status_code == 422 and "has no version 3" in _message(gone)
 
@@ -171,7 +186,7 @@ def test_versions_kept_never_the_scored_or_a_busy_one(
     _finish_runs(daemon, mid)
     assert prune_versions(daemon.engine, daemon.store, settings, mid) == [2]
     assert _versions(client, ann, mid) == [4]
-    assert _version_folders(settings, "churn") == ["v4"]
+    assert _version_folders(settings, mid) == ["v4"]
 
 
 def _finish_runs(daemon: Any, model_id: int) -> None:
@@ -204,37 +219,36 @@ def test_store_check_finds_missing_corrupt_and_orphans(
     ann = make_user(ANN)
     for name in ("alpha", "beta", "gamma"):
         assert upload(client, ann, small_model, name=name).status_code == 201
+    # Folders are named by ids (users/<user id>/models/<model id>), never by the e-mail.
+    A, B, G, GHOST = (f"users/1/models/{i}" for i in (1, 2, 3, 99))
     clean = mldropd(home, "store", "check", "-v")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert f"store: folder {settings.storage.path}" in clean.stdout
-    assert f"ok       {ANN}/alpha/v1/model.dill (model 1 alpha v1," in clean.stdout
+    assert f"ok       {A}/v1/model.dill (model 1 alpha v1," in clean.stdout
     assert "3 artifact(s) checked: 3 ok, 0 with problems; 0 orphan object(s)" in clean.stdout
     assert "OK: every artifact" in clean.stdout
 
     root = Path(settings.storage.path)
-    alpha = root / ANN / "alpha" / "v1" / "model.dill"
+    alpha = root / A / "v1" / "model.dill"
     alpha.write_bytes(bytes(b ^ 0xFF for b in alpha.read_bytes()))  # same size, other bytes
-    (root / ANN / "beta" / "v1" / "model.dill").unlink()
-    (root / ANN / "gamma" / "v1" / "manifest.json").unlink()
-    (root / ANN / "ghost" / "v7").mkdir(parents=True)
-    (root / ANN / "ghost" / "v7" / "model.dill").write_bytes(b"nobody's")
+    (root / B / "v1" / "model.dill").unlink()
+    (root / G / "v1" / "manifest.json").unlink()
+    (root / GHOST / "v7").mkdir(parents=True)
+    (root / GHOST / "v7" / "model.dill").write_bytes(b"nobody's")
 
     found = mldropd(home, "store", "check")
     assert found.returncode == 1, found.stdout + found.stderr
     lines = found.stdout.splitlines()
     assert any(
-        line.startswith(f"BAD      {ANN}/alpha/v1/model.dill (model 1 alpha v1): sha256 ")
+        line.startswith(f"BAD      {A}/v1/model.dill (model 1 alpha v1): sha256 ")
         and "in the database" in line
         for line in lines
     ), found.stdout
+    assert f"MISSING  {B}/v1/model.dill (model 2 beta v1): the object is missing" in found.stdout
     assert (
-        f"MISSING  {ANN}/beta/v1/model.dill (model 2 beta v1): the object is missing"
-        in found.stdout
+        f"BAD      {G}/v1/model.dill (model 3 gamma v1): its manifest "
+        f"{G}/v1/manifest.json is missing" in found.stdout
     )
-    assert (
-        f"BAD      {ANN}/gamma/v1/model.dill (model 3 gamma v1): its manifest "
-        f"{ANN}/gamma/v1/manifest.json is missing" in found.stdout
-    )
-    assert f"ORPHAN   {ANN}/ghost/v7/model.dill (no database row points at it)" in found.stdout
+    assert f"ORPHAN   {GHOST}/v7/model.dill (no database row points at it)" in found.stdout
     assert "3 artifact(s) checked: 0 ok, 3 with problems; 1 orphan object(s)" in found.stdout
     assert "ok       " not in found.stdout  # without -v only problems are listed

@@ -211,8 +211,8 @@ def test_models_in_the_sandbox_see_no_secrets(
         assert FUNCTIONS_NOTE in version["scan_notes"]
         assert "dill._dill._create_function" in version["scan"]["globals"]
         stored = list(Path(settings.storage.path).rglob("model.dill"))
-        assert [p.relative_to(settings.storage.path).parts[1:] for p in stored] == [
-            ("env-probe", "v1", "model.dill")
+        assert [p.relative_to(settings.storage.path).parts for p in stored] == [
+            ("users", "1", "models", str(model["id"]), "v1", "model.dill")
         ]
         run = http.post(f"/api/v1/models/{model['id']}/runs", headers=bearer(token), json={})
         assert run.status_code == 202, run.text

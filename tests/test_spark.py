@@ -32,8 +32,8 @@ from mldropd.batch.write import partition_dir
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.demo import write_features
 from mldropd.errors import ConfigError
+from mldropd.intake import UploadForm, register_file
 from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.registry import UploadForm, register_upload
 from mldropd.settings import EngineSettings, Settings, load_settings
 from mldropd.states import Trigger
 from mldropd.store import make_store
@@ -158,7 +158,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]) 
         )
     ids = {}
     for name, path in paths.items():
-        model, _ = register_upload(
+        model, _ = register_file(
             db, make_store(settings.storage), settings, user, path, UploadForm(path.name, name=name)
         )
         ids[name] = model.id

@@ -35,7 +35,6 @@ from mldropd.store.base import (
     manifest_key,
     model_prefix,
     sha256_file,
-    user_folder,
 )
 from mldropd.store.local import LocalStore
 from mldropd.store.s3 import S3Store
@@ -214,8 +213,8 @@ def _random_file(path: Path, size_mb: int) -> Path:
     return path
 
 
-USER = "Ann.Lee+scoring@Example.com"  # folder keeps '@' and '+'
-OTHER = "bob+test@y.org"
+USER, OTHER = 7, 12  # user ids: folders are named by ids, never by e-mail (issue 15)
+M1, M10, M = 1, 10, 3  # model ids
 
 
 # ---- the shared suite ----------------------------------------------------------------------
@@ -224,8 +223,8 @@ OTHER = "bob+test@y.org"
 def test_put_file_get_file_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
     src = tmp_path / "upload.dill"
     src.write_bytes(os.urandom(300_000))
-    key = artifact_key(USER, "churn", 1)
-    assert key == "ann.lee+scoring@example.com/churn/v1/model.dill"
+    key = artifact_key(USER, 4, 1)
+    assert key == "users/7/models/4/v1/model.dill"
 
     store.put_file(key, src)
     out_dir = tmp_path / "out"
@@ -240,7 +239,7 @@ def test_put_file_get_file_round_trip(store: ArtifactStore, tmp_path: Path) -> N
 
 
 def test_put_file_replaces(store: ArtifactStore, tmp_path: Path) -> None:
-    key = artifact_key(USER, "churn", 2)
+    key = artifact_key(USER, 4, 2)
     first, second = tmp_path / "a", tmp_path / "b"
     first.write_bytes(b"first")
     second.write_bytes(b"second version")
@@ -253,9 +252,9 @@ def test_put_file_replaces(store: ArtifactStore, tmp_path: Path) -> None:
 
 
 def test_put_bytes_get_bytes(store: ArtifactStore) -> None:
-    key = manifest_key(artifact_key(USER, "churn", 1))
-    assert key == "ann.lee+scoring@example.com/churn/v1/manifest.json"
-    manifest = json.dumps({"sha256": "ab" * 32, "uploaded_by": USER}).encode()
+    key = manifest_key(artifact_key(USER, 4, 1))
+    assert key == "users/7/models/4/v1/manifest.json"
+    manifest = json.dumps({"sha256": "ab" * 32, "uploaded_by": "ann@example.com"}).encode()
     store.put_bytes(key, manifest)
     assert store.get_bytes(key) == manifest
     store.put_bytes(key, b"{}")
@@ -265,21 +264,21 @@ def test_put_bytes_get_bytes(store: ArtifactStore) -> None:
 
 
 def test_exists(store: ArtifactStore) -> None:
-    key = artifact_key(OTHER, "m", 3)
+    key = artifact_key(OTHER, M, 3)
     assert not store.exists(key)
     store.put_bytes(key, b"x")
     assert store.exists(key)
-    assert not store.exists(model_prefix(OTHER, "m").rstrip("/"))  # a folder is not an object
-    assert not store.exists(artifact_key(OTHER, "m", 4))
+    assert not store.exists(model_prefix(OTHER, M).rstrip("/"))  # a folder is not an object
+    assert not store.exists(artifact_key(OTHER, M, 4))
 
 
 def _fill(store: ArtifactStore) -> list[str]:
     keys = [
-        artifact_key(USER, "m1", 1),
-        manifest_key(artifact_key(USER, "m1", 1)),
-        artifact_key(USER, "m1", 2),
-        artifact_key(USER, "m10", 1),  # shares the text prefix "m1" but is another model
-        artifact_key(OTHER, "m1", 1),
+        artifact_key(USER, M1, 1),
+        manifest_key(artifact_key(USER, M1, 1)),
+        artifact_key(USER, M1, 2),
+        artifact_key(USER, M10, 1),  # shares the text prefix "1" but is another model
+        artifact_key(OTHER, M1, 1),
     ]
     for key in keys:
         store.put_bytes(key, key.encode())
@@ -288,18 +287,19 @@ def _fill(store: ArtifactStore) -> list[str]:
 
 def test_list_with_prefixes_and_relative_keys(store: ArtifactStore) -> None:
     keys = _fill(store)
-    ann, bob = user_folder(USER), user_folder(OTHER)
+    ann, bob = f"users/{USER}/models", f"users/{OTHER}/models"
     assert store.list() == keys
     assert store.list("") == keys
-    assert store.list(f"{ann}/m1/") == [
-        f"{ann}/m1/v1/manifest.json",
-        f"{ann}/m1/v1/model.dill",
-        f"{ann}/m1/v2/model.dill",
+    assert store.list(f"{ann}/1/") == [
+        f"{ann}/1/v1/manifest.json",
+        f"{ann}/1/v1/model.dill",
+        f"{ann}/1/v2/model.dill",
     ]
-    assert store.list(f"{ann}/m1") == store.list(f"{ann}/m1/")  # a folder, not a text prefix
-    assert store.list(model_prefix(USER, "m10")) == [f"{ann}/m10/v1/model.dill"]
+    assert store.list(f"{ann}/1") == store.list(f"{ann}/1/")  # a folder, not a text prefix
+    assert store.list(model_prefix(USER, M10)) == [f"{ann}/10/v1/model.dill"]
     assert store.list(f"{ann}/") == [k for k in keys if k.startswith(f"{ann}/")]
-    assert store.list(bob) == [f"{bob}/m1/v1/model.dill"]
+    assert store.list("users/1") == []  # users/1 is a folder: not users/12
+    assert store.list(bob) == [f"{bob}/1/v1/model.dill"]
     assert store.list("nobody@nowhere/") == []
     for key in keys:  # every listed key can be read back as it is
         assert store.get_bytes(key) == key.encode()
@@ -307,28 +307,28 @@ def test_list_with_prefixes_and_relative_keys(store: ArtifactStore) -> None:
 
 def test_delete_prefix_removes_only_that_prefix(store: ArtifactStore) -> None:
     keys = _fill(store)
-    ann = user_folder(USER)
-    store.delete_prefix(model_prefix(USER, "m1"))
-    remaining = [k for k in keys if not k.startswith(f"{ann}/m1/")]
+    ann = f"users/{USER}/models"
+    store.delete_prefix(model_prefix(USER, M1))
+    remaining = [k for k in keys if not k.startswith(f"{ann}/1/")]
     assert store.list() == remaining
-    assert store.exists(artifact_key(USER, "m10", 1))
+    assert store.exists(artifact_key(USER, M10, 1))
 
-    store.delete_prefix(f"{ann}/m10/v1/model.dill")  # one object
-    assert store.list() == [artifact_key(OTHER, "m1", 1)]
+    store.delete_prefix(f"{ann}/10/v1/model.dill")  # one object
+    assert store.list() == [artifact_key(OTHER, M1, 1)]
     store.delete_prefix("nobody@nowhere/")  # nothing there: no error
-    store.delete_prefix(user_folder(OTHER))
+    store.delete_prefix(f"users/{OTHER}")
     assert store.list() == []
 
 
 def test_delete_prefix_more_than_one_batch(big_store: ArtifactStore) -> None:
     """More than 1000 objects: listing pages and delete batches both roll over."""
     store = big_store
-    many = [f"{user_folder(USER)}/big/v1/part-{i:04d}" for i in range(1010)]
+    many = [f"{model_prefix(USER, 99)}v1/part-{i:04d}" for i in range(1010)]
     keep = artifact_key(USER, "keep", 1)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: store.put_bytes(k, b"."), [*many, keep]))
-    assert len(store.list(model_prefix(USER, "big"))) == 1010
-    store.delete_prefix(model_prefix(USER, "big"))
+    assert len(store.list(model_prefix(USER, 99))) == 1010
+    store.delete_prefix(model_prefix(USER, 99))
     assert store.list() == [keep]
 
 
@@ -352,7 +352,7 @@ def test_streaming_large_file_keeps_memory_flat(big_store: ArtifactStore, tmp_pa
     store = big_store
     src = _random_file(tmp_path / "big.dill", 60)
     dest = tmp_path / "big-copy.dill"
-    key = artifact_key(USER, "big", 1)
+    key = artifact_key(USER, 99, 1)
     was_tracing = tracemalloc.is_tracing()
     tracemalloc.start()
     try:

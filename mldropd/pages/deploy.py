@@ -9,7 +9,7 @@ import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -122,4 +122,16 @@ def schedule_preview(
     )
 
 
-ROUTES = [deploy_page, upload_page, schedule_preview]
+@get("/upload-progress/{ticket_id:str}", sync_to_thread=False)
+def upload_progress(
+    state: State, user: NamedDependency[User], ticket_id: FromPath[str]
+) -> dict[str, Any]:
+    """Where the caller's upload stands: waiting for a validation slot (and how many uploads
+    are ahead), scanning or validating; "checking" before and after (polled by dropzone.js)."""
+    ticket = state.daemon.validations.progress(user.id or 0, ticket_id)
+    if ticket is None:
+        return {"stage": "checking", "ahead": 0}
+    return {"stage": ticket.stage, "ahead": ticket.ahead}
+
+
+ROUTES = [deploy_page, upload_page, schedule_preview, upload_progress]

@@ -1,31 +1,23 @@
-"""Artifact store interface and the layout of keys: <user>/<model>/v<n>/model.dill."""
+"""Artifact store interface and the layout of keys: users/<id>/models/<id>/v<n>/model.dill."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^a-z0-9._@+-]")
 
-
-def user_folder(email: str) -> str:
-    """The per-user folder name: the email, lower-cased, with unsafe characters replaced."""
-    folder = _UNSAFE.sub("_", email.lower()).strip(".")
-    return folder or "user"
-
-
-def artifact_key(email: str, model_name: str, version: int) -> str:
-    return f"{model_prefix(email, model_name)}v{version}/model.dill"
+def artifact_key(user_id: int, model_id: int, version: int) -> str:
+    """Where a version's file lives: stable ids only, never text a user chose (issue 15)."""
+    return f"{model_prefix(user_id, model_id)}v{version}/model.dill"
 
 
 def manifest_key(artifact: str) -> str:
     return artifact.rsplit("/", 1)[0] + "/manifest.json"
 
 
-def model_prefix(email: str, model_name: str) -> str:
-    return f"{user_folder(email)}/{model_name}/"
+def model_prefix(user_id: int, model_id: int) -> str:
+    return f"users/{user_id}/models/{model_id}/"
 
 
 def sha256_file(path: Path) -> str:

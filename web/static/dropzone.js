@@ -94,6 +94,8 @@
     }
     composeSchedule();
     const data = new FormData(form);
+    const ticket = newTicket();
+    data.append("ticket", ticket);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", form.action);
     xhr.setRequestHeader("HX-Request", "true");
@@ -107,6 +109,7 @@
     xhr.upload.onload = function () {
       bar.removeAttribute("value");  // indeterminate while the server checks the model
       status.textContent = "Uploaded. Checking the model in a sandbox: imports, contract, dry run…";
+      polling = window.setInterval(function () { showStage(ticket); }, 1000);
     };
     xhr.onload = function () {
       done();
@@ -131,7 +134,35 @@
     input.value = "";  // the same file can be dropped or chosen again
   }
 
+  let polling = null;
+
+  function newTicket() {
+    const bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.from(bytes, function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+  }
+
+  // Where the upload stands on the server: in line for a validation slot, scanned, validated.
+  function showStage(ticket) {
+    fetch("/upload-progress/" + ticket, { credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (where) {
+        if (!where || polling === null) return;
+        if (where.stage === "waiting") {
+          status.textContent = "Waiting for a validation slot: " + where.ahead +
+            (where.ahead === 1 ? " upload" : " uploads") + " ahead of yours…";
+        } else if (where.stage === "scanning") {
+          status.textContent = "Scanning the file's imports (no code runs)…";
+        } else if (where.stage === "validate") {
+          status.textContent = "Checking the model in a sandbox: contract, dry run…";
+        }
+      })
+      .catch(function () { /* the upload's own answer reports problems */ });
+  }
+
   function done() {
+    if (polling !== null) window.clearInterval(polling);
+    polling = null;
     progress.hidden = true;
     zone.classList.remove("busy");
     zone.removeAttribute("aria-busy");

@@ -3,7 +3,7 @@
 What a run did about null/duplicated keys and old slices; library-version warnings of a version.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-30 12:30:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"  # the lead chains 0006..0009 when merging
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
