@@ -7,10 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from mldropd.settings import FeatureSettings
+
+if TYPE_CHECKING:  # the web process lists slice dates without loading DuckDB or Arrow
+    import duckdb
+    import pyarrow as pa
 
 _PATH_KINDS = ("parquet", "spark_table")  # read as <path>/<date_column>=YYYY-MM-DD/*.parquet
 _PARTITION_RE = re.compile(r"^(?P<key>[^=]+)=(?P<date>\d{4}-\d{2}-\d{2})$")
@@ -101,6 +104,8 @@ class FeatureSource:
 
     # -- reading -----------------------------------------------------------------------------
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
         if self.settings.kind == "duckdb":
             if not Path(self.settings.path).is_file():
                 raise FeatureSourceError(f"DuckDB file {self.settings.path} does not exist")
