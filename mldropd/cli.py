@@ -42,6 +42,8 @@ def _serve(settings: Settings, banner: list[str] | None = None) -> None:
 
     try:
         app = create_app(settings)
+        # The sandbox's probe first: a required layer missing stops start-up with one message.
+        app.state.daemon.sandboxes(batch_jobs=True).check()
     except MldropdError as exc:  # e.g. a database newer than this mldropd: say so, no traceback
         raise click.ClickException(exc.message) from None
     for line in banner or []:
@@ -268,7 +270,35 @@ def check_config(config: str | None, host: str | None, port: int | None) -> None
         if source == "environment":
             source = f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}"
         click.echo(f"{key} = {json.dumps(value)}  # [{source}] {help_text}")
+    problem = _sandbox_report(settings)
+    if problem:
+        raise click.ClickException(problem)
     click.echo("\nOK: the configuration is valid")
+
+
+def _sandbox_report(settings: Settings) -> str | None:
+    """Probe the sandbox layers as the daemon would (a throwaway fork server); print them."""
+    import subprocess
+    import sys
+
+    from mldropd.sandbox.setup import describe_layers, missing_message
+
+    uid = settings.sandbox.uid_base if os.getuid() == 0 else None
+    done = subprocess.run(
+        [sys.executable, "-m", "mldropd.sandbox.probe", *([str(uid)] if uid else [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"the sandbox probe failed: {done.stderr.strip()[-500:]}"
+    found = json.loads(done.stdout)
+    click.echo("\n# sandbox layers on this machine (what model code is confined by)")
+    for line in describe_layers(found, settings.sandbox.require):
+        click.echo(f"#   {line}")
+    missing = [k for k in settings.sandbox.require if not found.get(k, {}).get("available")]
+    return missing_message(missing, found) if missing else None
 
 
 from mldropd.cli_run import register as register_run  # noqa: E402  (run)

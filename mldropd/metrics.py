@@ -85,6 +85,21 @@ class StateCollector:
             yield from self._uploads_and_outbox(s)
             yield from self._sweep(s)
         yield from self._scheduler()
+        yield from self._sandbox()
+
+    def _sandbox(self) -> Iterator[Metric]:
+        """1 for each sandbox layer in force, 0 for each missing one (once probed)."""
+        layers = self.daemon.sandbox_layers()
+        if not layers:
+            return
+        family = GaugeMetricFamily(
+            "mldropd_sandbox_layer", "Sandbox layers: 1 in force, 0 missing", labels=["layer"]
+        )
+        for layer in layers["in_force"]:
+            family.add_metric([layer], 1)
+        for layer in layers["missing"]:
+            family.add_metric([layer], 0)
+        yield family
 
     def _runs(self, s: Session) -> Iterator[Metric]:
         yield _counts(s, "mldropd_model_runs", "Model runs by status", ModelRun.status)

@@ -15,8 +15,8 @@ from sqlmodel import Session, select
 from mldropd import save_model
 from mldropd.auth import create_user
 from mldropd.db import init_db, make_engine
+from mldropd.intake import UploadForm, register_file
 from mldropd.records import BatchRun, ModelRun
-from mldropd.registry import UploadForm, register_upload
 from mldropd.settings import Settings
 from mldropd.store import make_store
 from tests.conftest import today, wait_for
@@ -43,7 +43,7 @@ def models(settings: Settings, model_files: dict[str, Path], tmp_path: Path) -> 
     slow = save_model(tmp_path / "slow.dill", pipeline=_slow_model(), features=["f00"], name="slow")
     ids = []
     for path in (slow, model_files["logreg"]):
-        model, _ = register_upload(
+        model, _ = register_file(
             db, make_store(settings.storage), settings, user, path, UploadForm(path.name)
         )
         ids.append(model.id)

@@ -23,8 +23,8 @@ from mldropd.batch.run import BatchJob
 from mldropd.batch.write import partition_dir
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.features import FeatureSource
+from mldropd.intake import UploadForm, register_file
 from mldropd.records import Model, ModelRun, OutboxMessage
-from mldropd.registry import UploadForm, register_upload
 from mldropd.settings import Settings, load_settings
 from mldropd.states import Trigger
 from mldropd.store import make_store
@@ -79,7 +79,7 @@ def make_lab(home: Path, features: str) -> Lab:
     init_db(db)
     user = create_user(db, "ann@example.com")[0]
     path = save_model(home / "f00.dill", pipeline=f00_model(), features=["f00"], name="f00")
-    model, _ = register_upload(
+    model, _ = register_file(
         db, make_store(settings.storage), settings, user, path, UploadForm(path.name)
     )
     assert model.id is not None

@@ -28,8 +28,8 @@ from mldropd.batch.run import BatchJob
 from mldropd.batch.write import partition_dir
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.demo import write_features
+from mldropd.intake import UploadForm, register_file
 from mldropd.records import Model, ModelRun
-from mldropd.registry import UploadForm, register_upload
 from mldropd.settings import Settings, load_settings
 from mldropd.states import Trigger
 from mldropd.store import make_store
@@ -148,7 +148,7 @@ def test_standalone_cluster_scores_two_owners_bit_identically(
     for email, name in (("ann@example.com", "lgbm"), ("bob@example.com", "logreg")):
         user = create_user(db, email)[0]
         path = model_files[name]
-        model, _ = register_upload(
+        model, _ = register_file(
             db, make_store(settings.storage), settings, user, path, UploadForm(path.name)
         )
         assert model.id is not None

@@ -140,7 +140,7 @@ def probe(uid: int | None = None) -> dict[str, LayerStatus]:
                 with_root.available and found["mountns"].available,
                 "in force (with mountns: the Python installation is bound into its root)"
                 if with_root.available
-                else with_root.detail,
+                else f"{found['uid'].detail}; with mountns: {with_root.detail}",
             )
         if abi and found["landlock"].available:
             found["landlock"] = LayerStatus(True, f"in force (ABI {abi})")
