@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -33,12 +34,19 @@ log = logging.getLogger(__name__)
 
 
 def run_batches(
-    settings: Settings, batch_ids: list[int], *, retries: bool = True, engine: Engine | None = None
+    settings: Settings,
+    batch_ids: list[int],
+    *,
+    retries: bool = True,
+    engine: Engine | None = None,
+    sandboxes: Any = None,
 ) -> dict[int, RunStatus]:
     """Run the batches in order in this process, sharing the fork server and any Spark session;
-    one report per owner for all of them. A batch someone else runs is left alone."""
+    one report per owner for all of them. A batch someone else runs is left alone.
+
+    sandboxes: a fork server the caller started early (it imports while we prepare)."""
     db = engine or make_engine(settings.database.path)
-    engines = Engines(settings)
+    engines = Engines(settings, sandboxes)
     statuses: dict[int, RunStatus] = {}
     refused: list[str] = []
     try:
@@ -58,11 +66,11 @@ def run_batches(
                 refused.append(ledger.busy(db, batch_id))
             except ledger.NotRunnable as exc:
                 refused.append(str(exc))
+        ended = [b for b, st in statuses.items() if st != RunStatus.PENDING]
+        if ended:  # the owners hear first; the fork server ends after
+            report_batches(db, settings, ended, retries=retries)
     finally:
         engines.close()
-    ended = [b for b, st in statuses.items() if st != RunStatus.PENDING]
-    if ended:
-        report_batches(db, settings, ended, retries=retries)
     if refused:
         raise ledger.NotRunnable("; ".join(refused))
     return statuses

@@ -8,10 +8,13 @@ point leaves a state the daemon can resume from.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import importlib
 import logging
 import shutil
 import statistics
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -22,7 +25,6 @@ from sqlmodel import Session, col, select
 
 from mldropd.batch import ledger
 from mldropd.batch.keys import KeyScreen, screen_keys
-from mldropd.batch.quality import check_quality
 from mldropd.batch.report import report_batches
 from mldropd.batch.staleness import stale_note, weigh
 from mldropd.batch.table import PreparedModel, ScoringTable, build_table
@@ -77,6 +79,9 @@ class BatchJob:
         """Run every step; the batch ends succeeded or failed (or waits for its data)."""
         started = time.monotonic()
         self.work.mkdir(parents=True, exist_ok=True)
+        # The DQ libraries (scikit-learn, SciPy) load meanwhile: the batch mostly waits on its
+        # reader and the model hosts until then.
+        threading.Thread(target=_warm_up, name="dq-import", daemon=True).start()
         try:
             claimed = ledger.claim(self.db, self.batch_id)
             # The fork server imports its models' libraries while we fetch files and check keys.
@@ -277,6 +282,8 @@ class BatchJob:
         fault_point("scored")
         overrides = {**(p.version.contract.get("dq") or {}), **(p.model.dq or {})}
         dq_error = None
+        from mldropd.batch.quality import check_quality  # loaded by _warm_up meanwhile
+
         try:
             result = check_quality(
                 self.source,
@@ -352,6 +359,11 @@ class BatchJob:
             outcome.seconds or 0,
             extra=extra,
         )
+
+
+def _warm_up() -> None:
+    with contextlib.suppress(Exception):  # the real import, later, says what is wrong
+        importlib.import_module("mldropd.batch.quality")
 
 
 def _slow_warning(s: Session, model_id: int, seconds: float | None, factor: float) -> str | None:

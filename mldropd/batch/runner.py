@@ -109,6 +109,7 @@ class Runner:
         self.settings = settings
         self.engine = engine
         self.sandboxes = sandboxes  # set: fork jobs from its fork server; None: run inline
+        self.inline_sandboxes: Any = None  # inline: a fork server the caller started early
         self.on_retry = on_retry
         self.on_wait = on_wait
         self._queue: queue.Queue[int | None] = queue.Queue()
@@ -217,7 +218,13 @@ class Runner:
     def _run_inline(self, batch_ids: list[int], retries: bool) -> None:
         from mldropd.jobs.score_batch import run_batches
 
-        run_batches(self.settings, batch_ids, retries=retries, engine=self.engine)
+        run_batches(
+            self.settings,
+            batch_ids,
+            retries=retries,
+            engine=self.engine,
+            sandboxes=self.inline_sandboxes,
+        )
 
     def _run_forked(self, batch_ids: list[int], retries: bool) -> None:
         from mldropd.engines import FORKSERVER_ENV

@@ -150,5 +150,6 @@ class Engines:
             self._local.close()  # type: ignore[attr-defined]
             self._local = None
         if self._owned_sandboxes and self._sandboxes is not None:
-            self._sandboxes.stop()  # type: ignore[attr-defined]
+            # No wait: it ends its forks itself (and its lifeline ends it with us).
+            self._sandboxes.stop(wait=False)  # type: ignore[attr-defined]
             self._sandboxes = None

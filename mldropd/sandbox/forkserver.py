@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -382,8 +383,6 @@ class ForkServer:
         cls, work_dir: str | Path, config: dict[str, Any], *, wait: bool = True
     ) -> ForkServer:
         """A new fork server under work_dir; wait=False returns while it still imports."""
-        import subprocess
-
         from mldropd.sandbox.environment import clean_environment
 
         base = Path(work_dir)
@@ -479,16 +478,18 @@ class ForkServer:
             reply, _ = recv_msg(conn)
         return reply
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """End the server (it kills what it forked); wait=False does not wait for it to go."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             self.proc.terminate()
         try:
-            self.proc.wait(timeout)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(timeout if wait else 0.05)
+        except subprocess.TimeoutExpired:
+            if wait:
+                self.proc.kill()
+                self.proc.wait()
         for stream in (self.proc.stdout, self.proc.stdin):
             if stream is not None:
                 stream.close()

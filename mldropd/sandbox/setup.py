@@ -108,8 +108,8 @@ class Sandboxes:
             layers=self.layers, limits=limits, read=python_read_paths(), threads=sb.threads
         )
 
-    def stop(self) -> None:
-        self.server.stop()
+    def stop(self, *, wait: bool = True) -> None:
+        self.server.stop(wait=wait)
 
 
 def missing_message(missing: list[str], found: dict[str, dict[str, Any]]) -> str:
