@@ -134,7 +134,7 @@ def _score(
             _error(sock, slot, describe_model_error(exc))
             continue
         data = np.ascontiguousarray(scores, dtype=np.float64)  # a column of predict_proba
-        p.send_frame(sock, p.SCORES, slot, memoryview(data).cast("B"))
+        p.send_frame(sock, p.SCORES, slot, data.data.cast("B"))
 
 
 def _submit(inputs: ThreadPoolExecutor, batch: pa.RecordBatch, model: _Model) -> Future[Any]:

@@ -150,7 +150,8 @@ class FeatureSource:
     def count(self, day: dt.date) -> int:
         frm = self._from_clause(day)
         with self._connect() as con:
-            return int(con.execute(f"SELECT count(*) FROM {frm}").fetchone()[0])
+            row = con.execute(f"SELECT count(*) FROM {frm}").fetchone()
+        return int(row[0]) if row else 0
 
 
 def _sql_str(value: str) -> str:

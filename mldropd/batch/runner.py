@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from mldropd import logs
 from mldropd.batch import ledger, write
@@ -178,7 +178,7 @@ class Runner:
                 for batch_id, nb in s.exec(
                     select(BatchRun.id, BatchRun.not_before)
                     .where(BatchRun.status == RunStatus.PENDING)
-                    .order_by(BatchRun.date, BatchRun.id)
+                    .order_by(col(BatchRun.date), col(BatchRun.id))
                 )
                 if batch_id is not None
             ]

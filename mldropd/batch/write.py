@@ -69,7 +69,7 @@ def recover(scores_root: str | Path, *, clean: bool = True) -> list[Path]:
 
     With clean (at start-up, when no batch job can be running) leftover staging is deleted too.
     """
-    restored = []
+    restored: list[Path] = []
     root = staging_root(scores_root)
     if not root.is_dir():
         return restored

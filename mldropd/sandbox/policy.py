@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Every layer, in the order a child applies them (rlimits and no_new_privs always apply).
 LAYERS = ("uid", "userns", "mountns", "pidns", "netns", "landlock", "seccomp")
@@ -68,7 +69,7 @@ class Policy:
     threads: int = 0  # OMP/OpenBLAS/MKL threads (0: the core count)
     nice: int = 10
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "layers": sorted(self.layers),
             "limits": self.limits.__dict__,
@@ -81,16 +82,17 @@ class Policy:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Policy:
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        """The policy as_dict() made (it crossed the fork server's socket as JSON)."""
         return cls(
-            layers=frozenset(data["layers"]),  # type: ignore[arg-type]
-            limits=Limits(**data["limits"]),  # type: ignore[arg-type]
-            read=list(data["read"]),  # type: ignore[call-overload]
+            layers=frozenset(data["layers"]),
+            limits=Limits(**data["limits"]),
+            read=list(data["read"]),
             private_dir=str(data["private_dir"]),
-            uid=data["uid"],  # type: ignore[arg-type]
-            gid=data["gid"],  # type: ignore[arg-type]
-            threads=int(data["threads"]),  # type: ignore[call-overload]
-            nice=int(data["nice"]),  # type: ignore[call-overload]
+            uid=data["uid"],
+            gid=data["gid"],
+            threads=int(data["threads"]),
+            nice=int(data["nice"]),
         )
 
 

@@ -108,7 +108,7 @@ def expect_reply(sock: socket.socket, slot: int, *, rows: int | None) -> tuple[s
             f"sent {length} bytes of scores for a batch of {rows} rows ({8 * rows} expected)"
         )
     scores = np.empty(rows, dtype=np.float64)
-    recv_exact(sock, memoryview(scores).cast("B"))
+    recv_exact(sock, scores.data.cast("B"))
     return "scores", scores
 
 
