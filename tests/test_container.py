@@ -1,0 +1,368 @@
+"""The image, built from the repository's Containerfile and run with podman as an operator runs it.
+
+- the commands of docs/operations.md (Container) run as they are shown: build, run, /readyz
+  through the published port, the daemon's user, the HEALTHCHECK, a graceful `podman stop`;
+- the home volume outlives its container: a model uploaded and scored through the API is there
+  in a new container, and the next sweep runs in it;
+- an upgrade: a database of an older schema revision is migrated, with a backup, at start;
+- the image holds the pinned dependencies and nothing for building or testing;
+- compose.yaml is valid, and its config passes `mldropd check-config` in the image.
+
+Needs podman, and for the base image made without a registry, debootstrap and root
+(`bash .ci/container-setup` installs them). Deselect with -m 'not container'.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dill
+import duckdb
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from mldropd.db import FIRST_REVISION, head_revision
+from mldropd.demo import write_features
+from tests.conftest import N_ENTITIES, N_FEATURES, free_port, today, wait_for
+from tests.containers import (
+    ROOT,
+    UID,
+    Container,
+    Pod,
+    Step,
+    docs_block,
+    pod,
+    podman,
+    podman_or_fail,
+    render,
+    run_steps,
+)
+from tests.test_migrations import _at_first_revision
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TEST_IMAGE = "localhost/mldropd:test"
+
+# -- the docs' commands (docs/operations.md renders them with DOCS_VALUES) ----------------------
+BUILD = Step("podman build --format docker{build_args} -t {image} -f Containerfile .", None, 1800)
+RUN = Step(
+    "podman run -d --name {name} -p {publish}:8080 --stop-timeout 90 \\\n"
+    "    -v {volume}:/var/lib/mldropd \\\n"
+    "    -v {features}:/data/features:ro \\\n"
+    "    -e MLDROPD_FEATURES__PATH=/data/features \\\n"
+    "    {image}"
+)
+READY = Step(
+    "curl -sf --retry 60 --retry-all-errors --retry-delay 1 localhost:{port}/readyz",
+    '{"status":"ok","checks":{"database":"ok","store":"ok","scheduler":"ok",'
+    '"features":"ok","disk":"ok"}}',
+)
+QUICKSTART = (
+    BUILD,
+    Step("podman volume create {volume}", "{volume}"),
+    RUN,
+    READY,
+    Step(
+        "podman top {name} user args",
+        "USER        COMMAND\n"
+        "mldropd     /usr/bin/tini -e 143 -- mldropd serve\n"
+        "mldropd     /opt/mldropd/bin/python /opt/mldropd/bin/mldropd serve",
+    ),
+    Step("podman exec {name} mldropd users add admin@example.com --admin", "...\nmld_..."),
+    Step(
+        "podman healthcheck run {name} \\\n"
+        "    && podman inspect --format '{{.State.Health.Status}}' {name}",
+        "healthy",
+    ),
+    Step("podman stop {name} && podman inspect --format '{{.State.ExitCode}}' {name}", "{name}\n0"),
+    Step(
+        "podman logs --tail 3 {name} 2>&1",
+        "... mldropd.daemon: daemon stopped\n"
+        "... uvicorn.error: Application shutdown complete.\n"
+        "... uvicorn.error: Finished server process [...]",
+    ),
+)
+UPGRADE = (
+    Step("podman stop {name} && podman rm {name}", "{name}\n{name}"),
+    RUN,
+    READY,
+    Step(
+        "podman logs {name} 2>&1 | grep 'schema revision'",
+        "... database /var/lib/mldropd/mldropd.db upgraded from schema revision 0001 to ...",
+    ),
+    Step("podman exec {name} ls /var/lib/mldropd", "...mldropd.db.bak-0001..."),
+)
+DOCS_VALUES = {
+    "build_args": "",
+    "image": "mldropd",
+    "name": "mldropd",
+    "volume": "mldropd-home",
+    "publish": "8080",
+    "port": "8080",
+    "features": "/srv/features",
+}
+
+
+def test_the_docs_show_the_tested_commands() -> None:
+    """docs/operations.md shows these steps; after changing them, paste the block printed here."""
+    for marker, steps in (("container-quickstart", QUICKSTART), ("container-upgrade", UPGRADE)):
+        expected = render(steps, DOCS_VALUES)
+        assert docs_block(marker) == expected, f"replace the {marker} block with:\n{expected}"
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The base made locally (no registry here): cached in podman's store between runs."""
+    podman_or_fail()
+    proc = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "base-image")], capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f".ci/base-image failed:\n{proc.stderr[-4000:]}"
+    return proc.stdout.split()[-1]
+
+
+def build_args(base: str) -> str:
+    args = f" --build-arg BASE={base}"
+    if CA_BUNDLE.is_file():  # this machine reaches PyPI through a proxy only its own CAs trust
+        args += f" -v {CA_BUNDLE}:{CA_BUNDLE}:ro"
+    return args
+
+
+@pytest.fixture(scope="session")
+def image(base_image: str) -> str:
+    """The image, built by the docs' build command (cold about 6 min, warm seconds)."""
+    start = time.monotonic()
+    run_steps((BUILD,), {"build_args": build_args(base_image), "image": TEST_IMAGE})
+    print(f"\nimage {TEST_IMAGE} built in {time.monotonic() - start:.0f} s")
+    return TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def features() -> Iterator[Path]:
+    """Feature slices from two days ago to tomorrow, readable by the container's user."""
+    folder = Path(tempfile.mkdtemp(prefix="mldropd-features-"))
+    folder.chmod(0o755)
+    days = [today() + dt.timedelta(days=i) for i in (-2, -1, 0, 1)]
+    write_features(folder, days, N_ENTITIES, N_FEATURES)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def containers(image: str, features: Path) -> Iterator[Pod]:
+    with pod(image, features) as p:
+        yield p
+
+
+# -- the tests ------------------------------------------------------------------------------
+def test_quickstart_from_the_docs(containers: Pod) -> None:
+    """Run, ready through the published port, non-root, healthy, and a graceful stop."""
+    port = free_port()
+    values = {
+        "image": containers.image,
+        "name": containers.new_name("ctr"),
+        "volume": containers.new_name("home"),
+        "publish": f"127.0.0.1:{port}",
+        "port": str(port),
+        "features": str(containers.features),
+    }
+    took = run_steps(QUICKSTART[1:], values)  # the image fixture ran the build step
+    stop = next(seconds for command, seconds in took.items() if command.startswith("podman stop"))
+    assert stop < 30, f"an idle daemon took {stop:.1f} s to stop"  # podman kills it at 90 s
+    uid = podman("inspect", "--format", "{{.Config.User}}", values["name"]).stdout.strip()
+    assert uid == f"{UID}:{UID}"
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def next_sweep_time(after_s: int) -> dt.datetime:
+    """A whole minute at least after_s seconds from now (UTC): the sweep's cron time."""
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after_s + 60)
+    return at.replace(second=0, microsecond=0)
+
+
+def wait_run(c: Container, token: str, model_id: int, day: dt.date) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        runs = httpx.get(
+            f"{c.url}/api/v1/runs",
+            params={"model_id": model_id, "date": day.isoformat()},
+            headers=auth(token),
+            timeout=30,
+        ).json()
+        done = [r for r in runs if r["status"] in ("succeeded", "failed")]
+        return done[0] if done and len(done) == len(runs) else None
+
+    return wait_for(finished, timeout=240, what=f"the run of model {model_id} on {day}")  # type: ignore[no-any-return]
+
+
+def check_scores(home: Path, features: Path, model_file: Path, model_id: int, day: dt.date) -> None:
+    """The scores in the volume equal the model's predict_proba on that day's features."""
+    with open(model_file, "rb") as f:
+        model = dill.load(f)
+    frame = duckdb.sql(
+        f"SELECT * FROM read_parquet('{features}/dt={day}/*.parquet') ORDER BY entity_id"
+    ).df()
+    scores = duckdb.sql(
+        f"SELECT entity_id, score FROM read_parquet('{home}/scores/dt={day}/model={model_id}/*"
+        ".parquet') ORDER BY entity_id"
+    ).df()
+    assert np.array_equal(scores["entity_id"].to_numpy(), frame["entity_id"].to_numpy())
+    expected = model["pipeline"].predict_proba(frame[model["features"]])[:, 1]
+    assert np.array_equal(scores["score"].to_numpy(), expected)
+
+
+def test_the_home_volume_outlives_the_container(
+    containers: Pod, model_files: dict[str, Path]
+) -> None:
+    """Upload and score in one container; in a new one on the same volume the model, its runs and
+    scores are there, and the persisted sweep job fires and scores the model."""
+    sweep_at = next_sweep_time(after_s=90)  # after the first container has gone
+    env = {"MLDROPD_SCHEDULER__SWEEP": f"{sweep_at.minute} {sweep_at.hour} * * *"}
+    volume, home = containers.volume()
+    first = containers.run(volume, env)
+    token = first.exec("mldropd", "users", "add", "ann@example.com").split()[-1]
+    model_file = model_files["logreg"]
+    with open(model_file, "rb") as f:
+        uploaded = httpx.post(
+            f"{first.url}/api/v1/models",
+            headers=auth(token),
+            files={"file": (model_file.name, f, "application/octet-stream")},
+            data={"email": "ann@example.com", "schedule": "daily"},
+            timeout=180,
+        )
+    assert uploaded.status_code == 201, uploaded.text
+    model = uploaded.json()
+    yesterday = sweep_at.date() - dt.timedelta(days=1)
+    accepted = httpx.post(
+        f"{first.url}/api/v1/models/{model['id']}/runs",
+        headers=auth(token),
+        json={"date": yesterday.isoformat()},
+        timeout=30,
+    )
+    assert accepted.status_code == 202, accepted.text
+    run = wait_run(first, token, model["id"], yesterday)
+    assert run["status"] == "succeeded" and run["rows"] == N_ENTITIES, run
+    seconds, code = first.stop()
+    assert code == 0, first.logs()[-3000:]
+    podman("rm", first.name)
+    assert dt.datetime.now(dt.UTC) < sweep_at, (
+        "the first container ran past the sweep time; raise after_s of next_sweep_time"
+    )
+
+    second = containers.run(volume, env)
+    again = httpx.get(f"{second.url}/api/v1/models/{model['id']}", headers=auth(token), timeout=30)
+    assert again.status_code == 200, again.text  # the token, the model: the database survived
+    assert (again.json()["name"], again.json()["version"]) == (model["name"], 1)
+    kept = wait_run(second, token, model["id"], yesterday)
+    assert (kept["id"], kept["status"], kept["rows"]) == (run["id"], "succeeded", N_ENTITIES)
+    check_scores(home, containers.features, model_file, model["id"], yesterday)
+
+    swept = wait_run(second, token, model["id"], sweep_at.date())
+    assert swept["status"] == "succeeded", swept
+    assert "sweep planned 1 due model(s)" in second.logs()
+    check_scores(home, containers.features, model_file, model["id"], sweep_at.date())
+
+
+def test_an_older_schema_is_upgraded_with_a_backup(containers: Pod) -> None:
+    """The docs' upgrade steps on a home whose database an older mldropd made."""
+    volume, home = containers.volume()
+    _at_first_revision(home / "mldropd.db")  # one user, ann@example.com
+    for path in (home, *home.iterdir()):
+        os.chown(path, UID, UID)
+    name = containers.new_name("ctr")
+    podman("create", "--name", name, "-v", f"{volume}:/var/lib/mldropd", containers.image)
+    port = free_port()
+    run_steps(
+        UPGRADE,
+        {
+            "image": containers.image,
+            "name": name,
+            "volume": volume,
+            "publish": f"127.0.0.1:{port}",
+            "port": str(port),
+            "features": str(containers.features),
+        },
+    )
+    logs = Container(name, port).logs()
+    assert f"upgraded from schema revision {FIRST_REVISION} to {head_revision()}" in logs
+    with sqlite3.connect(home / "mldropd.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (head_revision(),)
+        ]
+        assert db.execute("SELECT email FROM user").fetchall() == [("ann@example.com",)]
+    with sqlite3.connect(home / f"mldropd.db.bak-{FIRST_REVISION}") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (FIRST_REVISION,)
+        ]
+
+
+def image_run(image: str, *command: str, user: str | None = None) -> str:
+    options = ["--user", user] if user else []
+    return podman("run", "--rm", *options, "--entrypoint", command[0], image, *command[1:]).stdout
+
+
+def test_the_image_holds_pinned_dependencies_and_no_build_or_test_tools(image: str) -> None:
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    print(f"\nimage size {size / 1e6:.0f} MB")
+    assert size < 1_400_000_000, f"the image grew to {size / 1e6:.0f} MB"
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    frozen = image_run(image, "/opt/mldropd/bin/pip", "list", "--format", "freeze")
+    installed = dict(line.lower().replace("_", "-").split("==") for line in frozen.split())
+    unpinned = {
+        name: version
+        for name, version in installed.items()
+        if name not in ("mldropd", "pip", "setuptools") and pins.get(name) != version
+    }
+    assert unpinned == {}, "installed, but not as constraints.txt pins them"
+    test_only = {"pytest", "moto", "playwright", "hypothesis", "schemathesis", "ruff", "mypy"}
+    assert test_only & set(installed) == set()
+    assert "pyspark" not in installed  # Spark only with --build-arg SPARK=true
+    missing = image_run(image, "sh", "-c", "for t in gcc cc make java; do command -v $t; done; :")
+    assert missing == "", f"build tools or Java in the image: {missing}"
+
+
+def test_compose_example_is_valid_and_its_config_checks(image: str, features: Path) -> None:
+    compose = ROOT / "compose.yaml"
+    spec = yaml.safe_load(compose.read_text())
+    if shutil.which("docker-compose"):  # Debian's docker-compose validates the Compose spec
+        proc = subprocess.run(
+            ["docker-compose", "-f", str(compose), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+    else:
+        raise AssertionError("docker-compose is missing: run `bash .ci/container-setup`")
+    service = spec["services"]["mldropd"]
+    mounts = [v for v in service["volumes"] if v.endswith(":/var/lib/mldropd/config.toml:ro")]
+    assert len(mounts) == 1, "compose.yaml mounts no config.toml into the home"
+    config = (ROOT / mounts[0].split(":")[0]).resolve()
+    env = [f"-e={k}={v}" for k, v in (service.get("environment") or {}).items()]
+    checked = podman(
+        "run", "--rm", "-v", f"{config}:/var/lib/mldropd/config.toml:ro", *env,
+        image, "mldropd", "check-config",
+    ).stdout  # fmt: skip
+    assert checked.strip().endswith("OK: the configuration is valid"), checked
+    assert 'kind = "s3"  # [file]' in checked and 'bucket = "mldropd"  # [file]' in checked
