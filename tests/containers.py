@@ -178,6 +178,7 @@ class Pod:
         options = [f"-e={key}={value}" for key, value in (env or {}).items()]
         podman(
             "run", "-d", "--name", container.name, "--stop-timeout", "90",
+            "--security-opt", "systempaths=unconfined",  # the sandbox's mountns (docs)
             "-p", f"127.0.0.1:{container.port}:8080",
             "-v", f"{volume}:/var/lib/mldropd",
             "-v", f"{self.features}:/data/features:ro",

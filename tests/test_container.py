@@ -59,6 +59,7 @@ TEST_IMAGE = "localhost/mldropd:test"
 BUILD = Step("podman build --format docker{build_args} -t {image} -f Containerfile .", None, 1800)
 RUN = Step(
     "podman run -d --name {name} -p {publish}:8080 --stop-timeout 90 \\\n"
+    "    --security-opt systempaths=unconfined \\\n"
     "    -v {volume}:/var/lib/mldropd \\\n"
     "    -v {features}:/data/features:ro \\\n"
     "    -e MLDROPD_FEATURES__PATH=/data/features \\\n"
@@ -66,20 +67,24 @@ RUN = Step(
 )
 READY = Step(
     "curl -sf --retry 60 --retry-all-errors --retry-delay 1 localhost:{port}/readyz",
-    '{"status":"ok","checks":{"database":"ok","store":"ok","scheduler":"ok",'
-    '"features":"ok","disk":"ok"}}',
+    '{"status":"ok","checks":{"database":"ok","store":"ok","scheduler":"ok","features":"ok",'
+    '"disk":"ok","sandbox":"ok"},"sandbox":{"in_force":["landlock","mountns","netns","pidns",'
+    '"seccomp","uid","userns"],"missing":{},"required":["uid","mountns","pidns","netns",'
+    '"landlock","seccomp"]}}',
+)
+TOP = Step(
+    "podman top {name} user args",
+    "USER        COMMAND\n"
+    "mldropd     /usr/bin/tini -e 143 -- mldropd serve\n"
+    "mldropd     /opt/mldropd/bin/python /opt/mldropd/bin/mldropd serve\n"
+    "...",
 )
 QUICKSTART = (
     BUILD,
     Step("podman volume create {volume}", "{volume}"),
     RUN,
     READY,
-    Step(
-        "podman top {name} user args",
-        "USER        COMMAND\n"
-        "mldropd     /usr/bin/tini -e 143 -- mldropd serve\n"
-        "mldropd     /opt/mldropd/bin/python /opt/mldropd/bin/mldropd serve",
-    ),
+    TOP,
     Step("podman exec {name} mldropd users add admin@example.com --admin", "...\nmld_..."),
     Step(
         "podman healthcheck run {name} \\\n"
@@ -181,7 +186,11 @@ def test_quickstart_from_the_docs(containers: Pod) -> None:
         "port": str(port),
         "features": str(containers.features),
     }
-    took = run_steps(QUICKSTART[1:], values)  # the image fixture ran the build step
+    top = QUICKSTART.index(TOP)
+    took = run_steps(QUICKSTART[1 : top + 1], values)  # the image fixture ran the build step
+    users = podman("top", values["name"], "huser").stdout.split()  # on this machine
+    assert users[0] == "HUSER" and set(users[1:]) == {str(UID)}, users
+    took |= run_steps(QUICKSTART[top + 1 :], values)
     stop = next(seconds for command, seconds in took.items() if command.startswith("podman stop"))
     assert stop < 30, f"an idle daemon took {stop:.1f} s to stop"  # podman kills it at 90 s
     uid = podman("inspect", "--format", "{{.Config.User}}", values["name"]).stdout.strip()
@@ -209,20 +218,23 @@ def wait_run(c: Container, token: str, model_id: int, day: dt.date) -> dict[str,
         done = [r for r in runs if r["status"] in ("succeeded", "failed")]
         return done[0] if done and len(done) == len(runs) else None
 
-    return wait_for(finished, timeout=240, what=f"the run of model {model_id} on {day}")  # type: ignore[no-any-return]
+    run: dict[str, Any] = wait_for(finished, timeout=240, what=f"the run of {model_id} on {day}")
+    return run
+
+
+def read_sorted(files: str, columns: str = "*") -> Any:
+    """Rows of the Parquet files matching a glob, by entity_id, as a pandas frame."""
+    relation = duckdb.sql(f"SELECT {columns} FROM read_parquet('{files}') ORDER BY entity_id")
+    assert relation is not None
+    return relation.df()
 
 
 def check_scores(home: Path, features: Path, model_file: Path, model_id: int, day: dt.date) -> None:
     """The scores in the volume equal the model's predict_proba on that day's features."""
     with open(model_file, "rb") as f:
         model = dill.load(f)
-    frame = duckdb.sql(
-        f"SELECT * FROM read_parquet('{features}/dt={day}/*.parquet') ORDER BY entity_id"
-    ).df()
-    scores = duckdb.sql(
-        f"SELECT entity_id, score FROM read_parquet('{home}/scores/dt={day}/model={model_id}/*"
-        ".parquet') ORDER BY entity_id"
-    ).df()
+    frame = read_sorted(f"{features}/dt={day}/*.parquet")
+    scores = read_sorted(f"{home}/scores/dt={day}/model={model_id}/*.parquet", "entity_id, score")
     assert np.array_equal(scores["entity_id"].to_numpy(), frame["entity_id"].to_numpy())
     expected = model["pipeline"].predict_proba(frame[model["features"]])[:, 1]
     assert np.array_equal(scores["score"].to_numpy(), expected)
