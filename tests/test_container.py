@@ -371,9 +371,10 @@ def test_compose_example_is_valid_and_its_config_checks(image: str, features: Pa
     mounts = [v for v in service["volumes"] if v.endswith(":/var/lib/mldropd/config.toml:ro")]
     assert len(mounts) == 1, "compose.yaml mounts no config.toml into the home"
     config = (ROOT / mounts[0].split(":")[0]).resolve()
-    env = [f"-e={k}={v}" for k, v in (service.get("environment") or {}).items()]
+    options = [f"-e={k}={v}" for k, v in (service.get("environment") or {}).items()]
+    options += [f"--security-opt={o}" for o in service.get("security_opt", [])]
     checked = podman(
-        "run", "--rm", "-v", f"{config}:/var/lib/mldropd/config.toml:ro", *env,
+        "run", "--rm", "-v", f"{config}:/var/lib/mldropd/config.toml:ro", *options,
         image, "mldropd", "check-config",
     ).stdout  # fmt: skip
     assert checked.strip().endswith("OK: the configuration is valid"), checked
