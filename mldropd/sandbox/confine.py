@@ -39,7 +39,13 @@ def enter(policy: Policy, root_mount: str, keep_fds: list[int]) -> str:
     os.setsid()
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the fork server
     _close_fds_except(keep_fds)
-    root = os.getuid() == 0
+    from mldropd.sandbox.probe import privileged
+
+    root = privileged()
+    if os.getuid() == 0 and not root:
+        # Root without CAP_SYS_ADMIN (root in a container): become the sandbox's uid first,
+        # then make the namespaces as an unprivileged user does, in a user namespace.
+        _drop_root(policy)
     flags = _namespace_flags(policy.layers, root)
     if flags:
         uid, gid = os.getuid(), os.getgid()

@@ -214,7 +214,8 @@ class Server:
         if "mountns" not in policy.layers:
             private = tempfile.mkdtemp(prefix="mldropd-sandbox-")
             if os.getuid() == 0 and policy.uid is not None:
-                os.chown(private, policy.uid, policy.gid or policy.uid)
+                with contextlib.suppress(OSError):  # unmapped uid: the probe said "uid" missing
+                    os.chown(private, policy.uid, policy.gid or policy.uid)
             policy.private_dir = private
             cleanup.append(private)
         pid = os.fork()

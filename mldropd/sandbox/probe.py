@@ -78,7 +78,15 @@ def _try(layer: str, root_mount: str, uid: int | None) -> LayerStatus:
         layers.add("pidns")  # its /proc is the new PID namespace's
     private = tempfile.mkdtemp(prefix="mldropd-probe-")
     if uid is not None:
-        os.chown(private, uid, uid)
+        try:
+            os.chown(private, uid, uid)
+        except OSError as exc:  # e.g. root of a rootless container: the uid is not mapped
+            shutil.rmtree(private, ignore_errors=True)
+            return LayerStatus(
+                False,
+                f"uid {uid} cannot be used here ({exc.strerror}; a user namespace may not map "
+                "it): set [sandbox] uid_base or [sandbox] user to a uid that exists here",
+            )
     from mldropd.sandbox.policy import python_read_paths
 
     policy = Policy(
@@ -116,7 +124,7 @@ def _try(layer: str, root_mount: str, uid: int | None) -> LayerStatus:
 
 def probe(uid: int | None = None) -> dict[str, LayerStatus]:
     """Try every layer; uid is the unprivileged uid a root daemon's sandboxes run as."""
-    root = os.getuid() == 0
+    root = privileged()
     root_mount = tempfile.mkdtemp(prefix="mldropd-probe-root-")
     os.chmod(root_mount, 0o755)
     found: dict[str, LayerStatus] = {}
@@ -125,7 +133,7 @@ def probe(uid: int | None = None) -> dict[str, LayerStatus]:
         for layer in LAYERS:
             if layer == "landlock" and abi < 1:
                 found[layer] = LayerStatus(False, "the kernel has no Landlock (or it is off)")
-            elif layer == "uid" and not root:
+            elif layer == "uid" and os.getuid() != 0:
                 found[layer] = LayerStatus(True, f"the daemon already runs as uid {os.getuid()}")
             elif layer == "userns" and root:
                 found[layer] = LayerStatus(True, "not needed: the daemon runs as root")
@@ -147,6 +155,14 @@ def probe(uid: int | None = None) -> dict[str, LayerStatus]:
     finally:
         shutil.rmtree(root_mount, ignore_errors=True)
     return found
+
+
+def privileged() -> bool:
+    """Root with CAP_SYS_ADMIN: makes namespaces and switches uids without a user namespace.
+    (Root in a container often lacks CAP_SYS_ADMIN: it is then probed as an unprivileged user.)"""
+    from mldropd.sandbox.syscalls import capabilities_effective
+
+    return os.getuid() == 0 and bool(capabilities_effective() & (1 << 21))  # CAP_SYS_ADMIN
 
 
 def _try_userns() -> LayerStatus:

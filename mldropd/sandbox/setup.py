@@ -120,9 +120,10 @@ def missing_message(missing: list[str], found: dict[str, dict[str, Any]]) -> str
     return (
         "the model sandbox cannot apply layers that [sandbox] require asks for:\n"
         + "\n".join(lines)
-        + "\nRun where the kernel allows them (see docs/security.md: containers may need "
-        "--security-opt seccomp=unconfined or a user-namespace setting), or remove them from "
-        "[sandbox] require to run with the layers that are there."
+        + "\nRun where the kernel allows them (docs/security.md: under podman, mountns needs "
+        "--security-opt systempaths=unconfined; docker also needs a seccomp profile that allows "
+        "user namespaces), or remove them from [sandbox] require to run with the layers that "
+        "are there."
     )
 
 
