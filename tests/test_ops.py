@@ -81,7 +81,8 @@ def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
         "mldropd/web/static/style.css",
         "mldropd/web/static/htmx-2.0.11.min.js",
         "mldropd/jobs/score_batch.py",
-        "mldropd/jobs/validate_model.py",
+        "mldropd/jobs/model_host.py",
+        "mldropd/jobs/forkserver.py",
         "mldropd/migrations/env.py",
         "mldropd/migrations/script.py.mako",
     }
@@ -112,7 +113,10 @@ def test_readyz_names_each_check_and_says_what_is_wrong(settings: Settings, home
             "scheduler": "ok",
             "features": "ok",
             "disk": "ok",
+            "sandbox": "ok",
         }
+        layers = ready.json()["sandbox"]
+        assert set(layers["required"]) <= set(layers["in_force"]) and not layers["missing"]
         assert client.get("/healthz").json()["status"] == "ok"
         settings.server.min_free_disk_mb = 10**9  # a petabyte
         (home / "features").rename(home / "features.moved")
