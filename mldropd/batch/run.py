@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -45,6 +45,9 @@ from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, RunStatus
 from mldropd.store import make_store
 from mldropd.text import duration
+
+if TYPE_CHECKING:
+    from mldropd.batch.quality import QualityResult
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +105,35 @@ class BatchJob:
             if table.models and table.slice is not None:
                 keys, stale = self._screen(table)
                 outcomes = self._score(table, keys.filters) if table.models else {}
+                missing = Outcome(error="no result from scoring")
+                got = {p.run.id or 0: outcomes.get(p.run.id or 0) or missing for p in table.models}
+                from mldropd.batch.quality import check_batch, model_scores  # warmed up meanwhile
+
+                # DQ of the whole batch at once: each feature slice is read at most once.
+                quality = check_batch(
+                    self.source,
+                    self.settings.scores.path,
+                    day=claimed.date,
+                    slice_date=table.slice.date,
+                    models=[
+                        model_scores(
+                            p,
+                            staging_dir(self.settings.scores.path, self.batch_id, i),
+                            keys.entities.get(i, got[i].rows),
+                        )
+                        for p in table.models
+                        if got[(i := p.run.id or 0)].ok
+                    ],
+                    settings=self.settings.dq,
+                ).results
                 for p in table.models:
                     assert p.run.id is not None
-                    outcome = outcomes.get(p.run.id) or Outcome(error="no result from scoring")
                     self._finish_model(
                         claimed.date,
                         p,
-                        outcome,
+                        got[p.run.id],
                         table.slice.date,
-                        keys.entities.get(p.run.id, outcome.rows),
+                        quality=quality.get(p.run.id),
                         key_check=keys.records.get(p.run.id),
                         stale=stale,
                     )
@@ -255,12 +278,12 @@ class BatchJob:
         p: PreparedModel,
         outcome: Outcome,
         slice_date: dt.date,
-        slice_rows: int | None,
         *,
+        quality: QualityResult | Exception | None = None,
         key_check: dict[str, Any] | None = None,
         stale: str | None = None,
     ) -> None:
-        """DQ -> publish (or hold at the gate) -> record, for one scored model."""
+        """DQ result -> publish (or hold at the gate) -> record, for one scored model."""
         assert p.run.id is not None and p.model.id is not None
         extra = {
             "run_id": self.batch_id,
@@ -281,28 +304,8 @@ class BatchJob:
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
         fault_point("scored")
         overrides = {**(p.version.contract.get("dq") or {}), **(p.model.dq or {})}
-        dq_error = None
-        from mldropd.batch.quality import check_quality  # loaded by _warm_up meanwhile
-
-        try:
-            result = check_quality(
-                self.source,
-                self.settings.scores.path,
-                current_part=staged,
-                day=day,
-                model_id=p.model.id,
-                slice_date=slice_date,
-                features=p.features,
-                entity_key=p.entity_key,
-                is_probability=p.version.contract["output"].startswith("proba"),
-                slice_rows=slice_rows,
-                settings=self.settings.dq,
-                overrides=overrides,
-                importance=p.version.contract.get("importance"),
-            )
-        except Exception as exc:  # DQ must never lose the scores that were written
-            log.exception("DQ failed", extra=extra)
-            result, dq_error = None, f"{type(exc).__name__}: {exc}"
+        result = None if quality is None or isinstance(quality, Exception) else quality
+        dq_error = f"{type(quality).__name__}: {quality}"  # the error, when there is no result
         gate = overrides.get("gate") or self.settings.dq.gate
         status = reason = None
         if result is not None:  # a stale slice weighs in before the gate looks
