@@ -36,8 +36,8 @@ def ks_sorted(
     """Return (statistic, p-value) of ks_2samp from sorted NaN-free scores, fast on large sides.
 
     The statistic is ks_2samp's to the bit: the same counts, divisions and subtraction at each
-    distinct value of the two sides, whose binary searches then run over sorted values (1M a
-    side: 25 ms instead of 0.25 s). Up to ks_2samp's exact
+    distinct value of the two sides, counted by one merge of the sorted sides instead of binary
+    searches (1M a side: about 0.1 s instead of 0.25 s). Up to ks_2samp's exact
     limit (10,000 a side) the p-value is its own; above it, ks_2samp's Smirnov formula
     (scipy.stats.kstwo at n = n1*n2/(n1+n2)) took 0.6-0.9 s at 1M a side for a small drift, so
     the limiting Kolmogorov distribution stands in: kstwobign.sf(sqrt(n) * D), within 2 %
@@ -49,12 +49,13 @@ def ks_sorted(
     if max(n1, n2) <= KS_EXACT_MAX:
         result = stats.ks_2samp(reference, current)
         return float(result.statistic), float(result.pvalue)
-    merged = np.sort(np.concatenate([reference, current]), kind="stable")  # merges two runs
-    values = merged[np.append(merged[1:] != merged[:-1], True)]  # each distinct value once
-    diffs = (
-        np.searchsorted(reference, values, side="right") / n1
-        - np.searchsorted(current, values, side="right") / n2
-    )
+    both = np.concatenate([reference, current])
+    order = np.argsort(both, kind="stable")  # two sorted runs: one O(n) merge
+    values = both[order]
+    c1 = np.cumsum(order < n1)  # reference scores <= each merged value
+    c2 = np.arange(1, both.size + 1) - c1
+    last = np.append(values[1:] != values[:-1], True)  # ties counted whole (side="right")
+    diffs = c1[last] / n1 - c2[last] / n2
     d = max(float(np.clip(-diffs.min(), 0, 1)), float(diffs.max()))
     m, n = sorted([float(n1), float(n2)], reverse=True)
     pvalue = float(np.clip(stats.kstwobign.sf(np.sqrt(m * n / (m + n)) * d), 0, 1))
