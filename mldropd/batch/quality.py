@@ -237,12 +237,13 @@ def check_batch(
     current: dict[str, pa.Table] | None = None,
     method: str = "holdout",
     sampler: Sampler = sample_slice,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> BatchQuality:
     """DQ of every model of a batch, reading each feature slice at most once.
 
     current: the current slice's samples by entity key, as collected during the scoring read
     (see current_samples); a key missing there is sampled here by one read of the slice.
+    workers: models evaluated at once (default [dq] threads).
     """
     out = BatchQuality()
     references: dict[int, tuple[dt.date, Path] | None] = {
@@ -309,6 +310,7 @@ def check_batch(
     # Models in parallel threads, each classifier on one OpenMP thread: the heavy parts (binning,
     # histograms, sorting, Parquet) release the GIL. The limit is set once around the pool, not
     # per model: overlapping per-call limits would restore each other's thread counts.
+    workers = settings.threads if workers is None else workers
     with threadpool_limits(limits=1, user_api="openmp"):
         if workers > 1 and len(models) > 1:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dq") as pool:
