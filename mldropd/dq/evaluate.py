@@ -200,6 +200,7 @@ def evaluate(
     statuses = list(check_statuses)
     words: list[str] = []
 
+    assert ref_scores is not None  # a reference frame comes with its scores
     # Sorted once: PSI's deciles and bin counts and the KS merge are then cheap at 1M scores.
     ref_sorted, cur_sorted = np.sort(drop_nan(ref_scores)), np.sort(drop_nan(cur_scores))
     p = psi(ref_sorted, cur_sorted)
