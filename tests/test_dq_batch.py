@@ -161,3 +161,16 @@ def test_a_failed_sample_fails_the_dq_of_its_models_only(
     out = run(batch)
     assert all(isinstance(out.results[i], Exception) for i in (101, 102, 103))
     assert isinstance(out.results[104], QualityResult)  # first date: needs no sample
+
+
+def test_dq_bench_tiny(tmp_path: Path) -> None:
+    from bench import dq as bench_dq
+
+    out = tmp_path / "dq.json"
+    result = bench_dq.main(
+        ["--rows", "3000", "--features", "6", "--models", "2", "--lgbm", "1"]
+        + ["--batch-rows", "1000", "--max-rows", "1000", "--repeat", "1", "--out", str(out)]
+    )
+    assert out.exists() and result["batch_before_s"] > 0 and result["raw_sum_s"] > 0
+    assert all(auc is not None for auc in result["auc_before"] + result["after"]["1"]["auc"])
+    assert result["after"]["2"]["auc"] == result["after"]["1"]["auc"]  # threads change nothing
