@@ -196,6 +196,9 @@ class DQSettings:
     auc_warn: float = _opt(0.6, "Adversarial-validation AUC at or above this is warn.")
     auc_alert: float = _opt(0.75, "Adversarial-validation AUC at or above this is alert.")
     av_max_rows: int = _opt(50_000, "Rows sampled per side for adversarial validation.")
+    threads: int = _opt(
+        2, "Models whose DQ the batch job computes at once (each classifier on one core)."
+    )
     feature_psi_top: int = _opt(
         10, "Feature drift: PSI of this many of the model's most important features."
     )
@@ -480,6 +483,7 @@ def validate(settings: Settings) -> None:
         ("limits", "scan_timeout_s"),
         ("limits", "scan_memory_mb"),
         ("dq", "av_max_rows"),
+        ("dq", "threads"),
     ]
     for section, key in positive:
         if getattr(getattr(settings, section), key) <= 0:

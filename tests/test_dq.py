@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from mldropd.dq.adversarial import adversarial_auc
-from mldropd.dq.checks import basic_checks, ks
+from mldropd.dq.checks import KS_EXACT_MAX, basic_checks, ks, ks_sorted
 from mldropd.dq.evaluate import FIRST_DATE, DQReport, Thresholds, evaluate, json_safe
 from mldropd.dq.psi import psi, psi_with_edges
 
@@ -336,6 +336,39 @@ def test_ks_matches_scipy_on_non_nan_scores() -> None:
     assert ks([], cur) == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("n_ref", "n_cur", "shift", "decimals"),
+    [
+        (30_000, 20_000, 0.02, None),
+        (12_000, 50_000, 0.0, 2),  # many ties
+        (40_000, 40_000, 0.02, 3),
+        (10_001, 10_001, 0.05, None),  # just above ks_2samp's exact limit
+        (200_000, 150_000, 0.01, None),
+    ],
+)
+def test_ks_from_sorted_scores_is_scipys_statistic_to_the_bit(
+    n_ref: int, n_cur: int, shift: float, decimals: int | None
+) -> None:
+    rng = np.random.default_rng(4)
+    ref, cur = rng.normal(size=n_ref), rng.normal(shift, size=n_cur)
+    if decimals is not None:
+        ref, cur = np.round(ref, decimals), np.round(cur, decimals)
+    ref[:3], cur[:2] = np.inf, -np.inf
+    expected = stats.ks_2samp(ref, cur)
+    stat, pvalue = ks_sorted(np.sort(ref), np.sort(cur))
+    assert stat == expected.statistic  # exactly, not approximately
+    # The p-value: the limiting distribution instead of ks_2samp's finite-n formula.
+    assert expected.pvalue >= 0.001 and pvalue == pytest.approx(expected.pvalue, rel=0.02)
+
+
+def test_ks_from_sorted_scores_on_small_sides_is_scipys() -> None:
+    rng = np.random.default_rng(5)
+    ref, cur = np.sort(rng.normal(size=KS_EXACT_MAX)), np.sort(rng.normal(0.1, size=900))
+    expected = stats.ks_2samp(ref, cur)
+    assert ks_sorted(ref, cur) == (expected.statistic, expected.pvalue)
+    assert ks_sorted(ref, cur[:0]) == (None, None)
+
+
 # --- thresholds and evaluate() -------------------------------------------------------------------
 
 
@@ -401,6 +434,21 @@ def test_evaluate_ok_without_drift() -> None:
     assert hist["edges"][0] == cur["score"].min() and hist["edges"][-1] == cur["score"].max()
     assert sum(hist["reference"]) + hist["reference_below"] + hist["reference_above"] == 3_000
     json.dumps(report.details, allow_nan=False)
+
+
+def test_evaluate_methods_share_psi_and_ks_and_rank_features_only_from_warn() -> None:
+    rng = np.random.default_rng(21)
+    cur, ref = features_frame(rng, 3_000), features_frame(rng, 3_000)
+    fast, slow = run(cur, ref), run(cur, ref, method="kfold5")
+    assert (fast.psi, fast.ks) == (slow.psi, slow.ks)
+    assert fast.details["psi"] == slow.details["psi"]
+    # Below the warn threshold the report names no features: none are ranked (it was noise).
+    assert fast.auc is not None and fast.auc < 0.6
+    assert fast.details["av"]["top_features"] == []
+    assert "not computed, AUC below 0.6" in fast.details["av"]["note"]
+    assert slow.details["av"]["top_features"] != []  # the original ranks them always
+    with pytest.raises(ValueError, match="holdout"):
+        run(cur, ref, method="tenfold")
 
 
 def test_evaluate_uses_full_score_arrays_when_given() -> None:

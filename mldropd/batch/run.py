@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -45,6 +45,9 @@ from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, RunStatus
 from mldropd.store import make_store
 from mldropd.text import duration
+
+if TYPE_CHECKING:
+    from mldropd.batch.quality import QualityResult
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +104,17 @@ class BatchJob:
                 ledger.fail_run(self.db, run_id, reason)
             if table.models and table.slice is not None:
                 keys, stale = self._screen(table)
-                outcomes = self._score(table, keys.filters) if table.models else {}
+            if table.models and table.slice is not None:  # some may have failed the key check
+                outcomes, current = self._score(table, keys.filters)
+                quality = self._quality(claimed.date, table, outcomes, keys.entities, current)
                 for p in table.models:
                     assert p.run.id is not None
-                    outcome = outcomes.get(p.run.id) or Outcome(error="no result from scoring")
                     self._finish_model(
                         claimed.date,
                         p,
-                        outcome,
+                        outcomes[p.run.id],
                         table.slice.date,
-                        keys.entities.get(p.run.id, outcome.rows),
+                        quality=quality.get(p.run.id),
                         key_check=keys.records.get(p.run.id),
                         stale=stale,
                     )
@@ -202,8 +206,13 @@ class BatchJob:
         table.models = [p for p in table.models if p.run.id not in keys.rejected]
         return keys, stale
 
-    def _score(self, table: ScoringTable, key_filters: list[dict[str, Any]]) -> dict[int, Outcome]:
-        """One pass over the slice for every model, with the engine the batch calls for."""
+    def _score(
+        self, table: ScoringTable, key_filters: list[dict[str, Any]]
+    ) -> tuple[dict[int, Outcome], dict[str, Any] | None]:
+        """One pass over the slice for every model, with the engine the batch calls for; and
+        the DQ sample of the slice, drawn during that read (None when the engine had none)."""
+        from mldropd.batch.quality import current_samples, model_scores  # warmed up meanwhile
+
         assert table.slice is not None
         cfg = self.settings.engine
         tasks = [self._task(p) for p in table.models]
@@ -223,12 +232,60 @@ class BatchJob:
             tasks, requested, lambda: self.source.count(request.slice_date)
         )
         log.info("scoring with the %s engine (%s)", name, why, extra={"run_id": self.batch_id})
+        samples = current_samples(
+            [model_scores(p, p.path, None) for p in table.models], self.settings.dq.av_max_rows
+        )
+        seen = {"batches": 0}
+
+        def observe(batch: Any) -> None:
+            seen["batches"] += 1
+            for sample in samples.values():
+                sample.add(batch)
+
+        missing = Outcome(error="no result from scoring")
         try:
             engine = self.engines.spark() if name == "spark" else self.engines.local()
-            return engine.score(request, heartbeat=self.heartbeat)
+            outcomes = engine.score(request, heartbeat=self.heartbeat, observe=observe)
         except Exception as exc:  # no session, no sandbox: every model says why
             log.exception("the %s engine failed", name, extra={"run_id": self.batch_id})
-            return {t.model_run_id: Outcome(error=_engine_error(name, why, exc)) for t in tasks}
+            return {
+                t.model_run_id: Outcome(error=_engine_error(name, why, exc)) for t in tasks
+            }, None
+        got = {t.model_run_id: outcomes.get(t.model_run_id) or missing for t in tasks}
+        # The sample is the slice's only if the engine read all of it here (Spark reads elsewhere).
+        current = {k: s.table() for k, s in samples.items()} if seen["batches"] else None
+        return got, current
+
+    def _quality(
+        self,
+        day: dt.date,
+        table: ScoringTable,
+        outcomes: dict[int, Outcome],
+        entities: dict[int, int],
+        current: dict[str, Any] | None,
+    ) -> dict[int, Any]:
+        """DQ of the whole batch at once: each feature slice is read at most once (the current
+        one not at all when its sample was drawn during scoring)."""
+        from mldropd.batch.quality import check_batch, model_scores
+
+        assert table.slice is not None
+        scored = [p for p in table.models if p.run.id is not None and outcomes[p.run.id].ok]
+        return check_batch(
+            self.source,
+            self.settings.scores.path,
+            day=day,
+            slice_date=table.slice.date,
+            models=[
+                model_scores(
+                    p,
+                    staging_dir(self.settings.scores.path, self.batch_id, p.run.id or 0),
+                    entities.get(p.run.id or 0, outcomes[p.run.id or 0].rows),
+                )
+                for p in scored
+            ],
+            settings=self.settings.dq,
+            current=current,
+        ).results
 
     def _task(self, p: PreparedModel) -> ModelTask:
         assert p.run.id is not None and p.model.id is not None
@@ -255,12 +312,12 @@ class BatchJob:
         p: PreparedModel,
         outcome: Outcome,
         slice_date: dt.date,
-        slice_rows: int | None,
         *,
+        quality: QualityResult | Exception | None = None,
         key_check: dict[str, Any] | None = None,
         stale: str | None = None,
     ) -> None:
-        """DQ -> publish (or hold at the gate) -> record, for one scored model."""
+        """DQ result -> publish (or hold at the gate) -> record, for one scored model."""
         assert p.run.id is not None and p.model.id is not None
         extra = {
             "run_id": self.batch_id,
@@ -281,28 +338,8 @@ class BatchJob:
         staged = staging_dir(self.settings.scores.path, self.batch_id, p.run.id)
         fault_point("scored")
         overrides = {**(p.version.contract.get("dq") or {}), **(p.model.dq or {})}
-        dq_error = None
-        from mldropd.batch.quality import check_quality  # loaded by _warm_up meanwhile
-
-        try:
-            result = check_quality(
-                self.source,
-                self.settings.scores.path,
-                current_part=staged,
-                day=day,
-                model_id=p.model.id,
-                slice_date=slice_date,
-                features=p.features,
-                entity_key=p.entity_key,
-                is_probability=p.version.contract["output"].startswith("proba"),
-                slice_rows=slice_rows,
-                settings=self.settings.dq,
-                overrides=overrides,
-                importance=p.version.contract.get("importance"),
-            )
-        except Exception as exc:  # DQ must never lose the scores that were written
-            log.exception("DQ failed", extra=extra)
-            result, dq_error = None, f"{type(exc).__name__}: {exc}"
+        result = None if quality is None or isinstance(quality, Exception) else quality
+        dq_error = f"{type(quality).__name__}: {quality}"  # the error, when there is no result
         gate = overrides.get("gate") or self.settings.dq.gate
         status = reason = None
         if result is not None:  # a stale slice weighs in before the gate looks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
 from mldropd.dq.psi import as_float_array
@@ -15,6 +15,7 @@ NULL_ALERT_SHARE = 0.05
 ROW_CHANGE_WARN = 0.20
 ROW_CHANGE_ALERT = 0.50
 SCORED_SHARE_WARN = 0.99
+KS_EXACT_MAX = 10_000  # scipy's ks_2samp computes the exact p-value up to this many a side
 
 
 def ks(reference: ArrayLike, current: ArrayLike) -> tuple[float | None, float | None]:
@@ -27,6 +28,38 @@ def ks(reference: ArrayLike, current: ArrayLike) -> tuple[float | None, float | 
         return None, None
     result = stats.ks_2samp(ref, cur)
     return float(result.statistic), float(result.pvalue)
+
+
+def ks_sorted(
+    reference: NDArray[np.float64], current: NDArray[np.float64]
+) -> tuple[float | None, float | None]:
+    """Return (statistic, p-value) of ks_2samp from sorted NaN-free scores, fast on large sides.
+
+    The statistic is ks_2samp's to the bit: the same counts, divisions and subtraction at each
+    distinct value of the two sides, counted by one merge of the sorted sides instead of binary
+    searches (1M a side: about 0.1 s instead of 0.25 s). Up to ks_2samp's exact
+    limit (10,000 a side) the p-value is its own; above it, ks_2samp's Smirnov formula
+    (scipy.stats.kstwo at n = n1*n2/(n1+n2)) took 0.6-0.9 s at 1M a side for a small drift, so
+    the limiting Kolmogorov distribution stands in: kstwobign.sf(sqrt(n) * D), within 2 %
+    relative of it above 10,000 a side (tests/test_dq.py).
+    """
+    n1, n2 = int(reference.size), int(current.size)
+    if n1 == 0 or n2 == 0:
+        return None, None
+    if max(n1, n2) <= KS_EXACT_MAX:
+        result = stats.ks_2samp(reference, current)
+        return float(result.statistic), float(result.pvalue)
+    both = np.concatenate([reference, current])
+    order = np.argsort(both, kind="stable")  # two sorted runs: one O(n) merge
+    values = both[order]
+    c1 = np.cumsum(order < n1)  # reference scores <= each merged value
+    c2 = np.arange(1, both.size + 1) - c1
+    last = np.append(values[1:] != values[:-1], True)  # ties counted whole (side="right")
+    diffs = c1[last] / n1 - c2[last] / n2
+    d = max(float(np.clip(-diffs.min(), 0, 1)), float(diffs.max()))
+    m, n = sorted([float(n1), float(n2)], reverse=True)
+    pvalue = float(np.clip(stats.kstwobign.sf(np.sqrt(m * n / (m + n)) * d), 0, 1))
+    return d, pvalue
 
 
 def _pct(share: float) -> str:

@@ -87,7 +87,11 @@ class ScoringEngine(Protocol):
         *,
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
-    ) -> dict[int, Outcome]: ...
+        observe: Callable[[Any], None] | None = None,
+    ) -> dict[int, Outcome]:
+        """observe: called with every record batch of the slice as read (the trusted side's
+        DQ sample is drawn there: no second read); an engine without such a read ignores it."""
+        ...
 
 
 def timeout_of(params: dict[str, object], engine: EngineSettings) -> float:

@@ -77,6 +77,7 @@ class LocalEngine:
         *,
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
+        observe: Callable[[pa.RecordBatch], None] | None = None,
     ) -> dict[int, Outcome]:
         owners = self._owners(request)
         keys = KeyFilters.from_request(list(request.key_filters))
@@ -106,6 +107,8 @@ class LocalEngine:
                     view = views.get(o.entity_key, read)
                     if o.live and view.num_rows:
                         futures[o] = (view, pool.submit(o.score, view, index))
+                if observe is not None:  # while the hosts score this batch
+                    observe(read)
                 for owner, (view, future) in futures.items():
                     for slot, scores in future.result().items():
                         task = owner.models[slot].task

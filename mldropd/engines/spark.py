@@ -66,6 +66,7 @@ class SparkEngine:
         *,
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
+        observe: Callable[[Any], None] | None = None,  # no read here: DQ samples on its own
     ) -> dict[int, Outcome]:
         if self.session is None:
             self.session = get_session(self.engine)
