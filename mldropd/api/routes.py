@@ -251,9 +251,7 @@ def rerun_failed_route(
     status_code=200,
     summary="Publish scores held back by the DQ gate",
 )
-def publish_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> RunOut:
+def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     return run_json(publish_held(daemon.engine, daemon.settings, user, run_id))
 
@@ -264,9 +262,7 @@ def publish_route(
     status_code=200,
     summary="Discard scores held back by the DQ gate",
 )
-def discard_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> RunOut:
+def discard_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     return run_json(discard_held(daemon.engine, daemon.settings, user, run_id))
 
@@ -301,9 +297,7 @@ def list_runs_route(
 
 
 @get(f"{API}/runs/{{run_id:int}}", sync_to_thread=True, summary="One model run")
-def get_run_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> RunOut:
+def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None

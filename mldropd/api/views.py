@@ -36,7 +36,20 @@ def next_run_date(model: Model, settings: Settings, now: dt.datetime) -> dt.date
     return parse_schedule(model.schedule).next_due(fire.date())
 
 
-class RunOut(TypedDict):
+class ProgressOut(TypedDict):
+    """A run's progress (mldropd.batch.progress): the batch job's own counts, never the model's."""
+
+    phase: Phase | None  # while it runs, or waits for its data
+    rows_done: int | None  # rows written so far
+    rows_total: int | None  # rows of the slice it scores
+    rows_per_s: float | None  # the batch's scoring rate
+    eta_s: float | None  # seconds left of the phase, as estimated at progress_at
+    progress_at: str | None
+    dates_done: int | None  # a backfill: dates of its job finished before this one
+    dates_total: int | None  # ... of the dates the job was asked for
+
+
+class RunOut(ProgressOut):
     """A model run as the API shows it (GET /api/v1/runs, /runs/{id})."""
 
     id: int
@@ -55,38 +68,31 @@ class RunOut(TypedDict):
     quarantined: bool
     stale_slice: str | None
     key_check: dict[str, Any] | None
-    # Progress (mldropd.batch.progress): the batch job's own counts, never the model's.
-    phase: Phase | None  # while it runs, or waits for its data
-    rows_done: int | None  # rows written so far
-    rows_total: int | None  # rows of the slice it scores
-    rows_per_s: float | None  # the batch's scoring rate
-    eta_s: float | None  # seconds left of the phase, as estimated at progress_at
-    progress_at: str | None
-    dates_done: int | None  # a backfill: dates of its job finished before this one
-    dates_total: int | None  # ... of the dates the job was asked for
     created_at: str | None
     started_at: str | None
     finished_at: str | None
 
 
-_PROGRESS = ("rows_done", "rows_total", "rows_per_s", "eta_s", "dates_done", "dates_total")
-
-
-def progress_json(run: Any) -> dict[str, Any]:
+def progress_json(run: Any) -> ProgressOut:
     """The progress fields of a run (a record, or a row of its columns): all of them while it
     runs; the phase alone while it waits for data; of a finished run, what it did."""
     status, phase = run.status, run.phase
     if status == ModelRunStatus.PENDING:  # queued, or re-queued: old figures say nothing
         waiting = phase == Phase.WAITING_FOR_DATA
-        out: dict[str, Any] = dict.fromkeys(_PROGRESS)
-        out.update(phase=phase if waiting else None, progress_at=None)
-        if waiting:
-            out.update(dates_done=run.dates_done, dates_total=run.dates_total)
-        return out
+        return {
+            "phase": Phase.WAITING_FOR_DATA if waiting else None,
+            "rows_done": None,
+            "rows_total": None,
+            "rows_per_s": None,
+            "eta_s": None,
+            "progress_at": None,
+            "dates_done": run.dates_done if waiting else None,
+            "dates_total": run.dates_total if waiting else None,
+        }
     running = status == ModelRunStatus.RUNNING
     rate = run.rows_per_s
     return {
-        "phase": phase if running else None,
+        "phase": Phase(phase) if running and phase else None,
         "rows_done": run.rows_done,
         "rows_total": run.rows_total,
         "rows_per_s": None if rate is None else round(rate, 1),
@@ -98,7 +104,8 @@ def progress_json(run: Any) -> dict[str, Any]:
 
 
 def run_json(run: ModelRun) -> RunOut:
-    return {  # type: ignore[typeddict-item]
+    assert run.id is not None
+    return {
         "id": run.id,
         "model_id": run.model_id,
         "batch_id": run.batch_id,
