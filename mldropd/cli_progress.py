@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import statistics
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import click
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from mldropd.records import BatchRun, DQResult, ModelRun
@@ -80,9 +82,8 @@ def read_states(engine: Engine, plan: list[DatePlan]) -> list[DateState]:
     with Session(engine) as s:
         runs = _runs(s, [run_id for p in plan for run_id in p.runs.values()])
         batch_ids = {r.batch_id for r in runs.values() if r.status == ModelRunStatus.RUNNING}
-        phases = dict(
-            s.exec(select(BatchRun.id, BatchRun.phase).where(col(BatchRun.id).in_(batch_ids)))
-        )
+        query = select(BatchRun.id, BatchRun.phase).where(col(BatchRun.id).in_(batch_ids))
+        phases = dict(s.exec(query).all())  # (a Result has keys(): dict() would misread it)
     states = []
     for p in plan:
         state = DateState(p.day, len(p.runs))
@@ -116,6 +117,20 @@ class LiveView:
         self.started = time.monotonic()
         self.spinner = Spinner("dots", style="cyan")
         self._last: Any = None
+        self._began: dict[dt.date, float] = {}  # when each date was first seen busy
+        self._took: list[float] = []  # how long the dates done took
+
+    def _time_left(self, states: list[DateState], now: float) -> float | None:
+        """The dates left times the mean time of the dates done, less the current one's time."""
+        for s in states:
+            if s.busy and s.day not in self._began:
+                self._began[s.day] = now
+            if s.done and s.day in self._began:
+                self._took.append(now - self._began.pop(s.day))
+        if not self._took:
+            return None
+        left = sum(not s.done for s in states if s.models) * statistics.mean(self._took)
+        return max(0.0, left - sum(now - t for t in self._began.values()))
 
     def render(self) -> Any:
         from rich.progress_bar import ProgressBar
@@ -124,20 +139,21 @@ class LiveView:
 
         try:
             states = read_states(self.engine, self.plan)
-        except Exception:  # a busy or locked moment: show the last picture
+        except OperationalError:  # a busy or locked moment: show the last picture
             return self._last or Text("")
+        now = time.monotonic()
         done = sum(s.done for s in states)
-        elapsed = time.monotonic() - self.started
+        left = self._time_left(states, now)
         grid = Table.grid(padding=(0, 1))
-        left = elapsed / done * (len(states) - done) if done else None
-        summary = f"{done} of {len(states)} dates done · {duration(elapsed)}"
+        summary = f"{done} of {len(states)} dates done · {duration(now - self.started)}"
         summary += f" · about {duration(left)} left" if left and done < len(states) else ""
         grid.add_row(
             self.spinner, ProgressBar(total=len(states), completed=done, width=30), Text(summary)
         )
-        for s in states:
-            if not s.busy:
-                continue
+        shown = [s for s in states if s.busy]
+        if not shown:  # nothing started yet: the next date is queued
+            shown = [s for s in states if not s.done][:1]
+        for s in shown:
             words = [Phase(s.phase).text if s.phase else "queued"]
             bar: Any = Text("")
             if s.rows_total is not None and s.phase in (Phase.SCORING, Phase.WRITING, Phase.DQ):
@@ -194,7 +210,7 @@ def plain_lines(engine: Engine, plan: list[DatePlan]) -> Iterator[Callable[[str]
         told: set[dt.date] = set()
         while True:
             final = stop.wait(PLAIN_POLL_S)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OperationalError):  # a busy moment: the next poll tells
                 states = read_states(engine, plan)
                 done = sum(s.done for s in states)
                 for s in states:
