@@ -15,11 +15,11 @@ scoring pass. Light on purpose (SQLAlchemy only), like the ledger.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
@@ -27,14 +27,13 @@ from sqlalchemy.exc import OperationalError
 
 from mldropd.db import make_engine
 from mldropd.records import BatchRun, ModelRun, utcnow
-from mldropd.states import ModelRunStatus, Phase, RunStatus
+from mldropd.states import Phase, RunStatus
 
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.5  # row counts are written at most twice a second
 RATE_WINDOW_S = 10.0  # the rate is measured over the last ten seconds
 WAIT_S = 0.2  # longest wait for SQLite's write lock before an update is skipped
-_BUSY = (ModelRunStatus.PENDING, ModelRunStatus.RUNNING)
 _RUNS = ModelRun.__table__  # type: ignore[attr-defined]
 _BATCHES = BatchRun.__table__  # type: ignore[attr-defined]
 
@@ -183,48 +182,61 @@ class BatchProgress:
     def _commit(self) -> None:
         if self._writer is None:
             self._writer = make_engine(str(self.db.url.database), busy_timeout_s=WAIT_S)
-        now: dt.datetime = utcnow()
-        busy = or_(*(_RUNS.c.status == s.value for s in _BUSY))  # no IN: executemany below
         etas = self.etas()
         phase = self._phase.value if self._phase else None
+        shared = {
+            "p_batch": self.batch_id,
+            "p_phase": phase,
+            "p_rate": self._rate,
+            "p_eta": self._eta,
+            "p_at": utcnow(),
+            "p_dates_done": self.dates_done,
+            "p_dates_total": self.dates_total,
+        }
         with self._writer.begin() as conn:
-            conn.execute(
-                update(_BATCHES)
-                .where(
-                    _BATCHES.c.id == self.batch_id,
-                    _BATCHES.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
-                )
-                .values(phase=phase)
-            )
-            conn.execute(
-                update(_RUNS)
-                .where(_RUNS.c.batch_id == self.batch_id, busy)
-                .values(
-                    phase=phase,
-                    rows_per_s=self._rate,
-                    eta_s=self._eta,
-                    progress_at=now,
-                    dates_done=self.dates_done,
-                    dates_total=self.dates_total,
-                )
-            )
+            conn.execute(_SET_BATCH, {"p_batch": self.batch_id, "p_phase": phase})
+            conn.execute(_SET_RUNS, shared)
             ids = sorted(set(self._rows) | set(self._totals))
             if ids:
-                conn.execute(
-                    update(_RUNS)
-                    .where(_RUNS.c.id == bindparam("run_id"), busy)
-                    .values(
-                        rows_done=bindparam("done"),
-                        rows_total=bindparam("total"),
-                        eta_s=bindparam("eta"),
-                    ),
-                    [
-                        {
-                            "run_id": i,
-                            "done": self._rows.get(i, 0),
-                            "total": self._totals.get(i),
-                            "eta": etas.get(i, self._eta),
-                        }
-                        for i in ids
-                    ],
-                )
+                rows = [
+                    {
+                        "p_run": i,
+                        "p_done": self._rows.get(i, 0),
+                        "p_total": self._totals.get(i),
+                        "p_eta": etas.get(i, self._eta),
+                    }
+                    for i in ids
+                ]
+                conn.execute(_SET_ROWS, rows)
+
+
+# The statements, built once (building one costs more than running it). Only runs still busy
+# are touched: a run that ended keeps what it had.
+def _busy(status: Any) -> Any:
+    return or_(status == RunStatus.PENDING.value, status == RunStatus.RUNNING.value)
+
+
+_SET_BATCH = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("p_batch"), _busy(_BATCHES.c.status))
+    .values(phase=bindparam("p_phase"))
+)
+_SET_RUNS = (
+    update(_RUNS)
+    .where(_RUNS.c.batch_id == bindparam("p_batch"), _busy(_RUNS.c.status))
+    .values(
+        phase=bindparam("p_phase"),
+        rows_per_s=bindparam("p_rate"),
+        eta_s=bindparam("p_eta"),
+        progress_at=bindparam("p_at"),
+        dates_done=bindparam("p_dates_done"),
+        dates_total=bindparam("p_dates_total"),
+    )
+)
+_SET_ROWS = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("p_run"), _busy(_RUNS.c.status))
+    .values(
+        rows_done=bindparam("p_done"), rows_total=bindparam("p_total"), eta_s=bindparam("p_eta")
+    )
+)
