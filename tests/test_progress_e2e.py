@@ -27,7 +27,7 @@ from mldropd import save_model
 from mldropd.app import create_app
 from mldropd.auth import create_user
 from mldropd.db import init_db, make_engine
-from mldropd.registry import UploadForm, register_upload
+from mldropd.intake import UploadForm, register_file
 from mldropd.settings import Settings
 from mldropd.store import make_store
 from tests.conftest import N_ENTITIES, today, wait_for
@@ -140,7 +140,7 @@ def models(settings: Settings, tmp_path: Path) -> dict[str, int]:
     ids = {}
     for name, pipeline in (("slow", slow_model(0.3)), ("broken", _failing())):
         path = save_model(tmp_path / f"{name}.dill", pipeline=pipeline, features=["f00"], name=name)
-        model, _ = register_upload(
+        model, _ = register_file(
             db, make_store(settings.storage), settings, user, path, UploadForm(path.name)
         )
         assert model.id is not None
