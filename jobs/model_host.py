@@ -28,6 +28,7 @@ from mldropd.modelcall import (
     to_input,
 )
 from mldropd.sandbox import protocol as p
+from mldropd.text import with_article
 
 _MAX_TEXT = 4000
 
@@ -78,7 +79,7 @@ def _load(sock: socket.socket, slot: int, body: bytearray, models: dict[int, _Mo
         _report_contract(sock, slot, obj, notes, models)
         return
     if not isinstance(obj, dict) or "pipeline" not in obj:
-        _error(sock, slot, f"the file holds a {type(obj).__name__}, not a model object")
+        _error(sock, slot, f"the file holds {with_article(type(obj).__name__)}, not a model object")
         return
     models[slot] = _Model(
         obj["pipeline"], spec["features"], spec["input"], spec["call"], spec["output"]

@@ -50,7 +50,7 @@ def run_batches(
     statuses: dict[int, RunStatus] = {}
     refused: list[str] = []
     try:
-        for batch_id in batch_ids:
+        for index, batch_id in enumerate(batch_ids):
             try:
                 with batch_lock(settings, batch_id):
                     job = BatchJob(
@@ -60,6 +60,7 @@ def run_batches(
                         retries=retries,
                         engines=engines,
                         report=False,
+                        dates=(index, len(batch_ids)),
                     )
                     statuses[batch_id] = job.execute()
             except BlockingIOError:  # another process holds the batch's lock

@@ -130,10 +130,14 @@ def _page_user(request: Request[Any, Any, Any], state: State) -> User:
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:
-    """Filters the templates share with the reports: durations in human units."""
-    from mldropd.text import duration
+    """Filters the templates share with the reports and the terminal: durations and rates in
+    human units, a run's phase in words."""
+    from mldropd.states import Phase
+    from mldropd.text import duration, per_second
 
     engine.engine.filters["duration"] = duration
+    engine.engine.filters["per_second"] = per_second
+    engine.engine.filters["phase"] = lambda value: Phase(value).text
 
 
 def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:

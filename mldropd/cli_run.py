@@ -6,13 +6,14 @@ import datetime as dt
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mldropd import cli_progress as show
 from mldropd.cli_common import config_option, load_config
-from mldropd.text import duration
 
 
 def _parse_day(value: str, hint: str) -> dt.date:
@@ -40,6 +41,18 @@ def _parse_day(value: str, hint: str) -> dt.date:
     is_flag=True,
     help="Only plan: create the pending batch and print its id (for spark-submit), one a line.",
 )
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress display: only the outcome, one line per model and date.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the outcome as one JSON document (messages go to stderr).",
+)
 @config_option
 def run(
     day: str | None,
@@ -47,6 +60,8 @@ def run(
     last: str | None,
     model_ids: tuple[int, ...],
     plan_only: bool,
+    quiet: bool,
+    as_json: bool,
     config: str | None,
 ) -> None:
     """Score now in the foreground, as the sweep would; exits 1 if a model failed.
@@ -55,6 +70,9 @@ def run(
     models already scored for a date are not scored again; with --model they are rescored.
     A model already being scored for the date (by the daemon or another `mldropd run`) is
     joined: the command waits for that run and prints its outcome.
+
+    On a terminal a live display shows the dates done, the phase, rows, rate and time left,
+    then a table of models x dates; elsewhere (or with --quiet) plain lines.
     """
     from sqlmodel import Session, col, select
 
@@ -65,6 +83,8 @@ def run(
     daemon = Daemon(settings, with_scheduler=False)
     if day and (first or last):
         raise click.UsageError("use either --date or --from/--to")
+    if plan_only and as_json:
+        raise click.UsageError("--plan-only prints the batch ids alone, one a line: drop --json")
     if first:
         start = _parse_day(first, "--from")
         end = _parse_day(last, "--to") if last else daemon.today()
@@ -86,18 +106,48 @@ def run(
         daemon.engine.dispose()
         return
     planned = {d: _plan(daemon, d, chosen) for d in dates}
-    ours = [p[1] for p in planned.values() if p is not None and p[1] is not None]
+    plan = [_date_plan(d, planned[d]) for d in dates]
+    ours = [p.batch_id for p in plan if p.batch_id is not None]
     sandboxes = _start_sandboxes(daemon, [m for p in planned.values() if p for m in p[0]])
     daemon.runner.inline_sandboxes = sandboxes
+    if as_json:
+        display = show.messages_only(err=True)
+    elif quiet:
+        display = show.messages_only(err=False)
+    elif sys.stdout.isatty():
+        display = show.live_display(daemon.engine, plan)
+    else:
+        display = show.plain_lines(daemon.engine, plan)
     try:
-        if len(ours) > 1:  # a backfill is one job: each owner's models load once, one report
-            daemon.runner.run_job(ours, retries=False)
-        failed = sum(_run_date(daemon, d, planned[d]) for d in dates)
+        with display as say:
+            if len(ours) > 1:  # a backfill is one job: each owner's models load once, one report
+                daemon.runner.run_job(ours, retries=False)
+            for p in plan:
+                _settle(daemon, p, say)
     finally:
         if sandboxes is not None:
             sandboxes.stop(wait=False)
+    outcome = show.results(daemon.engine, plan)
+    if as_json:
+        show.print_json(plan, outcome)
+    elif sys.stdout.isatty() and not quiet:
+        show.print_table(plan, outcome)
+    else:
+        show.print_lines(plan, outcome)
     daemon.stop()
-    _exit(1 if failed else 0)
+    _exit(1 if any(r["status"] != "succeeded" for r in outcome) else 0)
+
+
+def _date_plan(run_date: dt.date, planned: Any) -> show.DatePlan:
+    if planned is None:
+        return show.DatePlan(run_date)
+    models, batch_id, covered = planned
+    return show.DatePlan(
+        run_date,
+        runs={m.id: covered[m.id].id for m in models},
+        names={m.id: m.name for m in models},
+        batch_id=batch_id,
+    )
 
 
 def _start_sandboxes(daemon: Any, models: list[Any]) -> Any:
@@ -185,39 +235,24 @@ def _plan_date(
     click.echo(str(batch_id))
 
 
-def _run_date(daemon: Any, run_date: dt.date, planned: Any) -> int:
+def _settle(daemon: Any, plan: show.DatePlan, say: Callable[[str], None]) -> None:
     """Score one planned date in the foreground (waiting for late data like the sensor, and for
-    runs of the same models in progress elsewhere); print each model's outcome; count failures."""
-    from sqlmodel import Session
+    runs of the same models in progress elsewhere) until every model's run is over."""
+    from sqlmodel import Session, col, select
 
     from mldropd.records import ModelRun
 
-    if planned is None:
-        click.echo(f"no model is due on {run_date}")
-        return 0
-    models, batch_id, covered = planned
-    batches = list(dict.fromkeys([batch_id] if batch_id is not None else []))
-    batches += [r.batch_id for r in covered.values() if r.batch_id not in batches]
-    for other in batches:  # ours first, then the ones joined
-        _follow(daemon, other, run_date, joined=other != batch_id)
-    failed = 0
     with Session(daemon.engine) as s:
-        for model in models:
-            mr = s.get(ModelRun, covered[model.id].id)
-            assert mr is not None
-            failed += mr.status != "succeeded"
-            done = (
-                f", {mr.rows} rows in {duration(mr.seconds)}"
-                if mr.rows is not None and mr.seconds is not None
-                else ""
-            )
-            joined = f" (joined batch {mr.batch_id})" if mr.batch_id != batch_id else ""
-            error = f"\n  error: {mr.error}" if mr.error else ""
-            click.echo(f"{model.name} (id {model.id}) {run_date}: {mr.status}{joined}{done}{error}")
-    return failed
+        found = s.exec(select(ModelRun.batch_id).where(col(ModelRun.id).in_(plan.runs.values())))
+        covering = list(found)
+    batches = list(dict.fromkeys(([plan.batch_id] if plan.batch_id is not None else []) + covering))
+    for other in batches:  # ours first, then the ones joined
+        _follow(daemon, other, plan.day, say, joined=other != plan.batch_id)
 
 
-def _follow(daemon: Any, batch_id: int, run_date: dt.date, *, joined: bool) -> None:
+def _follow(
+    daemon: Any, batch_id: int, run_date: dt.date, say: Callable[[str], None], *, joined: bool
+) -> None:
     """Until the batch is over: run it here unless another live process does (the runner claims
     it atomically), sleep through the sensor's waits, else poll the process that has it."""
     import time
@@ -239,21 +274,21 @@ def _follow(daemon: Any, batch_id: int, run_date: dt.date, *, joined: bool) -> N
         if batch.status == RunStatus.PENDING and batch.not_before is not None and mine:
             wake = batch.not_before
             wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
-            click.echo(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
+            say(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
             time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
             continue
         holder = batch.runner_pid
         if batch.status == RunStatus.RUNNING and not (
             process_alive(holder) or process_alive(batch.pid)
         ):
-            click.echo(
+            say(
                 f"{run_date}: batch {batch_id} was left running by process {holder}, which is "
                 "gone; the daemon resumes it at its next start"
             )
             return
         if not told:
             who = "being scored" if batch.status == RunStatus.RUNNING else "planned"
-            click.echo(
+            say(
                 f"{run_date}: joined batch {batch_id}, {who} by process {holder}; waiting ..."
                 if joined
                 else f"{run_date}: batch {batch_id} is taken by process {holder}; waiting ..."

@@ -12,6 +12,7 @@ from typing import Any
 
 from mldropd.errors import FieldError
 from mldropd.scheduling.schedules import ScheduleError, parse_schedule
+from mldropd.text import with_article
 
 CONTRACT_VERSION = 1
 # Both are matched whole (fullmatch): `$` would also accept a trailing newline.
@@ -242,7 +243,7 @@ def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldErro
         return None, [
             FieldError(
                 "file",
-                f"the file holds a {type(obj).__name__}, not a model "
+                f"the file holds {with_article(type(obj).__name__)}, not a model "
                 "object (a dict with at least 'pipeline' and 'features')",
             )
         ]
@@ -262,7 +263,7 @@ def check_model_object(obj: Any) -> tuple[ContractSummary | None, list[FieldErro
             problems.append(
                 FieldError(
                     "pipeline",
-                    f"`pipeline` is a {type(pipeline).__name__}, "
+                    f"`pipeline` is {with_article(type(pipeline).__name__)}, "
                     "which has no predict_proba or predict and is not callable",
                 )
             )

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_engine(path: str | Path) -> Engine:
-    """An engine on the SQLite file, with WAL so the batch job and the daemon write concurrently."""
+def make_engine(path: str | Path, *, busy_timeout_s: float = 30.0) -> Engine:
+    """An engine on the SQLite file, with WAL so the batch job and the daemon write concurrently.
+
+    busy_timeout_s: how long a write waits for another connection's write lock."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
+        f"sqlite:///{path}",
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
     )
 
     @event.listens_for(engine, "connect")
@@ -38,7 +41,7 @@ def make_engine(path: str | Path) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.close()
 
     return engine

@@ -76,9 +76,11 @@ class Attempt:
 
 def precheck(
     engine: Engine, settings: Settings, user: User, form: UploadForm, size: int
-) -> frozenset[str]:
-    """The file's size, the form fields and the quota, before any model code runs; every
-    problem found at once. Returns the refused globals an admin allowed for the user."""
+) -> tuple[frozenset[str], list[FieldError]]:
+    """The file's size, the form fields and the quota, before any model code runs. Returns the
+    refused globals an admin allowed for the user and the form's problems, which the caller
+    reports with the static scan's (no model code runs for either: every problem at once).
+    A full quota is refused at once (409)."""
     problems: list[FieldError] = []
     if size == 0:
         problems.append(FieldError("file", EMPTY_FILE))
@@ -89,7 +91,8 @@ def precheck(
     if form.schedule is not None:
         problems += check_schedule(form.schedule)
     if problems:
-        raise ValidationFailed(problems)
+        with Session(engine) as s:
+            return allowed_globals(s, user.id), problems
     name = form.name or name_from_filename(form.filename)
     with Session(engine) as s:
         exists = s.exec(select(Model.id).where(Model.owner_id == user.id, Model.name == name))
@@ -104,7 +107,20 @@ def precheck(
                     "its name in the `name` field",
                     field="quota",
                 )
-        return allowed_globals(s, user.id)
+        return allowed_globals(s, user.id), []
+
+
+def scan_with(
+    path: Path, settings: Settings, allowed: frozenset[str], attempt: Attempt,
+    problems: list[FieldError],
+) -> dict[str, Any]:  # fmt: skip
+    """The static scan (unless the file is empty), its facts kept for the audit; raise with
+    the form's problems and its own."""
+    facts, found = scan_file(path, settings, allowed) if attempt.size else ({}, [])
+    attempt.scan = facts
+    if problems or found:
+        raise ValidationFailed(problems + found)
+    return facts
 
 
 def resolve(
@@ -141,13 +157,14 @@ async def register(
     """Check, scan, validate, store and record an uploaded file (see the module's order)."""
     engine, settings = daemon.engine, daemon.settings
     attempt.stage = "form"
-    allowed = await anyio.to_thread.run_sync(precheck, engine, settings, user, form, attempt.size)
+    allowed, problems = await anyio.to_thread.run_sync(
+        precheck, engine, settings, user, form, attempt.size
+    )
     async with daemon.validations.slot(ticket):
         attempt.stage = "scan"
-        facts, problems = await anyio.to_thread.run_sync(scan_file, path, settings, allowed)
-        attempt.scan = facts
-        if problems:
-            raise ValidationFailed(problems)
+        facts = await anyio.to_thread.run_sync(
+            scan_with, path, settings, allowed, attempt, problems
+        )
         attempt.stage = ticket.stage = "validate"
         inspection = await anyio.to_thread.run_sync(
             lambda: validate_file(path, settings, facts, daemon.sandboxes())
@@ -173,12 +190,9 @@ def register_file(
     attempt = Attempt(filename=form.filename, size=path.stat().st_size, sha256=sha256_file(path))
     try:
         attempt.stage = "form"
-        allowed = precheck(engine, settings, user, form, attempt.size)
+        allowed, problems = precheck(engine, settings, user, form, attempt.size)
         attempt.stage = "scan"
-        facts, problems = scan_file(path, settings, allowed)
-        attempt.scan = facts
-        if problems:
-            raise ValidationFailed(problems)
+        facts = scan_with(path, settings, allowed, attempt, problems)
         attempt.stage = "validate"
         inspection = validate_file(path, settings, facts, sandboxes)
         attempt.stage = "store"

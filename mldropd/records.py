@@ -80,6 +80,7 @@ class BatchRun(SQLModel, table=True):
     heartbeat_at: dt.datetime | None = None
     not_before: dt.datetime | None = None  # a waiting batch (sensor) runs again at this time
     reported: bool = False  # the owners' report emails are in the outbox
+    phase: str | None = None  # a mldropd.states.Phase while it runs (mldropd.batch.progress)
     error: str | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None
@@ -117,6 +118,16 @@ class ModelRun(SQLModel, table=True):
     key_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # "scored from the 2026-11-29 slice: 2026-11-30 not present; max_staleness_days = 3"
     stale_slice: str | None = None
+    # Progress while it is pending or running, from the batch job's own counts (never from the
+    # model's sandbox): written by mldropd.batch.progress, a few times a second at most.
+    phase: str | None = None  # a mldropd.states.Phase
+    rows_done: int | None = None  # rows the trusted writer wrote for it so far
+    rows_total: int | None = None  # rows of the slice it scores (after the key policies)
+    rows_per_s: float | None = None  # the batch's scoring rate
+    eta_s: float | None = None  # seconds left of the phase, as of progress_at
+    progress_at: dt.datetime | None = None
+    dates_done: int | None = None  # a backfill: dates its job finished before this one
+    dates_total: int | None = None  # ... of the dates the job was asked for
     created_at: dt.datetime = Field(default_factory=utcnow)
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

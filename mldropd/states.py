@@ -24,6 +24,23 @@ class ModelRunStatus(StrEnum):
     SKIPPED = "skipped"  # not attempted, with a reason (e.g. beyond the catch-up window)
 
 
+class Phase(StrEnum):
+    """Where a running model run's batch is (mldropd.batch.progress records it)."""
+
+    WAITING_FOR_DATA = "waiting_for_data"  # the feature slice is late; the sensor waits
+    STARTING = "starting"  # model files fetched, keys checked, sandbox hosts or Spark started
+    READING = "reading"  # the models are loaded; the first batch of the slice is being read
+    SCORING = "scoring"  # batches are being scored: rows_done counts up to rows_total
+    WRITING = "writing"  # every batch is scored; the score files are being closed
+    DQ = "dq"  # data-quality checks, one model after the other, then publishing
+    REPORT = "report"  # the owners' report emails are being queued
+
+    @property
+    def text(self) -> str:
+        """The phase in words, as pages and the terminal show it."""
+        return {Phase.WAITING_FOR_DATA: "waiting for data", Phase.DQ: "DQ"}.get(self, self.value)
+
+
 class Trigger(StrEnum):
     """Who asked for a run."""
 

@@ -1,4 +1,4 @@
-"""Words for people: durations in human units, and "a"/"an" before a name."""
+"""Words for people: durations and rates in human units, and "a"/"an" before a name."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def duration(seconds: float | None) -> str:
         if len(parts) == 2:
             break
     return " ".join(p for p in parts if p)
+
+
+def per_second(value: float | None, unit: str = "rows") -> str:
+    """'85,000 rows/s', '12 rows/s', '0.5 rows/s'."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f} {unit}/s" if value >= 10 else f"{value:.2g} {unit}/s"
 
 
 def article(name: str) -> str:

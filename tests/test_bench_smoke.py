@@ -200,3 +200,16 @@ def test_api_latency_bench_tiny(tmp_path: Path) -> None:
         "admin/busy": 12,
     }
     assert doc["listed"] == {"owner": 1, "admin": 6} and min(doc["p99_s"].values()) > 0
+
+
+def test_progress_cost_bench_tiny(tmp_path: Path) -> None:
+    from bench import progress_cost
+
+    out = tmp_path / "progress_cost.json"
+    progress_cost.main(
+        ["--rows", "6000", "--models", "2", "--batch-rows", "500", "--repeat", "1"]
+        + ["--writes", "5", "--out", str(out)]
+    )
+    doc = _doc(out)
+    assert doc["writes"][0] >= 1 and doc["write_ms"] > 0  # the recorder wrote while scoring
+    assert all(len(v) == 1 and v[0] > 0 for v in doc["seconds"].values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mldropd.text import duration, with_article
+from mldropd.text import duration, per_second, with_article
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,24 @@ def test_durations_in_human_units(seconds: float | None, words: str) -> None:
 )
 def test_articles_for_class_names(name: str, words: str) -> None:
     assert with_article(name) == words
+
+
+@pytest.mark.parametrize(
+    ("rate", "words"),
+    [(85_000.4, "85,000 rows/s"), (12.6, "13 rows/s"), (0.5, "0.5 rows/s"), (None, "—")],
+)
+def test_rates_in_human_units(rate: float | None, words: str) -> None:
+    assert per_second(rate) == words
+
+
+def test_the_contract_names_types_with_the_right_article() -> None:
+    from lightgbm import LGBMClassifier
+
+    from mldropd.contract import check_model_object
+
+    _, problems = check_model_object(LGBMClassifier())
+    assert problems[0].message.startswith("the file holds an LGBMClassifier, not a model object")
+    _, problems = check_model_object({"pipeline": 3, "features": ["a"]})
+    assert problems[0].message.startswith("`pipeline` is an int, which has no predict_proba")
+    _, problems = check_model_object({"pipeline": "x", "features": ["a"]})
+    assert problems[0].message.startswith("`pipeline` is a str, which")

@@ -36,6 +36,12 @@ def _fitted() -> LogisticRegression:
     return LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
 
 
+def _gbm() -> Any:
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=2)
+
+
 class Evil:
     """Unpickling this would run a shell command."""
 
@@ -59,6 +65,13 @@ def _cases(tmp: Path) -> list[tuple[str, bytes, dict[str, str], int, dict[str, s
         ("text", b"hello, I am a CSV file\n1,2,3\n", {}, 422, {"file": "not a pickle"}),
         ("truncated", valid[: len(valid) // 2], {}, 422, {"file": "truncated"}),
         ("a list", _dill([1, 2, 3]), {}, 422, {"file": "holds a list"}),
+        (
+            "a bare estimator",
+            _dill(_gbm()),
+            {},
+            422,
+            {"file": "the file holds an LGBMClassifier, not a model object"},
+        ),
         (
             "no pipeline, no features",
             _dill({"name": "x"}),
@@ -93,7 +106,7 @@ def _cases(tmp: Path) -> list[tuple[str, bytes, dict[str, str], int, dict[str, s
             _dill({"pipeline": 42, "features": ["f00"]}),
             {},
             422,
-            {"pipeline": "no predict_proba or predict"},
+            {"pipeline": "`pipeline` is an int, which has no predict_proba or predict"},
         ),
         (
             "dry run raises",

@@ -35,7 +35,9 @@ def _version(model: Model, number: int, features: list[str]) -> ModelVersion:
     )
 
 
-def _run(s: Session, model: Model, day: dt.date, status: str, psi: float | None) -> None:
+def _run(
+    s: Session, model: Model, day: dt.date, status: str, psi: float | None, **progress: Any
+) -> None:
     batch = BatchRun(date=day, trigger="schedule", status="succeeded")
     s.add(batch)
     s.flush()
@@ -48,6 +50,7 @@ def _run(s: Session, model: Model, day: dt.date, status: str, psi: float | None)
         status=status,
         rows=10,
         seconds=0.5,
+        **progress,
     )
     s.add(run)
     s.flush()
@@ -105,6 +108,12 @@ def engine(settings: Settings):  # type: ignore[no-untyped-def]
         _run(s, fraud, DAY + dt.timedelta(days=5), "succeeded", 0.01)
         _run(s, fraud, DAY + dt.timedelta(days=2), "succeeded", 0.02)  # recorded later, older
         _run(s, upsell, DAY, "failed", None)  # a run, no DQ
+        # A backfill of fresh: its first date being scored, its second waiting its turn.
+        scoring = {"phase": "scoring", "rows_done": 400, "rows_total": 1000, "rows_per_s": 200.0}
+        backfill = {"eta_s": 3.0, "dates_done": 0, "dates_total": 2}
+        fresh = models["fresh"]
+        _run(s, fresh, DAY + dt.timedelta(days=1), "running", None, **scoring, **backfill)
+        _run(s, fresh, DAY + dt.timedelta(days=2), "pending", None, phase="scoring")
     yield engine
     engine.dispose()
 
@@ -127,6 +136,19 @@ def test_list_matches_the_per_model_view(engine, settings: Settings, email: str)
         assert churn["last_run"]["status"] == "succeeded" and churn["features"] == ["a", "b", "c"]
         assert churn["last_dq"]["psi"] == 0.07 and churn["dq"] == {"psi_warn": 0.2}
         assert fraud["last_dq"]["psi"] == 0.01 and fraud["next_run_date"] is None
+        assert churn["active_run"] is None
+    if email == "bob@example.com":
+        fresh = by_name["fresh"]
+        active, last = fresh["active_run"], fresh["last_run"]
+        assert (active["date"], active["status"], active["phase"]) == (
+            "2026-03-02",
+            "running",
+            "scoring",
+        )
+        assert (active["rows_done"], active["rows_total"], active["eta_s"]) == (400, 1000, 3.0)
+        assert (active["dates_done"], active["dates_total"]) == (0, 2)
+        # The newest date waits its turn: a phase left from an earlier attempt says nothing.
+        assert (last["date"], last["status"], last["phase"]) == ("2026-03-03", "pending", None)
 
 
 def test_switching_versions_shows_the_new_current_version(engine, settings: Settings) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
 from mldropd import audit
-from mldropd.api.views import dq_json, model_json, model_list, run_json
+from mldropd.api.views import RunOut, dq_json, model_json, model_list, run_json
 from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.db import session_scope
@@ -251,9 +251,7 @@ def rerun_failed_route(
     status_code=200,
     summary="Publish scores held back by the DQ gate",
 )
-def publish_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> dict[str, Any]:
+def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     return run_json(publish_held(daemon.engine, daemon.settings, user, run_id))
 
@@ -264,9 +262,7 @@ def publish_route(
     status_code=200,
     summary="Discard scores held back by the DQ gate",
 )
-def discard_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> dict[str, Any]:
+def discard_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     return run_json(discard_held(daemon.engine, daemon.settings, user, run_id))
 
@@ -284,7 +280,7 @@ def list_runs_route(
     model_id: FromQuery[int | None] = None,
     day: Annotated[str | None, QueryParameter(name="date")] = None,
     limit: FromQuery[int] = 200,
-) -> list[dict[str, Any]]:
+) -> list[RunOut]:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         if model_id is not None and not 0 < model_id <= MAX_ID:
@@ -301,9 +297,7 @@ def list_runs_route(
 
 
 @get(f"{API}/runs/{{run_id:int}}", sync_to_thread=True, summary="One model run")
-def get_run_route(
-    state: State, user: NamedDependency[User], run_id: FromPath[int]
-) -> dict[str, Any]:
+def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
     daemon = _daemon(state)
     with Session(daemon.engine) as s:
         run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None

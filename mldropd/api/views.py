@@ -11,7 +11,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import aliased
@@ -23,6 +23,7 @@ from mldropd.registry import versions, visible_models
 from mldropd.scheduling.scheduler import sweep_fire_time
 from mldropd.scheduling.schedules import Schedule, parse_schedule
 from mldropd.settings import Settings
+from mldropd.states import ModelRunStatus, Phase
 
 
 def next_run_date(model: Model, settings: Settings, now: dt.datetime) -> dt.date | None:
@@ -35,7 +36,75 @@ def next_run_date(model: Model, settings: Settings, now: dt.datetime) -> dt.date
     return parse_schedule(model.schedule).next_due(fire.date())
 
 
-def run_json(run: ModelRun) -> dict[str, Any]:
+class ProgressOut(TypedDict):
+    """A run's progress (mldropd.batch.progress): the batch job's own counts, never the model's."""
+
+    phase: Phase | None  # while it runs, or waits for its data
+    rows_done: int | None  # rows written so far
+    rows_total: int | None  # rows of the slice it scores
+    rows_per_s: float | None  # the batch's scoring rate
+    eta_s: float | None  # seconds left of the phase, as estimated at progress_at
+    progress_at: str | None
+    dates_done: int | None  # a backfill: dates of its job finished before this one
+    dates_total: int | None  # ... of the dates the job was asked for
+
+
+class RunOut(ProgressOut):
+    """A model run as the API shows it (GET /api/v1/runs, /runs/{id})."""
+
+    id: int
+    model_id: int
+    batch_id: int
+    model_version: int
+    date: str
+    status: str  # pending, running, succeeded, failed, skipped
+    attempt: int
+    trigger: str
+    rows: int | None
+    seconds: float | None
+    error: str | None
+    slice_date: str | None
+    warning: str | None
+    quarantined: bool
+    stale_slice: str | None
+    key_check: dict[str, Any] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+def progress_json(run: Any) -> ProgressOut:
+    """The progress fields of a run (a record, or a row of its columns): all of them while it
+    runs; the phase alone while it waits for data; of a finished run, what it did."""
+    status, phase = run.status, run.phase
+    if status == ModelRunStatus.PENDING:  # queued, or re-queued: old figures say nothing
+        waiting = phase == Phase.WAITING_FOR_DATA
+        return {
+            "phase": Phase.WAITING_FOR_DATA if waiting else None,
+            "rows_done": None,
+            "rows_total": None,
+            "rows_per_s": None,
+            "eta_s": None,
+            "progress_at": None,
+            "dates_done": run.dates_done if waiting else None,
+            "dates_total": run.dates_total if waiting else None,
+        }
+    running = status == ModelRunStatus.RUNNING
+    rate = run.rows_per_s
+    return {
+        "phase": Phase(phase) if running and phase else None,
+        "rows_done": run.rows_done,
+        "rows_total": run.rows_total,
+        "rows_per_s": None if rate is None else round(rate, 1),
+        "eta_s": None if run.eta_s is None or not running else round(run.eta_s, 1),
+        "progress_at": _iso(run.progress_at),
+        "dates_done": run.dates_done,
+        "dates_total": run.dates_total,
+    }
+
+
+def run_json(run: ModelRun) -> RunOut:
+    assert run.id is not None
     return {
         "id": run.id,
         "model_id": run.model_id,
@@ -53,6 +122,7 @@ def run_json(run: ModelRun) -> dict[str, Any]:
         "quarantined": run.quarantined,
         "stale_slice": run.stale_slice,  # said when slice_date is not the run date
         "key_check": run.key_check,  # null / duplicated entity keys and what was done
+        **progress_json(run),
         "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
@@ -99,6 +169,19 @@ def last_run(session: Session, model_id: int) -> ModelRun | None:
     ).first()
 
 
+# A run waiting or in progress; the text matches ix_model_run_busy's, so SQLite uses that index.
+_BUSY_SQL = "status IN ('pending', 'running')"
+
+
+def active_run(session: Session, model_id: int) -> ModelRun | None:
+    """The model's run in progress (else its oldest waiting one): what a backfill is at."""
+    return session.exec(
+        select(ModelRun)
+        .where(ModelRun.model_id == model_id, text(_BUSY_SQL))
+        .order_by(text("status = 'running' DESC"), col(ModelRun.date), col(ModelRun.id))
+    ).first()
+
+
 def last_dq(session: Session, model_id: int) -> DQResult | None:
     return session.exec(
         select(DQResult)
@@ -123,6 +206,7 @@ def model_json(
         owner.email if owner else None,
         current,
         last_run(session, model.id),
+        active_run(session, model.id),
         last_dq(session, model.id),
         next_run_date(model, settings, now),
         parse_schedule(model.schedule),
@@ -139,6 +223,7 @@ def _model_data(
     owner: str | None,
     current: Any,
     run: Any,
+    active: Any,
     dq: Any,
     nxt: dt.date | None,
     schedule: Schedule,
@@ -156,17 +241,9 @@ def _model_data(
         "dq": {**((current.contract.get("dq") or {}) if current else {}), **(model.dq or {})},
         "features": current.features if current else [],
         "next_run_date": nxt.isoformat() if nxt else None,
-        "last_run": None
-        if run is None
-        else {
-            "id": run.id,
-            "status": run.status,
-            "date": run.date.isoformat(),
-            "rows": run.rows,
-            "seconds": run.seconds,
-            "attempt": run.attempt,
-            "error": run.error,
-        },
+        "last_run": _run_summary(run),
+        # The run in progress, which in a backfill is not the newest date's: null when idle.
+        "active_run": _run_summary(active),
         "last_dq": None
         if dq is None
         else {
@@ -178,6 +255,22 @@ def _model_data(
         },
         "created_at": _iso(model.created_at),
         "updated_at": _iso(model.updated_at),
+    }
+
+
+def _run_summary(run: Any) -> dict[str, Any] | None:
+    """What a model shows of one of its runs (a record, or a row of its columns)."""
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "status": run.status,
+        "date": run.date.isoformat(),
+        "rows": run.rows,
+        "seconds": run.seconds,
+        "attempt": run.attempt,
+        "error": run.error,
+        **progress_json(run),
     }
 
 
@@ -204,12 +297,42 @@ def _newest(table: type[ModelRun] | type[DQResult]) -> Any:
     )
 
 
+def _active() -> Any:
+    """The id of the model's run in progress, as active_run picks it (ix_model_run_busy)."""
+    return (
+        select(ModelRun.id)
+        .where(ModelRun.model_id == Model.id, text(f"model_run.{_BUSY_SQL}"))
+        .order_by(text("model_run.status = 'running' DESC"), col(ModelRun.date), col(ModelRun.id))
+        .limit(1)
+        .correlate(Model)
+        .scalar_subquery()
+    )
+
+
+# The columns of a run that a model shows (_run_summary), read as "<prefix>_<column>".
+_RUN_COLUMNS = (
+    "id", "status", "date", "rows", "seconds", "attempt", "error", "phase", "rows_done",
+    "rows_total", "rows_per_s", "eta_s", "progress_at", "dates_done", "dates_total",
+)  # fmt: skip
+
+
+def _run_columns(table: Any, prefix: str) -> list[Any]:
+    return [getattr(table, c).label(f"{prefix}_{c}") for c in _RUN_COLUMNS]
+
+
+def _run_of(row: Any, prefix: str) -> SimpleNamespace | None:
+    if getattr(row, f"{prefix}_id") is None:
+        return None
+    return SimpleNamespace(**{c: getattr(row, f"{prefix}_{c}") for c in _RUN_COLUMNS})
+
+
 @functools.cache
 def _list_query() -> Any:
-    """Every column of Model and, for each model: owner, current version's key, newest run and
-    newest DQ result (only the columns a list shows: DQ details are large). Built once: building
-    it costs as much as running it for a few models."""
+    """Every column of Model and, for each model: owner, current version's key, newest run, run
+    in progress and newest DQ result (only the columns a list shows: DQ details are large).
+    Built once: building it costs as much as running it for a few models."""
     R, D, V, Owner = ModelRun, DQResult, ModelVersion, aliased(User)  # noqa: N806
+    A = aliased(ModelRun, name="active_run")  # noqa: N806
     model_columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
     return (
         select(
@@ -217,13 +340,8 @@ def _list_query() -> Any:
             Owner.email.label("owner"),
             V.id.label("version_id"),
             V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
-            R.id.label("run_id"),
-            R.status.label("run_status"),
-            R.date.label("run_date"),
-            R.rows,
-            R.seconds,
-            R.attempt,
-            R.error,
+            *_run_columns(R, "run"),
+            *_run_columns(A, "active"),
             D.date.label("dq_date"),
             D.status.label("dq_status"),
             D.psi,
@@ -234,6 +352,7 @@ def _list_query() -> Any:
         .join(Owner, Owner.id == Model.owner_id)
         .outerjoin(V, (V.model_id == Model.id) & (V.version == Model.version))
         .outerjoin(R, R.id == _newest(R))
+        .outerjoin(A, A.id == _active())
         .outerjoin(D, D.id == _newest(D))
         .order_by(Model.name, Model.id)
     )
@@ -384,19 +503,6 @@ def _read_model_list(
         schedules[f.schedule] = schedule
         nxt = schedule.next_due(fire.date()) if fire and f.status == "active" else None
         version = versions.get(keys[f.id]) if f.id in keys else None
-        run = (
-            None
-            if f.run_id is None
-            else SimpleNamespace(
-                id=f.run_id,
-                status=f.run_status,
-                date=f.run_date,
-                rows=f.rows,
-                seconds=f.seconds,
-                attempt=f.attempt,
-                error=f.error,
-            )
-        )
         dq = (
             None
             if f.dq_date is None
@@ -404,7 +510,9 @@ def _read_model_list(
                 date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason
             )
         )
-        data = _model_data(f, f.owner, version, run, dq, nxt, schedule)
+        data = _model_data(
+            f, f.owner, version, _run_of(f, "run"), _run_of(f, "active"), dq, nxt, schedule
+        )
         if version is not None:
             data["dry_run"] = version.dry_run
         out.append(data)

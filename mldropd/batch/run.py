@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from mldropd.batch import ledger
 from mldropd.batch.keys import KeyScreen, screen_keys
+from mldropd.batch.progress import BatchProgress
 from mldropd.batch.report import report_batches
 from mldropd.batch.staleness import stale_note, weigh
 from mldropd.batch.table import PreparedModel, ScoringTable, build_table
@@ -42,7 +43,7 @@ from mldropd.faults import fault_point
 from mldropd.features import FeatureSource
 from mldropd.records import BatchRun, DQResult, ModelRun
 from mldropd.settings import Settings
-from mldropd.states import ModelRunStatus, RunStatus
+from mldropd.states import ModelRunStatus, Phase, RunStatus
 from mldropd.store import make_store
 from mldropd.text import duration
 
@@ -66,6 +67,7 @@ class BatchJob:
         retries: bool = True,
         engines: Engines | None = None,
         report: bool = True,
+        dates: tuple[int, int] = (0, 1),
     ) -> None:
         self.settings = settings
         self.batch_id = batch_id
@@ -77,6 +79,8 @@ class BatchJob:
         self.work = Path(settings.server.work_dir) / f"batch-{batch_id}"
         self.source = FeatureSource(settings.features)
         self._last_beat = 0.0
+        # dates: (dates of the job done before this one, dates of the job), for a backfill.
+        self.progress = BatchProgress(self.db, batch_id, dates=dates)
 
     def execute(self) -> RunStatus:
         """Run every step; the batch ends succeeded or failed (or waits for its data)."""
@@ -87,6 +91,7 @@ class BatchJob:
         threading.Thread(target=_warm_up, name="dq-import", daemon=True).start()
         try:
             claimed = ledger.claim(self.db, self.batch_id)
+            self.progress.phase(Phase.STARTING)
             # The fork server imports its models' libraries while we fetch files and check keys.
             self.engines.prepare(
                 [str(v.contract.get("pipeline_type", "")) for _, _, v in claimed.runs]
@@ -106,9 +111,12 @@ class BatchJob:
                 keys, stale = self._screen(table)
             if table.models and table.slice is not None:  # some may have failed the key check
                 outcomes, current = self._score(table, keys.filters)
+                self.progress.scored({i: o.rows for i, o in outcomes.items() if o.rows is not None})
+                self.progress.checking(0, len(table.models))
                 quality = self._quality(claimed.date, table, outcomes, keys.entities, current)
-                for p in table.models:
+                for done, p in enumerate(table.models):
                     assert p.run.id is not None
+                    self.progress.checking(done, len(table.models))
                     self._finish_model(
                         claimed.date,
                         p,
@@ -120,6 +128,7 @@ class BatchJob:
                     )
             fault_point("checked")
             if self.report:
+                self.progress.phase(Phase.REPORT)
                 report_batches(self.db, self.settings, [self.batch_id], retries=self.retries)
             status = ledger.close(self.db, self.batch_id)
         except ledger.NotRunnable:
@@ -135,6 +144,7 @@ class BatchJob:
         finally:
             discard_staging(self.settings.scores.path, self.batch_id)
             shutil.rmtree(self.work, ignore_errors=True)
+            self.progress.close()
             if self._own_engines:
                 self.engines.close()
         log.info(
@@ -179,6 +189,7 @@ class BatchJob:
             f"waiting for data: {missing}; next check at {retry:%Y-%m-%d %H:%M} UTC, "
             f"gives up at {deadline:%Y-%m-%d %H:%M} UTC",
         )
+        self.progress.phase(Phase.WAITING_FOR_DATA)
         log.info(
             "feature slice missing; batch waits until %s",
             retry.isoformat(),
@@ -204,6 +215,7 @@ class BatchJob:
                 self.db, run_id, reason, key_check=keys.records[run_id], stale_slice=stale
             )
         table.models = [p for p in table.models if p.run.id not in keys.rejected]
+        self.progress.totals(keys.entities)
         return keys, stale
 
     def _score(
@@ -245,7 +257,9 @@ class BatchJob:
         missing = Outcome(error="no result from scoring")
         try:
             engine = self.engines.spark() if name == "spark" else self.engines.local()
-            outcomes = engine.score(request, heartbeat=self.heartbeat, observe=observe)
+            outcomes = engine.score(
+                request, heartbeat=self.heartbeat, progress=self.progress, observe=observe
+            )
         except Exception as exc:  # no session, no sandbox: every model says why
             log.exception("the %s engine failed", name, extra={"run_id": self.batch_id})
             return {

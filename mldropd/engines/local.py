@@ -97,6 +97,8 @@ class LocalEngine:
         key_types: dict[str, pa.DataType] = {}
         try:
             _start_all(pool, owners)
+            if progress is not None:  # the models are loaded; the first batch is being read
+                progress("reading", {})
             for index, read in enumerate(batches):
                 rows += read.num_rows
                 for key in {t.entity_key for t in request.tasks}:
@@ -119,6 +121,8 @@ class LocalEngine:
                 if progress is not None:
                     progress("scoring", {i: o.rows for i, o in outputs.items() if not o.failed})
             keys.finish()
+            if progress is not None:
+                progress("writing", {i: o.rows for i, o in outputs.items() if not o.failed})
         except BaseException:
             writer.stop()
             raise

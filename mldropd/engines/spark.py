@@ -70,6 +70,8 @@ class SparkEngine:
     ) -> dict[int, Outcome]:
         if self.session is None:
             self.session = get_session(self.engine)
+        if progress is not None:  # Spark reads and scores in one job: rows come at its end
+            progress("scoring", {})
         legacy = {
             "features": dataclasses.asdict(request.features),
             "slice_date": request.slice_date.isoformat(),

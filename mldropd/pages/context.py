@@ -214,8 +214,8 @@ def detail_context(
     data["health"] = health(data)
     for v in data["versions"]:
         v["uploaded"] = when(v["uploaded_at"])
-    runs = [
-        run_json(r)
+    runs: list[dict[str, Any]] = [
+        dict(run_json(r))
         for r in s.exec(
             select(ModelRun)
             .where(ModelRun.model_id == model_id)

@@ -50,6 +50,7 @@ def dashboard_page(
         "sort": sort,
         "sorts": SORTS,
         "only": only == "alerts",
+        "busy": any(r["active_run"] for r in board.rows),  # refresh while a row is running
     }
     return page_or_partial(request, "dashboard.html", "_dashboard_table.html", context)
 
