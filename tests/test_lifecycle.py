@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from litestar.testing import TestClient
 
@@ -56,30 +55,43 @@ def settled(
     return wait_for(done, timeout=180, what=f"{count} finished runs for {params}")
 
 
-def _flaky(marker: Path) -> Callable[[Any], Any]:
-    def flaky(frame: Any) -> Any:
-        import os
+def _flaky() -> Callable[[Any], Any]:
+    """Fails on a slice whose last row has no f00 (an upstream table not refreshed yet); the
+    dry run's sample (the slice's first rows) has it. The sandboxed model sees only its
+    columns, so the data itself is what breaks and mends it."""
 
-        if len(frame) > 500 and os.path.exists(str(marker)):
+    def flaky(frame: Any) -> Any:
+        import numpy as np
+
+        if np.isnan(frame["f00"].to_numpy()).any():
             raise RuntimeError("upstream table not refreshed yet")
         return np.full(len(frame), 0.3)
 
     return flaky
 
 
+def _set_last_f00(settings: Settings, value: float) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(settings.features.path) / f"dt={today().isoformat()}" / "part-0.parquet"
+    table = pq.read_table(path)
+    f00 = table.column("f00").to_numpy().copy()
+    f00[-1] = value
+    pq.write_table(table.set_column(table.schema.get_field_index("f00"), "f00", pa.array(f00)),
+                   path)  # fmt: skip
+
+
 def test_failed_model_is_retried_and_recovers(
     client: TestClient[Any], headers: dict[str, str], settings: Settings, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "broken"
-    marker.touch()
-    path = save_model(
-        tmp_path / "flaky.dill", pipeline=_flaky(marker), features=["f00"], name="flaky"
-    )
+    path = save_model(tmp_path / "flaky.dill", pipeline=_flaky(), features=["f00"], name="flaky")
+    _set_last_f00(settings, float("nan"))  # the upstream table is late today
     model = upload(client, headers, path)
     client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
     first = settled(client, headers, 1, model_id=model["id"])[0]
     assert first["status"] == "failed" and "upstream table not refreshed" in first["error"]
-    marker.unlink()  # fixed before the retry fires (retry_delay = 2 s in the test config)
+    _set_last_f00(settings, 0.0)  # fixed before the retry fires (retry_delay = 2 s in tests)
     runs = settled(client, headers, 2, model_id=model["id"])
     assert [(r["attempt"], r["trigger"], r["status"]) for r in runs] == [
         (1, "manual", "failed"),
