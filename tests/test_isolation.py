@@ -137,7 +137,7 @@ def test_each_bad_model_fails_alone(
         "hangs": "did not finish within its time limit of 8 s",
         "nan": "returned 1 NaN or infinite scores",
         "short": "returned 999 scores for 1000 rows",
-        "exits": "crashed the scoring process: the process exited with code 3",
+        "exits": "crashed its sandbox on batch 0: the process exited with code 3",
         "hog": "Unable to allocate",
     }
     for name, message in expected.items():

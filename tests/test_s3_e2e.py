@@ -195,7 +195,7 @@ def test_e2e_flow_with_the_s3_store(
 
     prefix = settings.storage.prefix
     objects = bucket_objects(moto_url, prefix)
-    folder = f"{ANN}/churn_lgbm/v1"
+    folder = "users/1/models/1/v1"  # ids, never names (docs/storage-email.md)
     assert sorted(objects) == [f"{folder}/manifest.json", f"{folder}/model.dill"]
     digest = sha256_file(model_files["lgbm"])
     assert hashlib.sha256(objects[f"{folder}/model.dill"]).hexdigest() == digest
@@ -212,14 +212,14 @@ def test_e2e_flow_with_the_s3_store(
     # Someone overwrites the object: the store check and the batch job both notice.
     s3 = _admin_client(moto_url)
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/model.dill", Body=b"not the model")
-    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{ANN}/ghost/v1/model.dill", Body=b"?")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/users/1/models/99/v1/model.dill", Body=b"?")
     found = mldropd(home, "store", "check")
     assert found.returncode == 1
     assert (
         f"BAD      {folder}/model.dill (model 1 churn_lgbm v1): the object has 13 bytes"
         in found.stdout
     )
-    assert f"ORPHAN   {ANN}/ghost/v1/model.dill (no database row points at it)" in found.stdout
+    assert "ORPHAN   users/1/models/99/v1/model.dill (no database row points at it)" in found.stdout
     rerun = mldropd(home, "run", "--model", "1", "--date", today().isoformat())
     assert rerun.returncode == 1
     assert "does not match its sha256" in rerun.stdout and folder in rerun.stdout
@@ -227,7 +227,7 @@ def test_e2e_flow_with_the_s3_store(
     # Deleting the model removes its objects from the bucket, and only those.
     token = make_user("admin@example.com", admin=True)
     assert client.delete("/api/v1/models/1", headers=auth(token)).status_code == 204
-    assert sorted(bucket_objects(moto_url, prefix)) == [f"{ANN}/ghost/v1/model.dill"]
+    assert sorted(bucket_objects(moto_url, prefix)) == ["users/1/models/99/v1/model.dill"]
 
 
 def test_versions_kept_in_the_bucket(
@@ -244,7 +244,9 @@ def test_versions_kept_in_the_bucket(
     detail = client.get(f"/api/v1/models/{response.json()['id']}", headers=auth(token)).json()
     assert [v["version"] for v in detail["versions"]] == [3, 2]  # versions_kept = 2
     assert sorted(bucket_objects(moto_url, settings.storage.prefix)) == [
-        f"{ANN}/churn/v{n}/{name}" for n in (2, 3) for name in ("manifest.json", "model.dill")
+        f"users/1/models/{response.json()['id']}/v{n}/{name}"
+        for n in (2, 3)
+        for name in ("manifest.json", "model.dill")
     ]
 
 
@@ -279,10 +281,8 @@ def test_outage_answers_503_naming_the_endpoint_and_records_nothing(
     names = [m["name"] for m in client.get("/api/v1/models", headers=auth(token)).json()]
     assert names == ["before"]
     assert _count(settings, "SELECT count(*) FROM model_version") == 1
-    assert sorted(bucket_objects(moto_url, prefix)) == [
-        f"{ANN}/before/v1/manifest.json",
-        f"{ANN}/before/v1/model.dill",
-    ]
+    before = ["users/1/models/1/v1/manifest.json", "users/1/models/1/v1/model.dill"]
+    assert sorted(bucket_objects(moto_url, prefix)) == before
 
     proxy.start()  # back on the same port: the daemon recovers by itself
     assert client.get("/readyz").status_code == 200
@@ -296,7 +296,8 @@ def test_outage_answers_503_naming_the_endpoint_and_records_nothing(
     )
     failed = upload(client, token, small_model, name="after")
     assert failed.status_code == 500
-    assert [k for k in bucket_objects(moto_url, prefix) if "/after/" in k] == []
+    during = ["users/1/models/2/v1/manifest.json", "users/1/models/2/v1/model.dill"]
+    assert sorted(bucket_objects(moto_url, prefix)) == before + during  # nothing of "after"
     listed = client.get("/api/v1/models", headers=auth(token)).json()
     assert sorted(m["name"] for m in listed) == ["before", "during"]
     assert _count(settings, "SELECT count(*) FROM model_version") == 2

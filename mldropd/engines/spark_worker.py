@@ -192,6 +192,8 @@ def score_partition(
         for slot, model in owner.models.items():
             run_id = model.task.model_run_id
             error = owner.errors.get(slot)
+            if error is not None:  # which of the slice's partitions, for the owner and the log
+                error = f"Spark partition {partition}: {error}"
             path = outputs[run_id].close(keep=error is None)
             seconds = owner.seconds_of(slot) - used_before.get(run_id, 0.0)
             yield _report(run_id, path, outputs[run_id].rows, error, seconds)

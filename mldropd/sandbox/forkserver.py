@@ -298,12 +298,19 @@ def _run_child(main: Callable[[], int]) -> None:
         os._exit(code)
 
 
+def _stdin_from_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
 def _sandbox_main(policy: Policy, root_mount: str, channel: int, stderr: int) -> int:
     from mldropd.jobs import model_host
     from mldropd.sandbox import confine
 
     os.dup2(stderr, 2)
     os.dup2(stderr, 1)  # what a model prints goes to the stderr pipe, never the channel
+    _stdin_from_devnull()  # not the server's lifeline pipe
     keep = [channel]
     confine.enter(policy, root_mount, keep)
     return model_host.serve(socket.socket(fileno=channel))
@@ -317,6 +324,7 @@ def _batch_main(request: dict[str, Any], log_fd: int) -> int:
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    _stdin_from_devnull()
     os.closerange(3, 1 << 16)  # the server's listener and other clients' connections
     os.environ.clear()
     os.environ.update(request.get("env") or {})
