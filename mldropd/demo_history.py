@@ -5,8 +5,8 @@ planner (Daemon.run_models) and scored by its batch runner (runner.run_job, the 
 `mldropd run --from/--to`), so every row, score partition, DQ result and report e-mail is the
 product's own. What the demo adds are the events of the stories (mldropd.demo_story), in order:
 
-1. days 0-16 are backfilled as one job: every model ok, one report;
-2. days 17-20: churn_lgbm's inputs swing (DQ warnings), fraud_rules' shift (a warning), one
+1. days 0-15 are backfilled as one job: every model ok, one report;
+2. days 16-20: churn_lgbm's inputs swing (DQ warnings), fraud_rules' shift (a warning), one
    report; then fraud_rules' owner pauses it (the registry's PATCH);
 3. days 21-28: churn_lgbm crosses the alert threshold, one report;
 4. today: the faulty export (basket_size renamed) fails upsell_logreg's run, one report that
@@ -28,13 +28,28 @@ from sqlmodel import Session, select
 
 from mldropd.batch.plan import due_models
 from mldropd.daemon import Daemon
-from mldropd.demo_story import BROKEN_DAY, DAYS, PAUSE_AFTER, PAUSED, RETRIED, write_slice
+from mldropd.demo_story import (
+    BROKEN_DAY,
+    DAYS,
+    PAUSE_AFTER,
+    PAUSED,
+    RETRIED,
+    SWING_FROM,
+    write_slice,
+)
 from mldropd.records import Model, User
 from mldropd.registry import update_model
 from mldropd.states import Trigger
 
 HISTORY_MARK = "history-built"  # written last: its absence means no (or half a) history
-PHASES = [(0, 16), (17, PAUSE_AFTER), (PAUSE_AFTER + 1, BROKEN_DAY - 1), (BROKEN_DAY, BROKEN_DAY)]
+# Day ranges scored as one job each (one report each): the quiet weeks, the warnings, the
+# alerts, today.
+PHASES = [
+    (0, SWING_FROM),
+    (SWING_FROM + 1, PAUSE_AFTER),
+    (PAUSE_AFTER + 1, BROKEN_DAY - 1),
+    (BROKEN_DAY, BROKEN_DAY),
+]
 
 
 class DemoHomeError(Exception):
