@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,45 +30,75 @@ from mldropd.demo_story import (
     swing,
     write_story_features,
 )
-from tests.conftest import Daemon, free_port
+from tests.conftest import free_port, wait_for
 
 DEMO_ROWS = 3000  # customers per day: a fifth of `make run`'s, same stories
 
 
 def demo(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mldropd", "demo", "--dir", str(home), "--no-serve", *args],
+        [sys.executable, "-m", "mldropd", "demo", "--dir", str(home), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
-def token_of(done: subprocess.CompletedProcess[str]) -> str:
-    return next(w for w in done.stdout.split() if w.startswith("mld_"))
+def token_of(output: str) -> str | None:
+    """The API token the demo printed (its banner), if printed yet."""
+    return next((w for w in output.split() if w.startswith("mld_")), None)
 
 
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`mldropd demo` started once: it builds the home and its history (fewer rows)."""
     home = tmp_path_factory.mktemp("demo") / "home"
-    done = demo(home, "--port", str(free_port()), "--rows", str(DEMO_ROWS))
+    done = demo(home, "--no-serve", "--port", str(free_port()), "--rows", str(DEMO_ROWS))
     assert done.returncode == 0, done.stderr[-5000:]
     assert "History built in" in done.stderr
-    return home, token_of(done)
+    return home, token_of(done.stdout)
 
 
 @pytest.fixture(scope="module")
-def api(demo_home: tuple[Path, str]) -> Iterator[Any]:
-    """The demo home served by a real `mldropd serve`; an httpx client signed in as its admin."""
-    home, token = demo_home
-    served = Daemon(home).start()
+def served(demo_home: tuple[Path, str]) -> Iterator[tuple[str, str, Path]]:
+    """`mldropd demo` started again, serving as `make run` does: (url, its token, its log)."""
+    home, _ = demo_home
+    port = free_port()
+    log = home.parent / "second-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mldropd", "demo", "--dir", str(home), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the demo exited: {log.read_text()[-3000:]}")
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+        except httpx.HTTPError:
+            return None
+        return token_of(log.read_text())
+
     try:
-        with httpx.Client(
-            base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        ) as client:
-            yield client
+        token = wait_for(up, timeout=120, what="the demo's second start")
+        yield url, token, log
     finally:
-        served.kill(15)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def api(served: tuple[str, str, Path]) -> Iterator[Any]:
+    """An httpx client signed in with the token the serving demo printed."""
+    url, token, _ = served
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        yield client
 
 
 def by_name(api: Any) -> dict[str, dict[str, Any]]:
@@ -149,16 +181,18 @@ def test_one_report_email_per_case(demo_home: tuple[Path, str]) -> None:
         assert len([s for s in subjects if matches(s)]) == 1, (case, subjects)
 
 
-def test_a_second_start_keeps_the_history(demo_home: tuple[Path, str], api: Any) -> None:
-    home, _ = demo_home
-    before = len(api.get("/api/v1/runs").json())
-    again = demo(home, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Scoring 30 days" not in again.stderr
-    fresh = httpx.get(
-        f"{api.base_url}/api/v1/runs", headers={"Authorization": f"Bearer {token_of(again)}"}
-    )
-    assert fresh.status_code == 200 and len(fresh.json()) == before
+def test_a_second_start_serves_the_history_it_kept(
+    demo_home: tuple[Path, str], served: tuple[str, str, Path], api: Any
+) -> None:
+    """`make run` again: no scoring, the same history, a fresh token in the banner."""
+    _, first_token = demo_home
+    url, token, log = served
+    started = log.read_text()
+    assert "Scoring 30 days" not in started and f"then open {url}/dashboard" in started
+    runs = api.get("/api/v1/runs").json()
+    assert len(runs) == DAYS + (DAYS + 1) + (PAUSE_AFTER + 1)  # drifting, retried, paused
+    old = httpx.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {first_token}"})
+    assert old.status_code == 401 and token != first_token
 
 
 def test_a_home_without_a_finished_history_is_refused(tmp_path: Path) -> None:
@@ -166,7 +200,7 @@ def test_a_home_without_a_finished_history_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "mldropd.db").write_bytes(b"")
-    done = demo(home, timeout=120)
+    done = demo(home, "--no-serve", timeout=120)
     assert done.returncode != 0
     assert "no finished 30-day history" in done.stderr and f"rm -r {home}" in done.stderr
     assert not (home / "features").exists()
