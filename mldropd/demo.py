@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +72,7 @@ def write_features(
         )
 
 
-def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[object, np.ndarray]:
+def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[Any, np.ndarray]:
     """A labelled frame for the demo models: the label depends on a handful of features."""
     import pandas as pd
 

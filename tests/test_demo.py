@@ -56,7 +56,9 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     done = demo(home, "--no-serve", "--port", str(free_port()), "--rows", str(DEMO_ROWS))
     assert done.returncode == 0, done.stderr[-5000:]
     assert "History built in" in done.stderr
-    return home, token_of(done.stdout)
+    token = token_of(done.stdout)
+    assert token is not None, done.stdout
+    return home, token
 
 
 @pytest.fixture(scope="module")
