@@ -40,6 +40,8 @@ DOCS_SHOTS = os.environ.get("MLDROPD_DOCS_SCREENSHOTS") == "1"
 # Customers per day: a few thousand tell the same stories faster; the docs show make run's home.
 ROWS = DEMO_ENTITIES if DOCS_SHOTS else 3000
 ROOT = Path(__file__).resolve().parents[1]
+# The first test to use the home builds it (1.5-4 min on 2 shared cores; make run's rows: more).
+pytestmark = pytest.mark.timeout(900)
 
 
 def demo(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
