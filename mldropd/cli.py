@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -82,22 +81,38 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
 )
 @click.option("--host", help="Bind address.")
 @click.option("--port", type=int, help="Port.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1000),
+    help="Customers per day in the demo's feature data, when the home is first made "
+    "(default 20,000; fewer build faster).",
+)
 @click.option("--no-serve", is_flag=True, help="Only write the demo home and print the token.")
-def demo(home: str, host: str | None, port: int | None, no_serve: bool) -> None:
-    """Write a demo home (config, feature data, demo models) under DIR, then serve it."""
-    from mldropd.demo import write_demo_home
+def demo(home: str, host: str | None, port: int | None, rows: int | None, no_serve: bool) -> None:
+    """Write a demo home with 30 days of history under DIR, then serve it.
+
+    The first start scores the 30 days (a few minutes); later starts reuse what is there.
+    """
+    from mldropd.demo import DEMO_ENTITIES, write_demo_home
+    from mldropd.demo_history import DemoHomeError
 
     home_path = Path(home).resolve()
     email = "admin@example.com"
     click.echo(f"Preparing the demo home in {home_path} (features and models, once) ...", err=True)
-    model_files = write_demo_home(home_path, port=port or 8080, email=email)
+    try:
+        model_files = write_demo_home(
+            home_path, port=port or 8080, n_entities=rows or DEMO_ENTITIES, email=email
+        )
+    except DemoHomeError as exc:
+        raise click.ClickException(str(exc)) from None
     settings = load_config(str(home_path / "config.toml"), _server_overrides(host, port))
-    token = _demo_admin(settings, email, model_files)
+    token = _demo_admin(settings, email, model_files, home_path)
     banner = [
         "",
         f"  mldropd demo is starting at {settings.base_url}",
         f"  sign in with this token ({email}):",
         f"  {token}",
+        f"  then open {settings.base_url.rstrip('/')}/dashboard: three models, 30 days of history",
         "",
     ]
     if no_serve:
@@ -106,15 +121,17 @@ def demo(home: str, host: str | None, port: int | None, no_serve: bool) -> None:
     _serve(settings, banner)
 
 
-def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
-    """Create the demo admin (or give it a fresh token) and register the demo models once."""
+def _demo_admin(settings: Settings, email: str, model_files: list[Path], home: Path) -> str:
+    """Create the demo admin (or give it a fresh token), register the demo models and build the
+    30 days of history, once."""
     from sqlmodel import Session, select
 
     from mldropd.auth import create_user, rotate_token
     from mldropd.daemon import Daemon
+    from mldropd.demo_history import build_history, history_built
+    from mldropd.demo_story import story_start
     from mldropd.intake import UploadForm, register_file
-    from mldropd.records import Model, ModelRun, User
-    from mldropd.states import Trigger
+    from mldropd.records import Model, User
 
     daemon = Daemon(settings, with_scheduler=False)
     with Session(daemon.engine) as s:
@@ -123,7 +140,6 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
         user, token = create_user(daemon.engine, email, admin=True)
     else:
         token = rotate_token(daemon.engine, email)
-    registered = []
     for path in model_files:
         with Session(daemon.engine) as s:
             model = s.exec(
@@ -131,7 +147,7 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
             ).first()
         if model is None:
             click.echo(f"Registering demo model {path.name} (validated in a sandbox) ...", err=True)
-            model, _ = register_file(
+            register_file(
                 daemon.engine,
                 daemon.store,
                 settings,
@@ -140,13 +156,17 @@ def _demo_admin(settings: Settings, email: str, model_files: list[Path]) -> str:
                 UploadForm(filename=path.name),
                 daemon.sandboxes(),
             )
-        registered.append(model)
-    with Session(daemon.engine) as s:
-        scored = s.exec(select(ModelRun.id).limit(1)).first() is not None
-    if not scored:  # queue yesterday and today, so the first page shows scores and DQ
-        today = daemon.today()
-        daemon.run_models(today - dt.timedelta(days=1), registered, Trigger.BACKFILL, submit=False)
-        daemon.run_models(today, registered, Trigger.MANUAL, submit=False)
+    if not history_built(home):
+        features = Path(settings.features.path)
+        click.echo("Scoring 30 days of history, as the daemon would have (once) ...", err=True)
+        seconds = build_history(
+            daemon,
+            user,
+            home,
+            story_start(features, daemon.today()),
+            progress=lambda line: click.echo(f"  {line}", err=True),
+        )
+        click.echo(f"History built in {seconds:.0f} s.", err=True)
     daemon.stop()
     return token
 

@@ -1,16 +1,22 @@
-"""The demo home: a config, a hive-partitioned Parquet feature store and two real model files
-(a LightGBM classifier and a scikit-learn Pipeline with a FunctionTransformer lambda)."""
+"""The demo home: a config, the stories' feature data (mldropd.demo_story) and three real model
+files; its history is made by mldropd.demo_history. The generic synthetic features and the two
+models below (f00, f01, ...) are what the tests and benchmarks build their homes from."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mldropd.demo_history import check_home
+from mldropd.demo_story import DRIFTING, PAUSED, RETRIED, make_story_models, write_story_features
 from mldropd.notebook import save_model
+
+DEMO_ENTITIES = 20_000  # customers per day: the 30 days' history builds in a few minutes
 
 DEMO_CONFIG = """\
 # mldropd demo home: every path is relative to this file. See config.example.toml for all keys.
@@ -27,6 +33,11 @@ date_column = "dt"
 [scheduler]
 sweep = "0 6 * * *"
 timezone = "UTC"
+
+retry_delay = 60  # a failed demo run is tried again after a minute
+
+[dq]
+av_max_rows = 4000  # the demo's slices are small: a few thousand rows a side are plenty
 
 [email]
 # No smtp_host: report emails are written as .eml files to the outbox folder.
@@ -61,7 +72,7 @@ def write_features(
         )
 
 
-def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[object, np.ndarray]:
+def training_data(n_rows: int, n_features: int, seed: int = 11) -> tuple[Any, np.ndarray]:
     """A labelled frame for the demo models: the label depends on a handful of features."""
     import pandas as pd
 
@@ -128,25 +139,19 @@ def write_demo_home(
     home: Path,
     *,
     port: int = 8080,
-    days: int = 5,
-    n_entities: int = 100_000,
-    n_features: int = 40,
+    n_entities: int = DEMO_ENTITIES,
     email: str = "admin@example.com",
     today: dt.date | None = None,
 ) -> list[Path]:
     """Create the demo home (idempotent: existing parts are kept); return the model files."""
+    check_home(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.toml"
     if not config.exists():
         config.write_text(DEMO_CONFIG.format(port=port))
-    today = today or dt.date.today()
-    dates = [today - dt.timedelta(days=i) for i in range(days)]
-    features = home / "features"
-    missing = [d for d in dates if not (features / f"dt={d.isoformat()}").exists()]
-    if missing:
-        write_features(features, dates, n_entities, n_features)
+    write_story_features(home / "features", today or dt.datetime.now(dt.UTC).date(), n_entities)
     models = home / "models"
-    paths = [models / "churn_lgbm.dill", models / "churn_logreg.dill"]
+    paths = [models / f"{name}.dill" for name in (DRIFTING, RETRIED, PAUSED)]
     if not all(p.exists() for p in paths):
-        paths = make_demo_models(models, n_features, email)
+        paths = make_story_models(models, email)
     return paths
