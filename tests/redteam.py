@@ -282,3 +282,16 @@ def free_port_listening() -> tuple[socket.socket, int]:
     s.bind(("127.0.0.1", 0))
     s.listen(8)
     return s, int(s.getsockname()[1])
+
+
+def reports_uid() -> Pipeline:
+    """Not an attack: scores every row with the host's uid (which sandbox uid it runs as)."""
+
+    def score(frame: Any) -> Any:
+        import os
+
+        import numpy as np
+
+        return np.full(len(frame), float(os.getuid()))
+
+    return score

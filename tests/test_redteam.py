@@ -432,3 +432,42 @@ def test_home_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     for folder in [p for p in home.rglob("*") if p.is_dir()]:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+@ROOT_ONLY
+def test_sandboxes_of_two_fork_servers_never_share_a_uid(sandboxes: Any, tmp_path: Path) -> None:
+    """A daemon's fork server and a CLI run's (or two daemons') claim sandbox uids on the whole
+    host: two owners' hosts with one uid would share RLIMIT_NPROC (one could fork-bomb the
+    other out of processes) and the files each one creates."""
+    from mldropd.sandbox.hosts import ModelHost
+    from mldropd.sandbox.policy import Policy, python_read_paths
+    from mldropd.sandbox.setup import Sandboxes
+
+    settings = Settings()
+    settings.server.work_dir = str(tmp_path)
+    other = Sandboxes.start(settings)
+    hosts: list[ModelHost] = []
+    uids = []
+    try:
+        for server in (sandboxes, other, sandboxes, other):
+            policy = Policy(
+                layers=server.layers,
+                limits=Limits(memory_mb=2048, cpu_s=60),
+                read=python_read_paths(),
+            )
+            assert "uid" in policy.layers
+            host = ModelHost(server.server, policy, "uid-probe")
+            hosts.append(host)  # stays alive while the next ones start
+            host.start()
+            assert host.load(0, rt.SPEC, rt.model_bytes(rt.reports_uid()), 60).kind == "loaded"
+            batch = pa.record_batch({"x": pa.array([0.0])})
+            assert host.schema(batch.schema) is None and host.send_batch([0], batch) is None
+            reply = host.reply(0, 1, time.monotonic(), 60)
+            assert reply.kind == "scores", reply
+            uids.append(int(np.asarray(reply.value)[0]))
+    finally:
+        for host in hosts:
+            host.kill()
+            host.close()
+        other.stop()
+    assert len(set(uids)) == 4 and all(uid >= 900000 for uid in uids), uids

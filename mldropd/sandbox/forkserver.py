@@ -18,6 +18,7 @@ client's connection closes first the server kills the child.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -41,6 +43,9 @@ from mldropd.sandbox.policy import Policy
 
 log = logging.getLogger(__name__)
 
+# Where fork servers on one host agree on sandbox uids (a tmpfs: the claims end with the boot).
+UID_LOCK_DIRS = ("/run/lock/mldropd-sandbox-uids", "/tmp/mldropd-sandbox-uids")
+MAX_UID_SLOTS = 65536
 _LEN = struct.Struct("!I")
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 4
@@ -89,6 +94,7 @@ class _Child:
     conn: socket.socket | None = None
     cleanup: list[str] = field(default_factory=list)
     uid_slot: int | None = None
+    uid_lock: int | None = None  # the flock'ed file that holds uid_slot for this host
 
 
 class Server:
@@ -207,9 +213,9 @@ class Server:
         if os.getuid() == 0 and "uid" in policy.layers and policy.uid is None:
             if self.config.get("user_uid") is not None:  # [sandbox] user: one named user
                 policy.uid, policy.gid = self.config["user_uid"], self.config["user_gid"]
-            else:  # each live sandbox its own uid
-                slot = min(set(range(len(self.uid_slots) + 1)) - self.uid_slots)
+            else:  # each live sandbox its own uid, on the whole host
                 base = int(self.config.get("uid_base", 900000))
+                slot, uid_lock = self._claim_uid(base)
                 policy.uid = policy.gid = base + slot
         if "mountns" not in policy.layers:
             private = tempfile.mkdtemp(prefix="mldropd-sandbox-")
@@ -218,12 +224,36 @@ class Server:
                     os.chown(private, policy.uid, policy.gid or policy.uid)
             policy.private_dir = private
             cleanup.append(private)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            if slot is not None:
+                os.close(uid_lock)
+            raise
         if pid == 0:
             _run_child(lambda: _sandbox_main(policy, self.root_mount, channel, stderr))
         if slot is not None:
             self.uid_slots.add(slot)
-        return _Child(pid, None, cleanup, slot)
+            return _Child(pid, None, cleanup, slot, uid_lock)
+        return _Child(pid, None, cleanup)
+
+    def _claim_uid(self, base: int) -> tuple[int, int]:
+        """The lowest uid slot no live sandbox of ANY fork server on this host holds (a
+        daemon's and a CLI run's servers, two daemons): a uid shared across servers would share
+        RLIMIT_NPROC and file ownership between owners. The claim is a flock on a file named
+        after the uid, released when the server closes it after the sandbox ends (or dies)."""
+        folder = _uid_lock_dir()
+        for slot in range(MAX_UID_SLOTS):
+            if slot in self.uid_slots:
+                continue
+            fd = os.open(f"{folder}/{base + slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return slot, fd
+        raise OSError(f"all {MAX_UID_SLOTS} sandbox uids from {base} are in use on this host")
 
     def _fork_batch(self, request: dict[str, Any], fds: list[int]) -> _Child:
         log_fd = fds[0]
@@ -251,6 +281,8 @@ class Server:
                 shutil.rmtree(path, ignore_errors=True)
             if child.uid_slot is not None:
                 self.uid_slots.discard(child.uid_slot)
+            if child.uid_lock is not None:
+                os.close(child.uid_lock)
             if child.conn is not None:
                 with contextlib.suppress(OSError):
                     send_msg(child.conn, {"exit": status, "maxrss_kb": usage.ru_maxrss})
@@ -278,6 +310,16 @@ def _my_children() -> list[int]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _uid_lock_dir() -> str:
+    for folder in UID_LOCK_DIRS:
+        with contextlib.suppress(OSError):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            st = os.lstat(folder)  # in a world-writable parent: someone else's folder is not ours
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                return folder
+    raise OSError(f"cannot create a folder for sandbox uid claims: tried {UID_LOCK_DIRS}")
 
 
 def _run_child(main: Callable[[], int]) -> None:
