@@ -337,20 +337,54 @@ def staged(request: Any) -> dict[int, pa.Table]:
     return tables
 
 
-def one_pass(side: str, spark: Any, engine: Any, request: Any) -> float:
-    """One timed scoring pass of a side; fails loudly on any model error."""
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by process `root` and every descendant, live or reaped: the
+    JVM, Spark's Python workers, their fork servers and model hosts. A process that ended
+    was reaped by its parent (a fork server is a subreaper), whose cutime/cstime then hold
+    it, so the difference of two readings is the tree's CPU between them, whatever the load
+    of other processes on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        used[pid] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total / tick
+
+
+def one_pass(side: str, spark: Any, engine: Any, request: Any) -> tuple[float, float]:
+    """One timed scoring pass of a side: (wall s, CPU s of this process tree); fails loudly
+    on any model error."""
     for t in request.tasks:
         shutil.rmtree(t.out_dir, ignore_errors=True)
+    cpu = tree_cpu_s(os.getpid())
     started = time.perf_counter()
     if side == "sandboxed":
         outcomes = engine.score(request, heartbeat=lambda: None)
     else:
         outcomes = baseline_score(spark, request)
     seconds = time.perf_counter() - started
+    cpu = tree_cpu_s(os.getpid()) - cpu
     bad = {run: o.error for run, o in outcomes.items() if not o.ok}
     if bad or len(outcomes) != len(request.tasks):
         raise RuntimeError(f"{side}: models failed in the benchmark: {bad}")
-    return seconds
+    return seconds, cpu
 
 
 def check_same(reference: dict[int, pa.Table], tables: dict[int, pa.Table], label: str) -> None:
@@ -498,25 +532,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # First passes in the fresh session, not in the medians: A's starts the Python
             # workers and their fork servers, B's then finds the workers running.
             first = {
-                side: one_pass(side, spark, sandboxed, requests[side])
+                side: one_pass(side, spark, sandboxed, requests[side])[0]
                 for side in ("sandboxed", "in-process")
             }
             reference = staged(requests["sandboxed"])
             check_same(reference, staged(requests["in-process"]), "first in-process pass")
             times: dict[str, list[float]] = {"sandboxed": [], "in-process": []}
+            cpus: dict[str, list[float]] = {"sandboxed": [], "in-process": []}
             scores: dict[str, dict[str, Any]] = {}  # each side's last pass
             for repeat in range(args.repeats):
                 for side in ("sandboxed", "in-process"):  # A, B, A, B, ...
-                    times[side].append(one_pass(side, spark, sandboxed, requests[side]))
+                    wall, cpu = one_pass(side, spark, sandboxed, requests[side])
+                    times[side].append(wall)
+                    cpus[side].append(cpu)
                     tables = staged(requests[side])
                     check_same(reference, tables, f"{side} pass {repeat + 1}")
                     scores[side] = fingerprint(tables)
-                    print(f"  {side:>10} pass {repeat + 1}: {times[side][-1]:7.2f} s", flush=True)
+                    print(
+                        f"  {side:>10} pass {repeat + 1}: {wall:7.2f} s wall, {cpu:7.2f} s CPU",
+                        flush=True,
+                    )
             probe = probe_workers(spark, 4)
             spark.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     medians = {side: statistics.median(v) for side, v in times.items()}
+    cpu_medians = {side: statistics.median(v) for side, v in cpus.items()}
     return {
         "benchmark": "spark_sandbox",
         "command": " ".join(["python -m bench.spark_sandbox", *(args.argv or [])]),
@@ -542,6 +583,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "times_s": times,
         "median_s": medians,
         "ratio_sandboxed_over_in_process": medians["sandboxed"] / medians["in-process"],
+        # CPU of the driver's process tree (JVM, Python workers, fork servers, hosts) per pass:
+        # what the containment costs in work, much less sensitive to other processes' load.
+        "cpu_s": cpus,
+        "median_cpu_s": cpu_medians,
+        "cpu_ratio_sandboxed_over_in_process": (
+            cpu_medians["sandboxed"] / cpu_medians["in-process"]
+        ),
         # Every pass's staged tables equal the first sandboxed pass's (else the run failed).
         "scores": scores,
         "scores_agree": scores["sandboxed"] == scores["in-process"],
@@ -570,12 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     result = run(args)
     m, ratio = result["median_s"], result["ratio_sandboxed_over_in_process"]
+    c, cpu_ratio = result["median_cpu_s"], result["cpu_ratio_sandboxed_over_in_process"]
+    b, a = "in-process", "sandboxed"
     print(
         f"\nSpark {args.master}, {args.rows:,} rows x {args.features} features, K={args.k} "
         f"({OWNERS} owners), median of {args.repeats}:\n"
-        f"  in-process (pre-containment baseline) {m['in-process']:7.2f} s\n"
-        f"  sandboxed (SparkEngine today)         {m['sandboxed']:7.2f} s\n"
-        f"  sandboxed / in-process                {ratio:7.2f}x\n"
+        f"                                           wall        CPU (process tree)\n"
+        f"  in-process (pre-containment baseline) {m[b]:7.2f} s  {c[b]:7.2f} s\n"
+        f"  sandboxed (SparkEngine today)         {m[a]:7.2f} s  {c[a]:7.2f} s\n"
+        f"  sandboxed / in-process                {ratio:7.2f}x  {cpu_ratio:7.2f}x\n"
         f"  session start (not in the passes)     {result['session_start_s']:7.2f} s\n"
         f"  first pass in the session: sandboxed {result['first_pass_s']['sandboxed']:.2f} s, "
         f"in-process {result['first_pass_s']['in-process']:.2f} s\n"

@@ -80,8 +80,12 @@ def test_spark_sandbox_bench_tiny(tmp_path: Path) -> None:
     for side in ("sandboxed", "in-process"):  # both sides measured, interleaved repeats
         assert len(doc["times_s"][side]) == 2 and all(t > 0 for t in doc["times_s"][side])
         assert doc["first_pass_s"][side] > 0
+        assert len(doc["cpu_s"][side]) == 2 and all(c > 0 for c in doc["cpu_s"][side])
     assert doc["ratio_sandboxed_over_in_process"] == pytest.approx(
         doc["median_s"]["sandboxed"] / doc["median_s"]["in-process"]
+    )
+    assert doc["cpu_ratio_sandboxed_over_in_process"] == pytest.approx(
+        doc["median_cpu_s"]["sandboxed"] / doc["median_cpu_s"]["in-process"]
     )
     assert doc["session_start_s"] > 0 and doc["machine"]["load_average_during"]["samples"] >= 1
     # The honest part: both sides scored every row of every model with the same scores (the
