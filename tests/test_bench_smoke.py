@@ -47,6 +47,76 @@ def test_spark_bench_tiny(tmp_path: Path) -> None:
     assert "| 2 |" in result.stdout and "separate / fused" in result.stdout
 
 
+@pytest.mark.spark
+def test_spark_sandbox_bench_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "spark_sandbox.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.spark_sandbox",
+            "--rows",
+            "3000",
+            "--features",
+            "6",
+            "--files",
+            "2",
+            "--k",
+            "3",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["args"]["rows"] == 3000 and doc["args"]["k"] == 3
+    assert {m["owner"] for m in doc["models"]} == {1, 2}
+    for side in ("sandboxed", "in-process"):  # both sides measured, interleaved repeats
+        assert len(doc["times_s"][side]) == 2 and all(t > 0 for t in doc["times_s"][side])
+        assert doc["first_pass_s"][side] > 0
+        assert len(doc["cpu_s"][side]) == 2 and all(c > 0 for c in doc["cpu_s"][side])
+    assert doc["ratio_sandboxed_over_in_process"] == pytest.approx(
+        doc["median_s"]["sandboxed"] / doc["median_s"]["in-process"]
+    )
+    assert doc["cpu_ratio_sandboxed_over_in_process"] == pytest.approx(
+        doc["median_cpu_s"]["sandboxed"] / doc["median_cpu_s"]["in-process"]
+    )
+    assert doc["session_start_s"] > 0 and doc["machine"]["load_average_during"]["samples"] >= 1
+    # The honest part: both sides scored every row of every model with the same scores (the
+    # script also fails on any pass whose tables differ), and the sandboxed side's hosts were
+    # confined with the layers [sandbox] require asks for.
+    sandboxed, in_process = doc["scores"]["sandboxed"], doc["scores"]["in-process"]
+    assert set(sandboxed) == {"1", "2", "3"} and sandboxed == in_process
+    for run in sandboxed.values():
+        assert run["rows"] == 3000 and 0 < run["score_sum"] < 3000 and len(run["sha256"]) == 64
+    assert len({run["sha256"] for run in sandboxed.values()}) == 3  # three different models
+    assert doc["scores_agree"] is True
+    assert all(w["mldropd"].startswith(str(ROOT)) for w in doc["workers"])
+    layers = [w["sandbox_layers"] for w in doc["workers"] if w["sandbox_layers"]]
+    assert layers and all(set(doc["sandbox"]["require"]) <= set(found) for found in layers)
+    assert "sandboxed / in-process" in result.stdout
+
+
+def test_spark_sandbox_bench_compares_scores() -> None:
+    """The comparison the Spark sandbox benchmark relies on fails on one changed score."""
+    import pyarrow as pa
+
+    from bench.spark_sandbox import check_same, fingerprint
+
+    table = pa.table({"entity_id": [1, 2, 3], "score": [0.1, 0.2, 0.3]})
+    changed = pa.table({"entity_id": [1, 2, 3], "score": [0.1, 0.2, 0.30000000000000004]})
+    check_same({7: table}, {7: table}, "same")
+    assert fingerprint({7: table}) != fingerprint({7: changed})
+    with pytest.raises(AssertionError, match="model run 7 differs"):
+        check_same({7: table}, {7: changed}, "changed")
+
+
 # -- local engine, memory, API and page benchmarks (issue 9): tiny sizes, no timing checks ----
 
 
