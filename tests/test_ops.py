@@ -66,7 +66,7 @@ def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("mldropd", "jobs", "web"):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
@@ -98,6 +98,10 @@ def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
     )
     revisions = {p.name for p in (ROOT / "mldropd/migrations/versions").glob("0*.py")}
     assert {f"mldropd/migrations/versions/{r}" for r in revisions} <= names
+    # an SPDX licence expression (PEP 639), not the deprecated table, and the text shipped
+    metadata = zipfile.ZipFile(wheel).read("mldropd-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert "mldropd-0.1.0.dist-info/licenses/LICENSE" in names
 
 
 # -- health -----------------------------------------------------------------------------------
