@@ -8,7 +8,7 @@ DEMO_DIR ?= .mldropd-demo
 # The unit tier of `make check`: no daemon, browser, Spark or other real process.
 UNIT := not slow and not browser and not spark
 
-.PHONY: install run test check lint browser bench constraints clean
+.PHONY: install run test check lint docs browser bench constraints clean
 
 # What running needs (the daemon and the demo's LightGBM model) ...
 $(VENV)/.installed-run: pyproject.toml constraints.txt
@@ -50,6 +50,10 @@ check: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# docs/configuration.md is generated from the settings declarations (tests/test_docs.py checks it).
+docs: install
+	$(PY) -m mldropd.config_docs > docs/configuration.md
 
 # Re-pin every dependency: a fresh venv with every extra, then pip freeze (mldropd left out).
 constraints:
