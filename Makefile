@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 # Every pip install below goes through the pinned versions (`make constraints` refreshes them).
 PIP := $(PY) -m pip install --quiet -c constraints.txt
 DEMO_DIR ?= .mldropd-demo
-# The unit tier of `make check`: no daemon, browser, Spark or other real process.
-UNIT := not slow and not browser and not spark
+# The unit tier of `make check`: no daemon, browser, Spark, container or other real process.
+UNIT := not slow and not browser and not spark and not container
 
 .PHONY: install run test check lint docs browser bench constraints clean
 

@@ -19,7 +19,8 @@ from mldropd.intake import UploadForm, register_file
 from mldropd.records import BatchRun, ModelRun
 from mldropd.settings import Settings
 from mldropd.store import make_store
-from tests.conftest import today, wait_for
+from tests.support.home import today
+from tests.support.wait import wait_for
 
 
 def _slow_model() -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 from mldropd.dq.adversarial import HOLDOUT_MIN_ROWS, adversarial_auc
 from mldropd.dq.psi import psi
-from tests.test_dq import features_frame
+from tests.support.frames import features_frame
 
 TOLERANCE = 0.02
 SIDE = 50_000  # rows a side: [dq] av_max_rows, what a 1M-row slice is sampled to

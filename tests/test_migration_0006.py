@@ -15,19 +15,19 @@ from alembic import command
 from mldropd.db import _alembic_config, head_revision, init_db, make_engine, schema_revision
 from mldropd.settings import StorageSettings
 from mldropd.store import make_store
-from tests.test_store import BUCKET, KEY_ID, SECRET, _admin_client, _start_child_server, _stop_child
+from tests.support.s3 import BUCKET, KEY_ID, SECRET, admin_client, start_child_server, stop_child
 
 OBRIEN, O_BRIEN, ANN = "o'brien@example.com", "o_brien@example.com", "ann@example.com"
 
 
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = _start_child_server(tmp_path_factory.mktemp("moto") / "server.log")
+    proc, url = start_child_server(tmp_path_factory.mktemp("moto") / "server.log")
     try:
-        _admin_client(url).create_bucket(Bucket=BUCKET)
+        admin_client(url).create_bucket(Bucket=BUCKET)
         yield url
     finally:
-        _stop_child(proc)
+        stop_child(proc)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -31,7 +31,7 @@ from mldropd.engines.local import LocalEngine
 from mldropd.engines.local_io import PART_FILE
 from mldropd.sandbox.policy import Limits
 from mldropd.settings import FeatureSettings, Settings
-from tests import redteam as rt
+from tests.support import redteam as rt
 
 pytestmark = pytest.mark.redteam
 

@@ -13,9 +13,9 @@ from mldropd.app import create_app
 from mldropd.auth import rotate_token
 from mldropd.db import session_scope
 from mldropd.records import DQResult, OutboxMessage
-from tests import field_data
-from tests.conftest import today
-from tests.test_keys import make_lab
+from tests.support import field_data
+from tests.support.home import today
+from tests.support.key_lab import make_lab
 
 
 def test_a_stale_slice_is_said_everywhere_and_weighed_by_dq(tmp_path: Path) -> None:
