@@ -3,10 +3,10 @@
 Chromium, Spark). The plain helpers behind them are in tests/support/.
 
 Tiers: `make check` runs `-m "not slow and not browser and not spark"`, the tests that start no
-process; `make test` runs everything. A test that uses `live_client`, `daemon` or `moto_url`
-is marked `slow` here (it starts the scheduler and batch jobs, a daemon, or a moto child
-server), one that uses `page` `browser`, one that uses `spark` `spark`; other tests that start
-processes carry the mark themselves.
+process that takes seconds; `make test` runs everything. A test that uses `live_client`,
+`daemon`, `moto_url` or `sandboxes` is marked `slow` here (it starts the scheduler and batch
+jobs, a daemon, a moto child server or sandboxed model hosts), one that uses `page` `browser`,
+one that uses `spark` `spark`; other slow tests carry the mark themselves.
 """
 
 from __future__ import annotations

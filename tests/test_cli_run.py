@@ -22,6 +22,8 @@ from mldropd.store import make_store
 from tests.support.home import today
 from tests.support.wait import wait_for
 
+pytestmark = pytest.mark.slow  # the CLI and batch jobs in real processes
+
 
 def _slow_model() -> Any:
     """Built in a function, so dill stores it by value (as a notebook function)."""

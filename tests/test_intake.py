@@ -132,6 +132,7 @@ def test_every_attempt_is_audited_and_logged_as_json(
     assert any(x["audit"].get("outcome") == "accepted" for x in lines)
 
 
+@pytest.mark.slow  # its own running app (a smaller upload limit)
 def test_a_too_large_upload_is_audited(
     settings: Settings, make_user: Callable[..., str], tmp_path: Path
 ) -> None:

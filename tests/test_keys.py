@@ -23,6 +23,7 @@ from tests.support.key_lab import make_lab
 DAYS = [today() - dt.timedelta(days=1), today()]
 
 
+@pytest.mark.slow  # batches scored in sandboxed model hosts
 def test_null_and_duplicated_keys_fail_by_default_naming_counts_and_examples(
     tmp_path: Path,
 ) -> None:
@@ -78,6 +79,7 @@ STORES = {
         ("duckdb-TIMESTAMP", "last"),
     ],
 )
+@pytest.mark.slow  # batches scored in sandboxed model hosts
 def test_one_row_per_entity_under_each_policy(tmp_path: Path, store: str, policy: str) -> None:
     write, features, kw = STORES[store]
     target = tmp_path / ("features.duckdb" if "duckdb" in store else "features")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from litestar.testing import TestClient
 from sqlmodel import select
 
@@ -16,6 +17,8 @@ from mldropd.records import DQResult, OutboxMessage
 from tests.support import field_data
 from tests.support.home import today
 from tests.support.key_lab import make_lab
+
+pytestmark = pytest.mark.slow  # a batch scored in sandboxed model hosts
 
 
 def test_a_stale_slice_is_said_everywhere_and_weighed_by_dq(tmp_path: Path) -> None:

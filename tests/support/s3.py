@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import boto3
-from moto.server import ThreadedMotoServer
+from typing import TYPE_CHECKING, Any
 
 from tests.support.wait import free_port
+
+if TYPE_CHECKING:  # moto and boto3 load when a server or client is made, not at collection
+    from moto.server import ThreadedMotoServer
 
 BUCKET = "models"
 KEY_ID = "testing"
@@ -72,6 +72,8 @@ def stop_child(proc: subprocess.Popen[str]) -> None:
 
 def start_inprocess_server(timeout: float = 10.0) -> tuple[ThreadedMotoServer, str]:
     """ThreadedMotoServer in this process (start() itself waits without a timeout)."""
+    from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     starter = threading.Thread(target=server.start, daemon=True)
@@ -91,6 +93,8 @@ def stop_inprocess_server(server: ThreadedMotoServer, timeout: float = 10.0) -> 
 
 def admin_client(url: str) -> Any:
     """A boto3 S3 client of the server itself, to create buckets and inspect objects."""
+    import boto3
+
     return boto3.client(
         "s3",
         endpoint_url=url,
