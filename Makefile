@@ -3,22 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Every pip install below goes through the pinned versions (`make constraints` refreshes them).
-PIP := $(PY) -m pip install --quiet -c constraints.txt
+CONSTRAINTS ?= constraints.txt
+PIP := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 DEMO_DIR ?= .mldropd-demo
-# The unit tier of `make check`: no daemon, browser, Spark, container or other real process.
+# The unit tier of `make check`: no test that starts a daemon, a sandbox, a browser, Spark or a
+# container.
 UNIT := not slow and not browser and not spark and not container
 
 .PHONY: install run test check lint docs browser bench constraints clean
 
 # What running needs (the daemon and the demo's LightGBM model) ...
-$(VENV)/.installed-run: pyproject.toml constraints.txt
+$(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e ".[demo]"
 	touch $@
 
 # ... and what developing needs: every extra (tests, browser, Spark, ruff, mypy).
-$(VENV)/.installed-dev: pyproject.toml constraints.txt
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e ".[dev]"
@@ -56,6 +58,7 @@ docs: install
 	$(PY) -m mldropd.config_docs > docs/configuration.md
 
 # Re-pin every dependency: a fresh venv with every extra, then pip freeze (mldropd left out).
+# `make constraints CONSTRAINTS=/tmp/c.txt` writes elsewhere, to compare before replacing.
 constraints:
 	rm -rf .constraints-venv
 	$(PYTHON) -m venv .constraints-venv
@@ -65,7 +68,8 @@ constraints:
 	  echo "# CI, \`make\` and the Containerfile install with it, so every build gets the same set."; \
 	  echo "# Refresh: make constraints (a fresh venv with every extra, then pip freeze)."; \
 	  .constraints-venv/bin/python -m pip freeze --exclude mldropd; \
-	} > constraints.txt
+	} > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 	rm -rf .constraints-venv
 
 clean:
