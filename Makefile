@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints.txt
 PIP := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 DEMO_DIR ?= .mldropd-demo
+# Extra arguments for `make test`'s pytest (e.g. PYTEST_ARGS="-x tests/test_api_e2e.py").
+PYTEST_ARGS ?=
 # The unit tier of `make check`: no test that starts a daemon, a sandbox, a browser, Spark or a
 # container.
 UNIT := not slow and not browser and not spark and not container
@@ -40,7 +42,7 @@ browser:
 
 # Everything: unit tests, real daemons, the browser, Spark.
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast tier (under a minute): lint, format, types, and the unit tests.
 check: install
