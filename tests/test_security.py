@@ -8,7 +8,6 @@ import os
 import re
 import select
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ def make_probe(secret_values: list[str], daemon_cwd: str) -> Callable[..., Any]:
 
     def probe(frame: Any) -> Any:
         import os
+        import sys
 
         import numpy as np
 
