@@ -26,7 +26,7 @@ import httpx
 
 from bench.perf_common import median, percentile, print_table, target_row, write_result
 from bench.perf_daemon import BenchDaemon, write_config
-from tests.pickle_corpus import many_memo_entries, quadratic_marks
+from tests.support.pickle_corpus import many_memo_entries, quadratic_marks
 
 MB = 1 << 20
 SHAPES = {"N*k + (t0": quadratic_marks, "memo per 3 bytes": many_memo_entries}

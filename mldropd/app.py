@@ -3,6 +3,7 @@ lifespan (database, runner, scheduler)."""
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from mldropd import __version__, logs, metrics, web
+from mldropd import __version__, logs, metrics
 from mldropd.api.admin import ROUTES as ADMIN_ROUTES
 from mldropd.api.audit import ROUTES as AUDIT_ROUTES
 from mldropd.api.routes import ROUTES as API_ROUTES
@@ -37,7 +38,8 @@ from mldropd.security import SecurityHeaders, session_config
 from mldropd.settings import Settings
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(web.__file__).parent
+# web/ installs as the package mldropd.web (a package-dir mapping): find it by that name
+WEB_DIR = Path(str(importlib.resources.files("mldropd.web")))
 _NO_CSRF = ["/api/", "/healthz", "/readyz", "/metrics", "/schema"]
 
 
@@ -203,7 +205,7 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
         request_max_body_size=settings.limits.max_upload_mb * 1024 * 1024 + (1 << 20),
     )
     document_errors(app)
-    app.asgi_handler = SecurityHeaders(app.asgi_handler)  # type: ignore[assignment]
+    app.asgi_handler = SecurityHeaders(app.asgi_handler)
     if settings.server.access_log:  # outermost, so 404s and redirects are logged too
         app.asgi_handler = logs.AccessLog(app.asgi_handler)  # type: ignore[assignment]
     return app

@@ -38,7 +38,7 @@ def user_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
             s.exec(
                 select(Model.owner_id, func.count())
                 .where(Model.status == ModelStatus.ACTIVE)
-                .group_by(Model.owner_id)
+                .group_by(col(Model.owner_id))
             ).all()
         )
         users = s.exec(select(User).order_by(col(User.created_at), col(User.id))).all()
@@ -49,7 +49,7 @@ def user_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
                 "disabled": u.disabled,
                 "quota": u.quota if u.quota is not None else settings.limits.active_models_per_user,
                 "quota_source": "user" if u.quota is not None else "default",
-                "active_models": active.get(u.id, 0),
+                "active_models": active.get(u.id or 0, 0),
                 "created": u.created_at.strftime("%Y-%m-%d %H:%M"),
             }
             for u in users

@@ -143,7 +143,7 @@ def relay_line(line: str, run_id: int | None = None) -> None:
 
 # -- access log ----------------------------------------------------------------------------------
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
+ASGIApp = Callable[..., Awaitable[None]]  # litestar's app or another wrapper of it
 
 
 def note_user(scope: MutableMapping[str, Any], email: str) -> None:

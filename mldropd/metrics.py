@@ -53,7 +53,7 @@ def _histogram(s: Session, name: str, doc: str, seconds: Any, status: Any) -> Me
     columns = [func.count(), func.coalesce(func.sum(seconds), 0.0)]
     columns += [func.sum(case((seconds <= bound, 1), else_=0)) for bound in BUCKETS]
     query = select(status, *columns).where(seconds.is_not(None)).group_by(status)
-    for value, count, total, *cumulative in s.exec(query):  # type: ignore[call-overload]
+    for value, count, total, *cumulative in s.exec(query):
         buckets = [(str(b), int(c or 0)) for b, c in zip(BUCKETS, cumulative, strict=True)]
         family.add_metric([str(value)], [*buckets, ("+Inf", count)], float(total))
     return family
@@ -203,7 +203,7 @@ class StateCollector:
 def registry_for(daemon: Daemon) -> CollectorRegistry:
     """A registry with mldropd's metrics plus the process and Python platform collectors."""
     registry = CollectorRegistry()
-    registry.register(StateCollector(daemon))  # type: ignore[arg-type]
+    registry.register(StateCollector(daemon))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

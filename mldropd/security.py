@@ -19,6 +19,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, MutableScopeHeaders, State
+from litestar.enums import ScopeType
 from litestar.middleware.session.server_side import (
     ServerSideSessionBackend,
     ServerSideSessionConfig,
@@ -63,7 +64,7 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
@@ -96,7 +97,7 @@ class SessionBackend(ServerSideSessionBackend):
     """
 
     def get_session_id(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-        fresh = connection.scope.get(_NEW_ID)  # type: ignore[misc]
+        fresh = connection.scope.get(_NEW_ID)
         return str(fresh) if fresh else super().get_session_id(connection)
 
     async def load_from_connection(
@@ -121,12 +122,12 @@ class SessionBackend(ServerSideSessionBackend):
                 await self.delete(sent, store)
                 headers.add("Set-Cookie", self._cookie("", max_age=0))
             return
-        fresh = connection.scope.get(_NEW_ID)  # type: ignore[misc]
+        fresh = connection.scope.get(_NEW_ID)
         if fresh and sent is not None:
             await self.delete(sent, store)
         session_id = self.get_session_id(connection)
         data = self.serialize_data(scope_session)
-        if fresh or data != connection.scope.get(_LOADED):  # type: ignore[misc]
+        if fresh or data != connection.scope.get(_LOADED):
             await self.set(session_id, data, store)
         # The cookie's lifetime follows the store's: both restart at every request.
         headers.add("Set-Cookie", self._cookie(session_id))
@@ -141,7 +142,7 @@ class SessionBackend(ServerSideSessionBackend):
 
 @dataclass
 class SessionConfig(ServerSideSessionConfig):
-    _backend_class = SessionBackend  # type: ignore[assignment]
+    _backend_class = SessionBackend
 
 
 def session_config(settings: Settings, exclude: list[str]) -> tuple[SessionConfig, FileStore]:

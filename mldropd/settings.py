@@ -25,6 +25,8 @@ def _opt(default: Any, help: str, *, path: bool = False, secret: bool = False) -
 
 @dataclass
 class ServerSettings:
+    """The web server: address, sessions and cookies, logs, the SSO proxy."""
+
     host: str = _opt("127.0.0.1", "Address the web server binds to.")
     port: int = _opt(8080, "TCP port of the web server.")
     secret_key_file: str = _opt(
@@ -61,11 +63,15 @@ class ServerSettings:
 
 @dataclass
 class DatabaseSettings:
+    """The SQLite database: users, models, runs, DQ results and the scheduler's jobs."""
+
     path: str = _opt("mldropd.db", "SQLite database file.", path=True)
 
 
 @dataclass
 class StorageSettings:
+    """Where uploaded model files live: a local folder or an S3/MinIO bucket."""
+
     kind: str = _opt("local", "Artifact store: local (a folder) or s3 (S3/MinIO).")
     path: str = _opt("artifacts", "Folder of the local artifact store.", path=True)
     bucket: str = _opt("", "S3 bucket (kind = s3).")
@@ -82,6 +88,8 @@ class StorageSettings:
 
 @dataclass
 class FeatureSettings:
+    """The feature store the models are scored on, one slice per date."""
+
     kind: str = _opt(
         "parquet",
         "Feature source: parquet (hive dt=YYYY-MM-DD folders), duckdb, or spark_table (a catalog "
@@ -106,11 +114,15 @@ class FeatureSettings:
 
 @dataclass
 class ScoresSettings:
+    """The partitioned Parquet table the scores are written to."""
+
     path: str = _opt("scores", "Root of the partitioned scores table (Parquet).", path=True)
 
 
 @dataclass
 class SchedulerSettings:
+    """The daily sweep, retries, catch-up after downtime, the late-data sensor, shutdown."""
+
     sweep: str = _opt("0 6 * * *", "Cron expression (5 fields) of the daily sweep.")
     timezone: str = _opt("UTC", "Time zone of the sweep and of run dates.")
     retry_delay: int = _opt(1800, "Seconds before a failed model is retried.")
@@ -136,6 +148,8 @@ class SchedulerSettings:
 
 @dataclass
 class EngineSettings:
+    """The scoring engines (local, Spark) and the limits of the model sandbox."""
+
     default: str = _opt("auto", "Scoring engine: auto, local or spark.")
     spark_master: str = _opt("local[*]", "Spark master URL for the spark engine.")
     spark_min_rows: int = _opt(
@@ -166,6 +180,8 @@ class EngineSettings:
 
 @dataclass
 class SandboxSettings:
+    """The model sandbox: the isolation layers it requires, its users and its limits."""
+
     require: list[str] = _opt(
         ["uid", "mountns", "pidns", "netns", "landlock", "seccomp"],
         "Sandbox layers without which the daemon refuses to start (mldropd check-config shows "
@@ -191,6 +207,8 @@ class SandboxSettings:
 
 @dataclass
 class DQSettings:
+    """Data-quality thresholds and the publish gate."""
+
     psi_warn: float = _opt(0.1, "PSI at or above this is warn.")
     psi_alert: float = _opt(0.25, "PSI at or above this is alert.")
     auc_warn: float = _opt(0.6, "Adversarial-validation AUC at or above this is warn.")
@@ -217,6 +235,8 @@ class DQSettings:
 
 @dataclass
 class EmailSettings:
+    """Report emails: an SMTP relay, or .eml files in the outbox folder."""
+
     smtp_host: str = _opt("", "SMTP server; empty keeps messages in the outbox folder.")
     smtp_port: int = _opt(587, "SMTP port.")
     starttls: bool = _opt(True, "Use STARTTLS.")
@@ -229,6 +249,8 @@ class EmailSettings:
 
 @dataclass
 class LimitsSettings:
+    """Upload size, active models per user, versions kept per model."""
+
     max_upload_mb: int = _opt(512, "Largest accepted model file.")
     active_models_per_user: int = _opt(20, "Active models a user may have, unless set per user.")
     versions_kept: int = _opt(
@@ -289,12 +311,25 @@ def _sections() -> list[dataclasses.Field[Any]]:
 
 def describe() -> list[tuple[str, str, Any, str]]:
     """Every setting as (section, key, default, help): used by docs, tests and check-config."""
+    defaults = Settings()
     rows = []
     for section in _sections():
-        instance = section.default_factory()  # type: ignore[misc]
+        instance = getattr(defaults, section.name)
         for f in dataclasses.fields(instance):
             rows.append((section.name, f.name, getattr(instance, f.name), f.metadata["help"]))
     return rows
+
+
+def describe_sections() -> dict[str, str]:
+    """Each section's one-line description (its class docstring; "" when it has none)."""
+    defaults = Settings()
+    described = {}
+    for section in _sections():
+        cls = type(getattr(defaults, section.name))
+        doc = cls.__doc__ or ""
+        # a dataclass without a docstring gets its signature as __doc__
+        described[section.name] = "" if doc.startswith(f"{cls.__name__}(") else doc.strip()
+    return described
 
 
 def _coerce(section: str, key: str, kind: type, value: Any, source: str) -> Any:

@@ -1,53 +1,46 @@
-"""Shared fixtures: a temporary mldropd home with real feature data and real models."""
+"""Shared fixtures: a temporary mldropd home with real feature data and real models, the app
+(`client` without its lifespan, `live_client` with it), and real servers (daemon, S3, SMTP,
+Chromium, Spark). The plain helpers behind them are in tests/support/.
+
+Tiers: `make check` runs `-m "not slow and not browser and not spark"`, the tests that start no
+process that takes seconds; `make test` runs everything. A test that uses `live_client`,
+`daemon`, `moto_url` or `sandboxes` is marked `slow` here (it starts the scheduler and batch
+jobs, a daemon, a moto child server or sandboxed model hosts), one that uses `page` `browser`,
+one that uses `spark` `spark`; other slow tests carry the mark themselves.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from mldropd.demo import make_demo_models, write_features
 from mldropd.settings import Settings, load_settings
+from tests.support.daemon import Daemon
+from tests.support.home import CONFIG, DAYS, N_ENTITIES, N_FEATURES, today
+from tests.support.models import write_small_model
+from tests.support.wait import free_port
 
-N_ENTITIES = 3000
-N_FEATURES = 12
-DAYS = 3
-
-CONFIG = """\
-[server]
-host = "127.0.0.1"
-port = {port}
-[features]
-path = "features"
-[engine]
-batch_rows = 1000
-validate_timeout_s = 90
-model_memory_mb = 4096
-[dq]
-av_max_rows = 2000
-[scheduler]
-retry_delay = 2
-catchup_days = 2
-"""
+# fixture -> the tier it puts a test in (each starts a process, a browser or Spark)
+TIER_OF_FIXTURE = {
+    "live_client": "slow",
+    "daemon": "slow",
+    "moto_url": "slow",
+    "sandboxes": "slow",
+    "page": "browser",
+    "spark": "spark",
+}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in TIER_OF_FIXTURE:
+                item.add_marker(TIER_OF_FIXTURE[fixture])
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +56,12 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"lgbm": gbm, "logreg": logreg}
 
 
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small valid model file, quick to validate (see tests/support/models.py)."""
+    return write_small_model(tmp_path_factory.mktemp("small") / "small.dill")
+
+
 @pytest.fixture
 def home(tmp_path: Path, feature_dates: list[dt.date]) -> Path:
     write_features(tmp_path / "features", feature_dates, N_ENTITIES, N_FEATURES)
@@ -72,6 +71,7 @@ def home(tmp_path: Path, feature_dates: list[dt.date]) -> Path:
 
 @pytest.fixture
 def settings(home: Path) -> Settings:
+    """The home's settings; a module overrides this fixture to change them for its app."""
     return load_settings(home / "config.toml", env={})
 
 
@@ -85,11 +85,22 @@ def app(settings: Settings) -> Any:
 
 @pytest.fixture
 def client(app: Any) -> Any:
-    """A browser-like client; not entered as a context manager, so the lifespan never runs.
-    Modules whose tests need the daemon running define their own `client`."""
+    """A browser-like client; not entered as a context manager, so the lifespan never runs."""
     from litestar.testing import TestClient
 
     return TestClient(app, timeout=120)
+
+
+@pytest.fixture
+def live_client(settings: Settings) -> Iterator[Any]:
+    """A client of the running app: lifespan entered, so the scheduler runs and batch jobs
+    start. Tests that use it are in the slow tier."""
+    from litestar.testing import TestClient
+
+    from mldropd.app import create_app
+
+    with TestClient(create_app(settings), timeout=120) as running:
+        yield running
 
 
 @pytest.fixture
@@ -106,75 +117,10 @@ def make_user(settings: Settings) -> Callable[..., str]:
     return _make
 
 
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float = 120.0,
-    interval: float = 0.2,
-    what: str = "condition",
-) -> Any:
-    """Poll until predicate() is truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Daemon:
-    """A real `mldropd serve` process on 127.0.0.1."""
-
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
-        self.home = home
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = home / "daemon.log"
-        text = (home / "config.toml").read_text()
-        self.port = int(text.split("port = ", 1)[1].split()[0])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Daemon:
-        env = {**os.environ, **self.env}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mldropd",
-                    "serve",
-                    "--config",
-                    str(self.home / "config.toml"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                process_group=0,
-            )
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=60, what="daemon health")
-        return self
-
-    def kill(self, sig: int = 9) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            self.proc.wait(timeout=60)
-
-    def stop(self) -> None:
-        self.kill(15)
-
-
 @pytest.fixture
 def daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start real `mldropd serve` processes on the home (env: extra variables); all killed at
+    the end."""
     started: list[Daemon] = []
 
     def _start(**env: str) -> Daemon:
@@ -187,6 +133,49 @@ def daemon(home: Path) -> Iterator[Callable[..., Daemon]]:
         d.kill()
 
 
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server in a child process, with the bucket tests.support.s3.BUCKET."""
+    from tests.support.s3 import BUCKET, admin_client, start_child_server, stop_child
+
+    proc, url = start_child_server(tmp_path_factory.mktemp("moto") / "server.log")
+    try:
+        admin_client(url).create_bucket(Bucket=BUCKET)
+        yield url
+    finally:
+        stop_child(proc)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Any]:
+    """A real SMTP server on 127.0.0.1 that keeps what it receives; the test may stop it."""
+    from tests.support.smtp import SmtpServer
+
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A fresh page of Debian's headless Chromium; never downloads a browser."""
+    from tests.support.browser import chromium_page
+
+    with chromium_page() as fresh:
+        yield fresh
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local[2] Spark session for the module."""
+    from tests.support.spark import start_session
+
+    session = start_session(tmp_path_factory.mktemp("warehouse"))
+    yield session
+    session.stop()
+
+
 @pytest.fixture(scope="session")
 def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One sandbox fork server for the tests that drive the engine or model hosts directly."""
@@ -197,3 +186,36 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started = Sandboxes.start(settings)
     yield started
     started.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The container image's base, made locally by .ci/base-image (no registry here)."""
+    from tests.support.containers import make_base_image
+
+    return make_base_image()
+
+
+@pytest.fixture(scope="session")
+def image(base_image: str) -> str:
+    """The image, built by the docs' build command (cold about 6 min, warm seconds)."""
+    from tests.support.containers import build_image
+
+    return build_image(base_image)
+
+
+@pytest.fixture(scope="session")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Feature slices from two days ago to tomorrow, readable by the container's user."""
+    from tests.support.containers import write_container_features
+
+    return write_container_features(tmp_path_factory.mktemp("container-features"))
+
+
+@pytest.fixture
+def containers(image: str, features: Path) -> Iterator[Any]:
+    """A pod of the image (tests.support.containers.Pod) with the features mounted."""
+    from tests.support.containers import pod
+
+    with pod(image, features) as p:
+        yield p

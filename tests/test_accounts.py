@@ -21,12 +21,15 @@ from mldropd.auth import set_disabled
 from mldropd.db import make_engine
 from mldropd.security import is_trusted
 from mldropd.settings import Settings
-from tests.conftest import today
-from tests.test_security import HX, add_model, bearer, csrf, hold_scores, mldropd, sign_in
+from tests.support.cli import mldropd
+from tests.support.home import today
+from tests.support.http import HX, bearer, csrf, sign_in
+from tests.support.rows import add_model, hold_scores
 
 # ---- accounts ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI in real processes
 def test_users_cli_lists_disables_rotates_and_sets_admin(
     client: TestClient[Any], home: Path, make_user: Callable[..., str]
 ) -> None:

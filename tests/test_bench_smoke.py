@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each benchmark scores or serves in real processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -222,7 +224,6 @@ def test_planning_bench_tiny(tmp_path: Path) -> None:
     assert doc["planned_runs"] == 8 and len(doc["total_s"]) == 2
 
 
-@pytest.mark.slow
 def test_dashboard_bench_tiny(tmp_path: Path) -> None:
     from bench import dashboard
 
@@ -235,7 +236,6 @@ def test_dashboard_bench_tiny(tmp_path: Path) -> None:
     assert {"/api/v1/models", "/", "/models"} <= set(doc["seconds"])
 
 
-@pytest.mark.slow
 def test_api_latency_bench_tiny(tmp_path: Path) -> None:
     from bench import api_latency
 

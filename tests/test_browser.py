@@ -3,43 +3,29 @@
 One user's whole journey: sign in, drop a broken file and read its errors, drop a real model
 and see its card, run it and watch the badge change without a reload, read the DQ plots on
 the model page, use the dashboard, pause and resume, delete. Screenshots of every page go to
-test-artifacts/screenshots/; with MLDROPD_DOCS_SCREENSHOTS=1 the README's three screenshots
-are also refreshed under docs/screenshots/.
+test-artifacts/screenshots/; with MLDROPD_DOCS_SCREENSHOTS=1 the screenshots of docs/web-ui.md
+(one of them is the README's picture) are also refreshed under docs/screenshots/.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import today, wait_for
+from tests.support.browser import RUN_TIMEOUT_MS, SHOTS, WIDE, api_upload, shot
+from tests.support.home import today
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-DOCS = ROOT / "docs" / "screenshots"
-WIDE = {"width": 1280, "height": 860}
 NARROW = {"width": 390, "height": 844}
-RUN_TIMEOUT_MS = 120_000
-UI_TIMEOUT_MS = 15_000
 
 # Build a File from base64 bytes and dispatch the drag events a real drop produces.
 DROP_JS = """
@@ -56,54 +42,10 @@ async ({b64, name, selector}) => {
 """
 
 
-@pytest.fixture
-def page() -> Iterator[Any]:
-    """A fresh Chromium page; never downloads a browser."""
-    if not CHROMIUM.exists():  # `make test` installs it; never skip the browser test
-        pytest.fail("Debian's chromium is missing: apt-get install -y chromium (or make test)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport=WIDE)
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
-            browser.close()
-
-
-def shot(page: Any, name: str, *, docs: bool = False, full: bool = True) -> None:
-    """Save a screenshot as a test artifact (and for the README when asked)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
-    if docs and os.environ.get("MLDROPD_DOCS_SCREENSHOTS") == "1":
-        DOCS.mkdir(parents=True, exist_ok=True)
-        bottom = page.evaluate("document.querySelector('main').getBoundingClientRect().bottom")
-        clip = {"x": 0, "y": 0, "width": WIDE["width"], "height": min(int(bottom) + 16, 1150)}
-        page.screenshot(path=str(DOCS / f"{name.split('-', 1)[1]}.png"), clip=clip, full_page=True)
-
-
 def drop(page: Any, content: bytes, name: str) -> None:
     page.evaluate(
         DROP_JS, {"b64": base64.b64encode(content).decode(), "name": name, "selector": "#dropzone"}
     )
-
-
-def api_upload(url: str, token: str, path: Path) -> int:
-    """Upload a model file through the API; return the model id."""
-    with open(path, "rb") as f:
-        response = httpx.post(
-            f"{url}/api/v1/models",
-            headers={"Authorization": f"Bearer {token}"},
-            files={"file": (path.name, f)},
-            timeout=120,
-        )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
 
 
 def api_run(url: str, token: str, model_id: int, day: dt.date) -> None:

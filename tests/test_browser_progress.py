@@ -18,14 +18,9 @@ import httpx
 import pytest
 
 from mldropd import save_model
-from tests.conftest import wait_for
-from tests.test_browser import (
-    RUN_TIMEOUT_MS,
-    api_upload,
-    page,  # noqa: F401  (the Chromium fixture)
-    shot,
-)
-from tests.test_progress_e2e import slow_model
+from tests.support.browser import RUN_TIMEOUT_MS, api_upload, shot
+from tests.support.models import slow_model
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -42,7 +37,7 @@ def _sign_in(tab: Any, url: str, token: str) -> None:
 
 
 def test_a_running_batch_shows_its_phase_and_rows_on_every_page(
-    page: Any,  # noqa: F811  (the fixture imported above)
+    page: Any,
     daemon: Callable[..., Any],
     make_user: Callable[..., str],
     tmp_path: Path,

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from pathlib import Path
 
 import dill
 import numpy as np
+import pytest
 
-from tests.conftest import today
+from tests.support.cli import mldropd
+from tests.support.home import today
 
-
-def mldropd(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mldropd", *args, "--config", str(home / "config.toml")],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=home,
-    )
+pytestmark = pytest.mark.slow  # every test runs the CLI in real processes
 
 
 def test_users_add_prints_token_last(home: Path) -> None:

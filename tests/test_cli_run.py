@@ -19,7 +19,10 @@ from mldropd.intake import UploadForm, register_file
 from mldropd.records import BatchRun, ModelRun
 from mldropd.settings import Settings
 from mldropd.store import make_store
-from tests.conftest import today, wait_for
+from tests.support.home import today
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.slow  # the CLI and batch jobs in real processes
 
 
 def _slow_model() -> Any:

@@ -19,44 +19,35 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import dill
-import duckdb
 import httpx
-import numpy as np
 import pytest
 import yaml
 
 from mldropd.db import FIRST_REVISION, head_revision
-from mldropd.demo import write_features
-from tests.conftest import N_ENTITIES, N_FEATURES, free_port, today, wait_for
-from tests.containers import (
+from tests.support.containers import (
+    BUILD,
     ROOT,
     UID,
     Container,
     Pod,
     Step,
+    auth,
+    check_scores,
     docs_block,
-    pod,
     podman,
-    podman_or_fail,
     render,
     run_steps,
+    wait_run,
 )
-from tests.test_migrations import _at_first_revision
+from tests.support.home import N_ENTITIES
+from tests.support.schema import at_first_revision
+from tests.support.wait import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-TEST_IMAGE = "localhost/mldropd:test"
-
 # -- the docs' commands (docs/operations.md renders them with DOCS_VALUES) ----------------------
-BUILD = Step("podman build --format docker{build_args} -t {image} -f Containerfile .", None, 1800)
 RUN = Step(
     "podman run -d --name {name} -p {publish}:8080 --stop-timeout 90 \\\n"
     "    --security-opt systempaths=unconfined \\\n"
@@ -127,53 +118,6 @@ def test_the_docs_show_the_tested_commands() -> None:
         assert docs_block(marker) == expected, f"replace the {marker} block with:\n{expected}"
 
 
-# -- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def base_image() -> str:
-    """The base made locally (no registry here): cached in podman's store between runs."""
-    podman_or_fail()
-    proc = subprocess.run(
-        ["bash", str(ROOT / ".ci" / "base-image")], capture_output=True, text=True, timeout=1800
-    )
-    assert proc.returncode == 0, f".ci/base-image failed:\n{proc.stderr[-4000:]}"
-    return proc.stdout.split()[-1]
-
-
-def build_args(base: str) -> str:
-    args = f" --build-arg BASE={base}"
-    if CA_BUNDLE.is_file():  # this machine reaches PyPI through a proxy only its own CAs trust
-        args += f" -v {CA_BUNDLE}:{CA_BUNDLE}:ro"
-    return args
-
-
-@pytest.fixture(scope="session")
-def image(base_image: str) -> str:
-    """The image, built by the docs' build command (cold about 6 min, warm seconds)."""
-    start = time.monotonic()
-    run_steps((BUILD,), {"build_args": build_args(base_image), "image": TEST_IMAGE})
-    print(f"\nimage {TEST_IMAGE} built in {time.monotonic() - start:.0f} s")
-    return TEST_IMAGE
-
-
-@pytest.fixture(scope="session")
-def features() -> Iterator[Path]:
-    """Feature slices from two days ago to tomorrow, readable by the container's user."""
-    folder = Path(tempfile.mkdtemp(prefix="mldropd-features-"))
-    folder.chmod(0o755)
-    days = [today() + dt.timedelta(days=i) for i in (-2, -1, 0, 1)]
-    write_features(folder, days, N_ENTITIES, N_FEATURES)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def containers(image: str, features: Path) -> Iterator[Pod]:
-    with pod(image, features) as p:
-        yield p
-
-
 # -- the tests ------------------------------------------------------------------------------
 def test_quickstart_from_the_docs(containers: Pod) -> None:
     """Run, ready through the published port, non-root, healthy, and a graceful stop."""
@@ -197,47 +141,10 @@ def test_quickstart_from_the_docs(containers: Pod) -> None:
     assert uid == f"{UID}:{UID}"
 
 
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def next_sweep_time(after_s: int) -> dt.datetime:
     """A whole minute at least after_s seconds from now (UTC): the sweep's cron time."""
     at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=after_s + 60)
     return at.replace(second=0, microsecond=0)
-
-
-def wait_run(c: Container, token: str, model_id: int, day: dt.date) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        runs = httpx.get(
-            f"{c.url}/api/v1/runs",
-            params={"model_id": model_id, "date": day.isoformat()},
-            headers=auth(token),
-            timeout=30,
-        ).json()
-        done = [r for r in runs if r["status"] in ("succeeded", "failed")]
-        return done[0] if done and len(done) == len(runs) else None
-
-    run: dict[str, Any] = wait_for(finished, timeout=240, what=f"the run of {model_id} on {day}")
-    return run
-
-
-def read_sorted(files: str, columns: str = "*") -> Any:
-    """Rows of the Parquet files matching a glob, by entity_id, as a pandas frame."""
-    relation = duckdb.sql(f"SELECT {columns} FROM read_parquet('{files}') ORDER BY entity_id")
-    assert relation is not None
-    return relation.df()
-
-
-def check_scores(home: Path, features: Path, model_file: Path, model_id: int, day: dt.date) -> None:
-    """The scores in the volume equal the model's predict_proba on that day's features."""
-    with open(model_file, "rb") as f:
-        model = dill.load(f)
-    frame = read_sorted(f"{features}/dt={day}/*.parquet")
-    scores = read_sorted(f"{home}/scores/dt={day}/model={model_id}/*.parquet", "entity_id, score")
-    assert np.array_equal(scores["entity_id"].to_numpy(), frame["entity_id"].to_numpy())
-    expected = model["pipeline"].predict_proba(frame[model["features"]])[:, 1]
-    assert np.array_equal(scores["score"].to_numpy(), expected)
 
 
 def test_the_home_volume_outlives_the_container(
@@ -295,7 +202,7 @@ def test_the_home_volume_outlives_the_container(
 def test_an_older_schema_is_upgraded_with_a_backup(containers: Pod) -> None:
     """The docs' upgrade steps on a home whose database an older mldropd made."""
     volume, home = containers.volume()
-    _at_first_revision(home / "mldropd.db")  # one user, ann@example.com
+    at_first_revision(home / "mldropd.db")  # one user, ann@example.com
     for path in (home, *home.iterdir()):
         os.chown(path, UID, UID)
     name = containers.new_name("ctr")

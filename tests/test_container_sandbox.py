@@ -11,9 +11,8 @@ import subprocess
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.containers import Container, Pod, podman, podman_or_fail
-from tests.test_container import base_image, containers, features, image  # noqa: F401 (fixtures)
+from tests.support.containers import Container, Pod, podman, podman_or_fail
+from tests.support.wait import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -36,7 +35,7 @@ def as_rootless(command: str, timeout: float = 600) -> str:
 
 
 @pytest.fixture(scope="session")
-def rootless_image(image: str) -> str:  # noqa: F811 (the imported fixture)
+def rootless_image(image: str) -> str:
     """The image in the rootless user's store (loaded again only when it changed)."""
     podman_or_fail()
     assert subprocess.run(["id", ROOTLESS_USER], capture_output=True).returncode == 0, (
@@ -60,7 +59,7 @@ def rootless_image(image: str) -> str:  # noqa: F811 (the imported fixture)
 
 
 def test_sandbox_layers_in_rootful_and_rootless_containers(
-    image: str,  # noqa: F811 (the imported fixture)
+    image: str,
     rootless_image: str,
 ) -> None:
     """With podman's default seccomp profile every layer is in force for the image's user, but a
@@ -79,8 +78,8 @@ def test_sandbox_layers_in_rootful_and_rootless_containers(
 
 
 def test_the_daemon_refuses_a_missing_required_layer(
-    image: str,  # noqa: F811 (the imported fixtures)
-    containers: Pod,  # noqa: F811
+    image: str,
+    containers: Pod,
 ) -> None:
     """Without the option the daemon does not start unconfined: it names the layer and the fix;
     with mountns taken out of [sandbox] require it starts with the other layers."""

@@ -11,17 +11,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import N_ENTITIES
-from tests.containers import Pod, pod, podman, run_steps
-from tests.test_container import (  # noqa: F401 (base_image and features are fixtures)
+from tests.support.containers import (
     BUILD,
+    Pod,
     auth,
-    base_image,
     build_args,
     check_scores,
-    features,
+    pod,
+    podman,
+    run_steps,
     wait_run,
 )
+from tests.support.home import N_ENTITIES
 
 pytestmark = [pytest.mark.container, pytest.mark.spark, pytest.mark.timeout(2400)]
 
@@ -29,7 +30,7 @@ SPARK_IMAGE = "localhost/mldropd:test-spark"
 
 
 @pytest.fixture(scope="session")
-def spark_image(base_image: str) -> str:  # noqa: F811 (the imported fixture)
+def spark_image(base_image: str) -> str:
     """The docs' build command with SPARK=true (cold about 10 min: pyspark builds from source)."""
     start = time.monotonic()
     args = build_args(base_image) + " --build-arg SPARK=true"
@@ -50,7 +51,7 @@ def test_the_spark_build_has_java_and_pyspark(spark_image: str) -> None:
 
 
 @pytest.fixture
-def spark_pod(spark_image: str, features: Path) -> Iterator[Pod]:  # noqa: F811
+def spark_pod(spark_image: str, features: Path) -> Iterator[Pod]:
     with pod(spark_image, features) as p:
         yield p
 

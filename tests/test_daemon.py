@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mldropd import save_model
-from tests.conftest import today, wait_for
+from tests.support.home import today
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -34,12 +34,12 @@ from mldropd.demo_story import (
     swing,
     write_story_features,
 )
-from tests.conftest import free_port, wait_for
+from tests.support.browser import DOCS, SHOTS, WIDE
+from tests.support.wait import free_port, wait_for
 
 DOCS_SHOTS = os.environ.get("MLDROPD_DOCS_SCREENSHOTS") == "1"
 # Customers per day: a few thousand tell the same stories faster; the docs show make run's home.
 ROWS = DEMO_ENTITIES if DOCS_SHOTS else 3000
-ROOT = Path(__file__).resolve().parents[1]
 # The first test to use the home builds it (1.5-4 min on 2 shared cores; make run's rows: more).
 pytestmark = pytest.mark.timeout(900)
 
@@ -244,44 +244,18 @@ def test_features_go_on_after_the_history(tmp_path: Path) -> None:
 
 
 # -- the pages, in a real Chromium ---------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-WIDE = {"width": 1280, "height": 860}
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    """A fresh page of Debian's headless Chromium; never downloads a browser."""
-    if not CHROMIUM.exists():  # `make test` installs it; never skip the browser tests
-        pytest.fail("Debian's chromium is missing: apt-get install -y chromium (or make test)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport=WIDE)
-        context.set_default_timeout(15_000)
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
-            browser.close()
-
-
 def shot(page: Any, name: str) -> None:
     """A test artifact; with MLDROPD_DOCS_SCREENSHOTS=1 also the docs' picture of the page
     (its top, down to the end of <main> or 1,150 px)."""
-    artifacts = ROOT / "test-artifacts" / "screenshots"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(artifacts / f"demo-{name}.png"), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"demo-{name}.png"), full_page=True)
     if DOCS_SHOTS:
         bottom = page.evaluate("document.querySelector('main').getBoundingClientRect().bottom")
         clip = {"x": 0, "y": 0, "width": WIDE["width"], "height": min(int(bottom) + 16, 1150)}
-        target = ROOT / "docs" / "screenshots" / f"{name}.png"
-        page.screenshot(path=str(target), clip=clip, full_page=True)
+        page.screenshot(path=str(DOCS / f"{name}.png"), clip=clip, full_page=True)
 
 
+@pytest.mark.slow  # builds the demo home, as the API tests do
 @pytest.mark.browser
 def test_the_demo_in_a_browser(
     demo_home: tuple[Path, str], served: tuple[str, str, Path], page: Any

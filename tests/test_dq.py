@@ -16,6 +16,7 @@ from mldropd.dq.adversarial import adversarial_auc
 from mldropd.dq.checks import KS_EXACT_MAX, basic_checks, ks, ks_sorted
 from mldropd.dq.evaluate import FIRST_DATE, DQReport, Thresholds, evaluate, json_safe
 from mldropd.dq.psi import psi, psi_with_edges
+from tests.support.frames import features_frame
 
 FLOOR = 1e-4
 
@@ -202,17 +203,6 @@ def test_psi_matches_brute_force_with_ties(ref: list[float], cur: list[float], b
 
 
 # --- adversarial validation ----------------------------------------------------------------------
-
-
-def features_frame(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
-    """Five normal features (f1 shifted), a score from f0 + f1 and a categorical column."""
-    x = rng.normal(size=(n, 5))
-    x[:, 1] += shift
-    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(5)])
-    frame.loc[rng.random(n) < 0.05, "f2"] = np.nan  # the classifier must cope with NaN
-    frame["colour"] = rng.choice(["red", "green", None], size=n)
-    frame["score"] = 1 / (1 + np.exp(-(frame.f0 + frame.f1)))
-    return frame
 
 
 def test_adversarial_auc_is_half_on_one_distribution() -> None:

@@ -13,7 +13,10 @@ import pytest
 
 from mldropd.dq.adversarial import HOLDOUT_MIN_ROWS, adversarial_auc
 from mldropd.dq.psi import psi
-from tests.test_dq import features_frame
+from tests.support.frames import features_frame
+
+# Each case fits the adversarial classifier twice on up to 50,000 rows a side: minutes of CPU.
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 0.02
 SIDE = 50_000  # rows a side: [dq] av_max_rows, what a 1M-row slice is sampled to

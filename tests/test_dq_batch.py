@@ -163,6 +163,7 @@ def test_a_failed_sample_fails_the_dq_of_its_models_only(
     assert isinstance(out.results[104], QualityResult)  # first date: needs no sample
 
 
+@pytest.mark.slow  # a benchmark run, as in tests/test_bench_smoke.py (tens of seconds)
 def test_dq_bench_tiny(tmp_path: Path) -> None:
     from bench import dq as bench_dq
 

@@ -3,7 +3,7 @@ with one complete partition, and nothing is left running."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +11,9 @@ import duckdb
 import pytest
 from litestar.testing import TestClient
 
-from mldropd.app import create_app
 from mldropd.settings import Settings
-from tests.conftest import N_ENTITIES, today, wait_for
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
+from tests.support.home import N_ENTITIES, today
+from tests.support.wait import wait_for
 
 
 def _partition_rows(settings: Settings, model_id: int) -> tuple[list[str], tuple[int, int]]:
@@ -34,7 +28,7 @@ def _partition_rows(settings: Settings, model_id: int) -> tuple[list[str], tuple
 @pytest.mark.parametrize("point", ["claimed", "swapping", "checked"])
 def test_batch_job_killed_at_each_point(
     point: str,
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     make_user: Callable[..., str],
     model_files: dict[str, Path],
@@ -43,11 +37,15 @@ def test_batch_job_killed_at_each_point(
 ) -> None:
     headers = {"Authorization": f"Bearer {make_user('ann@example.com')}"}
     with open(model_files["logreg"], "rb") as f:
-        model = client.post("/api/v1/models", headers=headers, files={"file": ("m.dill", f)}).json()
+        model = live_client.post(
+            "/api/v1/models", headers=headers, files={"file": ("m.dill", f)}
+        ).json()
 
     def runs() -> list[dict[str, Any]]:
         return sorted(
-            client.get("/api/v1/runs", headers=headers, params={"model_id": model["id"]}).json(),
+            live_client.get(
+                "/api/v1/runs", headers=headers, params={"model_id": model["id"]}
+            ).json(),
             key=lambda r: r["id"],
         )
 
@@ -63,10 +61,10 @@ def test_batch_job_killed_at_each_point(
             what=f"{count} settled runs",
         )
 
-    client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
+    live_client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
     settled(1)  # a first, clean partition for the date
     monkeypatch.setenv("MLDROPD_FAULT", f"{point}:{tmp_path / 'fired'}")
-    client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
+    live_client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
     if point == "checked":  # killed after every model had succeeded: nothing to retry
         history = settled(2)
         assert [r["status"] for r in history] == ["succeeded", "succeeded"]

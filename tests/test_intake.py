@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,9 @@ from mldropd.app import create_app
 from mldropd.errors import Busy, ConfigError
 from mldropd.settings import Settings
 from mldropd.validation_slots import ValidationSlots, check_memory, slot_count
-from tests.pickle_corpus import REFUSED
-from tests.test_api_e2e import auth, upload
-from tests.test_cli import mldropd
-from tests.test_pages import upload as page_upload
-from tests.test_security import sign_in
+from tests.support.cli import mldropd
+from tests.support.http import bearer, page_upload, sign_in, upload
+from tests.support.pickle_corpus import REFUSED
 
 ANN = "ann@example.com"
 
@@ -66,34 +64,28 @@ def probe_model(folder: Path, *, sleep_s: float = 0.0, name: str = "probe") -> P
     return path
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
-
-
 def _audit(client: TestClient[Any], admin: str, action: str) -> list[dict[str, Any]]:
-    response = client.get(f"/api/v1/audit?action={action}", headers=auth(admin))
+    response = client.get(f"/api/v1/audit?action={action}", headers=bearer(admin))
     assert response.status_code == 200, response.text
     return list(response.json())
 
 
 def test_quota_and_form_are_checked_before_any_model_code(
-    client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path
+    live_client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path
 ) -> None:
     admin = make_user("root@example.com", admin=True)
     ann = make_user(ANN, quota=0)
     path = probe_model(tmp_path, sleep_s=40)  # validating it would take 40 s at least
 
     started = time.monotonic()
-    over = upload(client, ann, path)
+    over = upload(live_client, ann, path)
     assert over.status_code == 409, over.text
     assert "quota is 0" in over.text and "'probe' would be a new one" in over.text
-    bad_name = upload(client, ann, path, name="bob/model")
+    bad_name = upload(live_client, ann, path, name="bob/model")
     assert bad_name.status_code == 422 and "name" in bad_name.text
     assert time.monotonic() - started < 20, "model code ran for an upload refused anyway"
 
-    refused = _audit(client, admin, "model.upload_refused")
+    refused = _audit(live_client, admin, "model.upload_refused")
     # The quota stops at the form; a bad name is reported with the static scan's findings
     # (every problem at once: the scan runs no model code), before the sandbox.
     assert [e["detail"]["stage"] for e in refused] == ["scan", "form"]
@@ -105,7 +97,7 @@ def test_quota_and_form_are_checked_before_any_model_code(
 
 
 def test_every_attempt_is_audited_and_logged_as_json(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     make_user: Callable[..., str],
     model_files: dict[str, Path],
     tmp_path: Path,
@@ -117,17 +109,17 @@ def test_every_attempt_is_audited_and_logged_as_json(
     evil.write_bytes(REFUSED["tempfile._os.system"].make(f"touch {tmp_path / 'RAN'}"))
     caplog.set_level(logging.INFO, logger="mldropd.audit")
 
-    scanned = upload(client, ann, evil)
+    scanned = upload(live_client, ann, evil)
     assert scanned.status_code == 422 and "tempfile._os.system" in scanned.text
-    ok = upload(client, ann, model_files["logreg"], name="churn")
+    ok = upload(live_client, ann, model_files["logreg"], name="churn")
     assert ok.status_code == 201, ok.text
 
-    (refusal,) = _audit(client, admin, "model.upload_refused")
+    (refusal,) = _audit(live_client, admin, "model.upload_refused")
     detail = refusal["detail"]
     assert detail["stage"] == "scan" and detail["file"] == "evil.dill"
     assert detail["refused_globals"] == ["tempfile._os.system"]
     assert "tempfile._os.system" in detail["globals"] and "tempfile._os.system" in detail["reason"]
-    (accepted,) = _audit(client, admin, "model.upload")
+    (accepted,) = _audit(live_client, admin, "model.upload")
     assert accepted["target"] == f"model:{ok.json()['id']}"
     kept = accepted["detail"]
     assert kept["outcome"] == "accepted" and kept["file"] == model_files["logreg"].name
@@ -140,6 +132,7 @@ def test_every_attempt_is_audited_and_logged_as_json(
     assert any(x["audit"].get("outcome") == "accepted" for x in lines)
 
 
+@pytest.mark.slow  # its own running app (a smaller upload limit)
 def test_a_too_large_upload_is_audited(
     settings: Settings, make_user: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -147,9 +140,9 @@ def test_a_too_large_upload_is_audited(
     admin, ann = make_user("root@example.com", admin=True), make_user(ANN)
     big = tmp_path / "big.dill"
     big.write_bytes(b"\x80\x04" + b"N" * (3 << 20))
-    with TestClient(create_app(settings), timeout=120) as client:
-        assert upload(client, ann, big).status_code == 413
-        (event,) = _audit(client, admin, "model.upload_refused")
+    with TestClient(create_app(settings), timeout=120) as live_client:
+        assert upload(live_client, ann, big).status_code == 413
+        (event,) = _audit(live_client, admin, "model.upload_refused")
     assert event["detail"]["status"] == 413 and event["detail"]["size"] > 1 << 20
 
 
@@ -180,7 +173,7 @@ def test_excess_uploads_wait_then_get_503_with_retry_after(
         with open(path, "rb") as f:
             results[path.stem] = httpx.post(
                 f"{server.url}/api/v1/models",
-                headers=auth(ann),
+                headers=bearer(ann),
                 data=form,
                 files={"file": (path.name, f)},
                 timeout=120,
@@ -244,35 +237,35 @@ BAD_EMAILS = [
 
 @pytest.mark.parametrize("value", BAD_NAMES)
 def test_bad_names_are_refused_by_the_api_and_the_page(
-    client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path, value: str
+    live_client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path, value: str
 ) -> None:
     ann = make_user(ANN)
     path = probe_model(tmp_path)
-    api = upload(client, ann, path, name=value)
+    api = upload(live_client, ann, path, name=value)
     assert api.status_code == 422 and api.json()["errors"][0]["field"] == "name", api.text
-    sign_in(client, ann)
-    page = page_upload(client, path.read_bytes(), path.name, name=value)
+    sign_in(live_client, ann)
+    page = page_upload(live_client, path.read_bytes(), path.name, name=value)
     assert page.status_code == 422 and "is not valid" in page.text
 
 
 def test_bad_emails_are_refused_by_every_door(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     make_user: Callable[..., str],
     model_files: dict[str, Path],
     home: Path,
 ) -> None:
     ann = make_user(ANN)
-    created = upload(client, ann, model_files["logreg"], name="churn")
+    created = upload(live_client, ann, model_files["logreg"], name="churn")
     assert created.status_code == 201, created.text
-    sign_in(client, ann)
+    sign_in(live_client, ann)
     content = model_files["logreg"].read_bytes()
     for value in BAD_EMAILS:
-        api = upload(client, ann, model_files["logreg"], email=value)
+        api = upload(live_client, ann, model_files["logreg"], email=value)
         assert api.status_code == 422 and api.json()["errors"][0]["field"] == "email", value
-        page = page_upload(client, content, "m.dill", email=value)
+        page = page_upload(live_client, content, "m.dill", email=value)
         assert page.status_code == 422 and "is not an email address" in page.text, value
-        patch = client.patch(
-            f"/api/v1/models/{created.json()['id']}", headers=auth(ann), json={"email": value}
+        patch = live_client.patch(
+            f"/api/v1/models/{created.json()['id']}", headers=bearer(ann), json={"email": value}
         )
         assert patch.status_code == 422 and "is not an email address" in patch.text, value
         if "\x00" not in value:  # an argv cannot carry NUL

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,8 @@ import pytest
 from litestar.testing import TestClient
 
 from mldropd import save_model
-from mldropd.app import create_app
 from mldropd.settings import Settings
-from tests.conftest import today
+from tests.support.home import today
 
 FEATURES = ["f00", "f01", "f02"]
 
@@ -73,14 +72,13 @@ def _bad_models() -> dict[str, Callable[[Any], Any]]:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
+def settings(settings: Settings) -> Settings:
     settings.engine.validate_sample_rows = 500
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
+    return settings
 
 
 def test_each_bad_model_fails_alone(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     home: Path,
     make_user: Callable[..., str],
@@ -100,7 +98,7 @@ def test_each_bad_model_fails_alone(
     ids = {}
     for path in paths:
         with open(path, "rb") as f:
-            response = client.post(
+            response = live_client.post(
                 "/api/v1/models", headers=headers, files={"file": (path.name, f)}
             )
         assert response.status_code == 201, response.text
@@ -125,7 +123,7 @@ def test_each_bad_model_fails_alone(
     assert result.returncode == 1, result.stdout + result.stderr
     runs = {
         r["model_id"]: r
-        for r in client.get(
+        for r in live_client.get(
             "/api/v1/runs", headers=headers, params={"date": day.isoformat()}
         ).json()
     }

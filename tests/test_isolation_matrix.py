@@ -26,7 +26,8 @@ from litestar.testing import TestClient
 from mldropd.app import create_app
 from mldropd.auth import create_user, set_disabled
 from mldropd.settings import load_settings
-from tests.test_security import HX, add_model, csrf, hold_scores, sign_in
+from tests.support.http import HX, csrf, sign_in
+from tests.support.rows import add_model, hold_scores
 
 ACTORS = ("owner", "other", "admin", "anonymous", "disabled")
 EMAILS = {

@@ -49,6 +49,7 @@ def test_versions_of_a_pipeline_and_the_comparison() -> None:
     ]
 
 
+@pytest.mark.slow  # another scikit-learn in a venv, validation in the sandbox
 def test_a_model_from_an_older_sklearn_is_warned_about_not_refused(
     home: Path, tmp_path: Path
 ) -> None:
@@ -94,6 +95,7 @@ def test_a_model_from_an_older_sklearn_is_warned_about_not_refused(
     assert any("scikit-learn 1.2.2" in w for w in model["versions"][0]["warnings"])
 
 
+@pytest.mark.slow  # a notebook script in a real process, validation in the sandbox
 def test_forgot_recurse_gets_a_hint_and_a_sample_without_a_column_a_contract_error(
     home: Path, tmp_path: Path
 ) -> None:

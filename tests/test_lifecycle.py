@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +14,17 @@ import pytest
 from litestar.testing import TestClient
 
 from mldropd import save_model
-from mldropd.app import create_app
 from mldropd.demo import write_features
 from mldropd.settings import Settings
-from tests.conftest import N_ENTITIES, N_FEATURES, today, wait_for
+from tests.support.home import N_ENTITIES, N_FEATURES, today
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
+def settings(settings: Settings) -> Settings:
     settings.scheduler.sensor_interval = 1
     settings.engine.validate_sample_rows = 500
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
+    return settings
 
 
 @pytest.fixture
@@ -83,16 +82,16 @@ def _set_last_f00(settings: Settings, value: float) -> None:
 
 
 def test_failed_model_is_retried_and_recovers(
-    client: TestClient[Any], headers: dict[str, str], settings: Settings, tmp_path: Path
+    live_client: TestClient[Any], headers: dict[str, str], settings: Settings, tmp_path: Path
 ) -> None:
     path = save_model(tmp_path / "flaky.dill", pipeline=_flaky(), features=["f00"], name="flaky")
     _set_last_f00(settings, float("nan"))  # the upstream table is late today
-    model = upload(client, headers, path)
-    client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
-    first = settled(client, headers, 1, model_id=model["id"])[0]
+    model = upload(live_client, headers, path)
+    live_client.post(f"/api/v1/models/{model['id']}/runs", headers=headers, json={})
+    first = settled(live_client, headers, 1, model_id=model["id"])[0]
     assert first["status"] == "failed" and "upstream table not refreshed" in first["error"]
     _set_last_f00(settings, 0.0)  # fixed before the retry fires (retry_delay = 2 s in tests)
-    runs = settled(client, headers, 2, model_id=model["id"])
+    runs = settled(live_client, headers, 2, model_id=model["id"])
     assert [(r["attempt"], r["trigger"], r["status"]) for r in runs] == [
         (1, "manual", "failed"),
         (2, "retry", "succeeded"),
@@ -114,21 +113,21 @@ def test_failed_model_is_retried_and_recovers(
 
 
 def test_sensor_waits_for_late_data_then_scores(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     headers: dict[str, str],
     settings: Settings,
     model_files: dict[str, Path],
 ) -> None:
-    model = upload(client, headers, model_files["lgbm"])
+    model = upload(live_client, headers, model_files["lgbm"])
     late = today() - dt.timedelta(days=10)  # no slice that old or within the staleness window
-    accepted = client.post(
+    accepted = live_client.post(
         f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": late.isoformat()}
     )
     assert accepted.status_code == 202
     waiting = wait_for(
         lambda: [
             r
-            for r in runs_of(client, headers, date=late.isoformat())
+            for r in runs_of(live_client, headers, date=late.isoformat())
             if r["error"] and "waiting for data" in r["error"]
         ],
         timeout=60,
@@ -137,61 +136,61 @@ def test_sensor_waits_for_late_data_then_scores(
     assert waiting["status"] == "pending"
     assert f"dt={late.isoformat()}" in waiting["error"]
     write_features(Path(settings.features.path), [late], N_ENTITIES, N_FEATURES)  # data lands
-    run = settled(client, headers, 1, date=late.isoformat())[0]
+    run = settled(live_client, headers, 1, date=late.isoformat())[0]
     assert run["status"] == "succeeded" and run["rows"] == N_ENTITIES
     assert run["slice_date"] == late.isoformat()
 
 
 def test_sensor_gives_up_at_the_deadline(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     headers: dict[str, str],
     settings: Settings,
     model_files: dict[str, Path],
 ) -> None:
     settings.scheduler.sensor_deadline = 3
-    client.app.state.daemon.runner._write_settings()  # the batch job reads the settings file
-    model = upload(client, headers, model_files["logreg"])
+    live_client.app.state.daemon.runner._write_settings()  # the batch job reads the settings file
+    model = upload(live_client, headers, model_files["logreg"])
     late = today() - dt.timedelta(days=20)
-    client.post(
+    live_client.post(
         f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": late.isoformat()}
     )
-    run = settled(client, headers, 1, date=late.isoformat())[0]
+    run = settled(live_client, headers, 1, date=late.isoformat())[0]
     assert run["status"] == "failed"
     assert "gave up waiting for the feature slice" in run["error"]
     assert f"dt={late.isoformat()}" in run["error"]
 
 
 def test_backfill_range_and_rerun_failed(
-    client: TestClient[Any], headers: dict[str, str], model_files: dict[str, Path]
+    live_client: TestClient[Any], headers: dict[str, str], model_files: dict[str, Path]
 ) -> None:
-    a = upload(client, headers, model_files["lgbm"])
-    b = upload(client, headers, model_files["logreg"])
+    a = upload(live_client, headers, model_files["lgbm"])
+    b = upload(live_client, headers, model_files["logreg"])
     start = today() - dt.timedelta(days=2)
-    response = client.post(
+    response = live_client.post(
         "/api/v1/runs",
         headers=headers,
         json={"model_ids": [a["id"], b["id"]], "from": start.isoformat()},
     )
     assert response.status_code == 202, response.text
     assert len(response.json()["runs"]) == 6
-    runs = settled(client, headers, 6)
+    runs = settled(live_client, headers, 6)
     by_date = [(r["date"], r["model_id"]) for r in sorted(runs, key=lambda r: r["id"])]
     assert [d for d, _ in by_date] == sorted(d for d, _ in by_date)  # oldest date first
     assert {r["trigger"] for r in runs} == {"backfill", "manual"}
-    bad = client.post(
+    bad = live_client.post(
         "/api/v1/runs",
         headers=headers,
         json={"model_ids": [a["id"]], "from": today().isoformat(), "to": start.isoformat()},
     )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "to"
-    nothing = client.post(
+    nothing = live_client.post(
         "/api/v1/runs/rerun-failed", headers=headers, json={"date": today().isoformat()}
     )
     assert nothing.json() == {"runs": []}
 
 
 def test_publish_gate_quarantines_then_publishes_or_discards(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     headers: dict[str, str],
     settings: Settings,
     model_files: dict[str, Path],
@@ -208,25 +207,25 @@ def test_publish_gate_quarantines_then_publishes_or_discards(
         name="gated",
         dq={"gate": "alert", "auc_warn": 0.0, "auc_alert": 0.0},
     )
-    model = upload(client, headers, gated)
+    model = upload(live_client, headers, gated)
     days = [today() - dt.timedelta(days=2), today() - dt.timedelta(days=1), today()]
     for day in days:
-        client.post(
+        live_client.post(
             f"/api/v1/models/{model['id']}/runs", headers=headers, json={"date": day.isoformat()}
         )
-        settled(client, headers, 1, date=day.isoformat())
-    runs = {r["date"]: r for r in runs_of(client, headers, model_id=model["id"])}
+        settled(live_client, headers, 1, date=day.isoformat())
+    runs = {r["date"]: r for r in runs_of(live_client, headers, model_id=model["id"])}
     scores = Path(settings.scores.path)
     assert not runs[days[0].isoformat()]["quarantined"]  # first date: no reference, no alert
     for day in days[1:]:
         assert runs[day.isoformat()]["quarantined"], runs[day.isoformat()]
         assert not (scores / f"dt={day}" / f"model={model['id']}").exists()
-    published = client.post(
+    published = live_client.post(
         f"/api/v1/runs/{runs[days[1].isoformat()]['id']}/publish", headers=headers
     )
     assert published.status_code == 200 and not published.json()["quarantined"]
     assert (scores / f"dt={days[1]}" / f"model={model['id']}" / "part-0.parquet").exists()
-    discarded = client.post(
+    discarded = live_client.post(
         f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/discard", headers=headers
     )
     assert discarded.json()["status"] == "failed"
@@ -234,9 +233,11 @@ def test_publish_gate_quarantines_then_publishes_or_discards(
     assert not (Path(settings.dq.quarantine_path) / f"dt={days[2]}").exists() or not any(
         (Path(settings.dq.quarantine_path) / f"dt={days[2]}").iterdir()
     )
-    again = client.post(f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/publish", headers=headers)
+    again = live_client.post(
+        f"/api/v1/runs/{runs[days[2].isoformat()]['id']}/publish", headers=headers
+    )
     assert again.status_code == 409
-    dq = client.get(f"/api/v1/models/{model['id']}/dq", headers=headers).json()
+    dq = live_client.get(f"/api/v1/models/{model['id']}/dq", headers=headers).json()
     assert dq[-1]["status"] == "alert"
     drift = dq[-1]["details"]["feature_psi"]
     assert {d["feature"] for d in drift} == set(obj["features"])  # 10 features, top 10

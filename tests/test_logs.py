@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mldropd.logs import JsonFormatter, TextFormatter, redact
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 TOKEN = "mld_" + "x" * 43
 

@@ -10,19 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic import command
 
 import mldropd.migrations
 from mldropd.db import (
     FIRST_REVISION,
     SchemaTooNew,
-    _alembic_config,
     head_revision,
     init_db,
     make_engine,
     schema_revision,
 )
 from mldropd.migrations.tools import drift, head_drift
+from tests.support.schema import at_first_revision
 
 SECOND = '''"""test: a note on users"""
 
@@ -46,19 +45,6 @@ def downgrade() -> None:
 '''
 
 
-def _at_first_revision(path: Path) -> None:
-    """A database as the first schema revision made it, with one user in it."""
-    engine = make_engine(path)
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), FIRST_REVISION)
-    engine.dispose()
-    with sqlite3.connect(path) as con:
-        con.execute(
-            "INSERT INTO user (email, is_admin, token_hash, disabled, created_at) "
-            "VALUES ('ann@example.com', 0, 'h', 0, '2026-01-01 00:00:00')"
-        )
-
-
 def test_records_and_migrations_do_not_drift() -> None:
     """Fails when records.py changes without a revision: `python -m mldropd.migrations revision`."""
     assert head_drift() == []
@@ -66,7 +52,7 @@ def test_records_and_migrations_do_not_drift() -> None:
 
 def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
     db = tmp_path / "mldropd.db"
-    _at_first_revision(db)
+    at_first_revision(db)
     engine = make_engine(db)
     init_db(engine)
     assert schema_revision(engine) == head_revision()
@@ -90,7 +76,7 @@ def test_upgrade_backs_up_then_migrates(tmp_path: Path, monkeypatch: pytest.Monk
     head = head_revision()
     (scripts / "versions" / "test_note.py").write_text(SECOND.format(head=head))
     db = tmp_path / "mldropd.db"
-    _at_first_revision(db)
+    at_first_revision(db)
     engine = make_engine(db)
     init_db(engine)  # to the real head first
     monkeypatch.setattr(mldropd.migrations, "MIGRATIONS_DIR", scripts)
@@ -107,7 +93,7 @@ def test_upgrade_backs_up_then_migrates(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     """create_all made the first revision's tables, without Alembic's version table."""
     db = tmp_path / "mldropd.db"
-    _at_first_revision(db)
+    at_first_revision(db)
     with sqlite3.connect(db) as con:
         con.execute("DROP TABLE alembic_version")
     engine = make_engine(db)
@@ -118,6 +104,7 @@ def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     assert (tmp_path / f"mldropd.db.bak-{FIRST_REVISION}").is_file()
 
 
+@pytest.mark.slow  # `mldropd serve` in a real process
 def test_a_newer_database_is_refused(tmp_path: Path, home: Path) -> None:
     db = home / "mldropd.db"
     engine = make_engine(db)
@@ -160,6 +147,7 @@ assert head_drift() == []
 """
 
 
+@pytest.mark.slow  # the revision tool (and ruff format) in real processes
 def test_the_revision_tool_writes_the_next_numbered_revision(tmp_path: Path) -> None:
     """`python -m mldropd.migrations revision` as a developer runs it, on a copy."""
     scripts = tmp_path / "migrations"

@@ -7,7 +7,6 @@ import email
 import email.policy
 import logging
 import re
-import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,8 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.notify import outbox, smtp
@@ -24,76 +22,12 @@ from mldropd.notify.outbox import DeliveryStats, deliver_pending, enqueue, utc
 from mldropd.notify.reports import ReportItem, build_report
 from mldropd.records import OutboxMessage
 from mldropd.settings import EmailSettings
+from tests.support.smtp import SmtpServer
+from tests.support.wait import free_port
 
 BASE = "http://mldropd.example:8080"
 DAY = dt.date(2026, 11, 27)
 OWNER = "alice@example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Inbox:
-    """aiosmtpd handler that keeps every envelope it receives."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
-        self.envelopes.append(envelope)
-        return "250 Message accepted for delivery"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
-            for e in self.envelopes
-        ]
-
-
-class SmtpServer:
-    """A real SMTP server that a test can stop and start again on the same port."""
-
-    def __init__(self, **smtp_parameters: Any) -> None:
-        self.port = _free_port()
-        self.inbox = Inbox()
-        self.smtp_parameters = smtp_parameters
-        self.controller: Controller | None = None
-
-    def start(self) -> None:
-        self.controller = Controller(
-            self.inbox,
-            hostname="127.0.0.1",
-            port=self.port,
-            ready_timeout=5.0,
-            **self.smtp_parameters,
-        )
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def settings(self, tmp_path: Path, **overrides: Any) -> EmailSettings:
-        values: dict[str, Any] = {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": self.port,
-            "starttls": False,
-            "sender": "mldropd <reports@mldropd.example>",
-            "outbox": str(tmp_path / "outbox"),
-        }
-        return EmailSettings(**{**values, **overrides})
-
-
-@pytest.fixture
-def server() -> Iterator[SmtpServer]:
-    srv = SmtpServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -318,19 +252,21 @@ def test_enqueue_refuses_header_injection(engine: sqlalchemy.Engine) -> None:
     assert (row.to, row.subject) == ("a@example.com", "two lines")
 
 
-def test_deliver_via_smtp(engine: sqlalchemy.Engine, server: SmtpServer, tmp_path: Path) -> None:
+def test_deliver_via_smtp(
+    engine: sqlalchemy.Engine, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
     items = [_item(), _item(model_id=7, model_name="fraud_xgb", **FAILED, attempt=3)]
     row_id = _enqueue_report(engine, items)
 
-    stats = deliver_pending(engine, server.settings(tmp_path))
+    stats = deliver_pending(engine, smtp_server.settings(tmp_path))
 
     assert stats == DeliveryStats(sent=1)
     row = _row(engine, row_id)
     assert row.status == "sent" and row.sent_at is not None and row.attempts == 0
-    [envelope] = server.inbox.envelopes
+    [envelope] = smtp_server.inbox.envelopes
     assert envelope.rcpt_tos == [OWNER]
     assert envelope.mail_from == "reports@mldropd.example"
-    [message] = server.inbox.messages()
+    [message] = smtp_server.inbox.messages()
     assert message["Subject"] == "mldropd: 2 models scored 2026-11-27 — 1 failed"
     assert message["To"] == OWNER
     text, html = _parts(message)
@@ -348,10 +284,13 @@ def test_deliver_via_smtp(engine: sqlalchemy.Engine, server: SmtpServer, tmp_pat
 
 
 def test_outage_waits_then_sends_once(
-    engine: sqlalchemy.Engine, server: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    engine: sqlalchemy.Engine,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = server.settings(tmp_path)
-    server.stop()
+    settings = smtp_server.settings(tmp_path)
+    smtp_server.stop()
     row_id = _enqueue_report(engine, [_item()])
     t0 = utc()
 
@@ -360,23 +299,23 @@ def test_outage_waits_then_sends_once(
     row = _row(engine, row_id)
     assert row.status == "pending" and row.attempts == 1
     assert row.last_error is not None
-    assert row.last_error.startswith(f"SMTP server 127.0.0.1:{server.port} unreachable:")
+    assert row.last_error.startswith(f"SMTP server 127.0.0.1:{smtp_server.port} unreachable:")
     assert utc(row.next_attempt_at) == t0 + dt.timedelta(seconds=60)
     assert any(r.__dict__.get("outbox_id") == row_id for r in caplog.records)
     # Not due yet: nothing is tried.
     assert deliver_pending(engine, settings, now=t0 + dt.timedelta(seconds=30)) == DeliveryStats()
 
-    server.start()
+    smtp_server.start()
     later = t0 + dt.timedelta(seconds=61)
     assert deliver_pending(engine, settings, now=later) == DeliveryStats(sent=1)
     assert deliver_pending(engine, settings, now=later + dt.timedelta(hours=2)) == DeliveryStats()
-    assert len(server.inbox.envelopes) == 1
+    assert len(smtp_server.inbox.envelopes) == 1
     row = _row(engine, row_id)
     assert row.status == "sent" and row.sent_at is not None and utc(row.sent_at) == later
 
 
 def test_gives_up_after_ten_attempts(engine: sqlalchemy.Engine, tmp_path: Path) -> None:
-    settings = EmailSettings(smtp_host="127.0.0.1", smtp_port=_free_port(), starttls=False)
+    settings = EmailSettings(smtp_host="127.0.0.1", smtp_port=free_port(), starttls=False)
     row_id = _enqueue_report(engine, [_item()])
     now, waits = utc(), []
     for attempt in range(1, 11):
@@ -394,14 +333,14 @@ def test_gives_up_after_ten_attempts(engine: sqlalchemy.Engine, tmp_path: Path) 
 
 
 def test_claimed_row_is_not_delivered_twice(
-    engine: sqlalchemy.Engine, server: SmtpServer, tmp_path: Path
+    engine: sqlalchemy.Engine, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     row_id = _enqueue_report(engine, [_item()])
     now = utc()
     assert outbox._claim(engine, row_id, now) is not None  # another deliverer holds it
     assert outbox._claim(engine, row_id, now) is None
-    assert deliver_pending(engine, server.settings(tmp_path), now=now) == DeliveryStats()
-    assert server.inbox.envelopes == []
+    assert deliver_pending(engine, smtp_server.settings(tmp_path), now=now) == DeliveryStats()
+    assert smtp_server.inbox.envelopes == []
     assert outbox.next_due(engine) == now + outbox.CLAIM_LEASE
 
 
@@ -444,7 +383,7 @@ def test_login_with_password_file(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_starttls_required_but_not_offered(server: SmtpServer, tmp_path: Path) -> None:
+def test_starttls_required_but_not_offered(smtp_server: SmtpServer, tmp_path: Path) -> None:
     with pytest.raises(smtp.SmtpError, match=r"does not offer STARTTLS.*starttls = false"):
-        smtp.send(_message(), server.settings(tmp_path, starttls=True))
-    assert server.inbox.envelopes == []
+        smtp.send(_message(), smtp_server.settings(tmp_path, starttls=True))
+    assert smtp_server.inbox.envelopes == []

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mldropd.settings import Settings
 from mldropd.store.base import sha256_file
-from tests.conftest import wait_for
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,13 +60,14 @@ def test_containerfile_lints_clean_and_has_what_an_operator_expects() -> None:
     assert text.index("COPY pyproject.toml ./") < text.index("COPY mldropd ./mldropd")
 
 
+@pytest.mark.slow  # pip builds the wheel in a real process
 def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
     """What the image's `pip install .` installs must be a working daemon."""
     src = tmp_path / "src"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("mldropd", "jobs", "web"):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
@@ -98,35 +99,38 @@ def test_the_wheel_ships_web_jobs_and_migrations(tmp_path: Path) -> None:
     )
     revisions = {p.name for p in (ROOT / "mldropd/migrations/versions").glob("0*.py")}
     assert {f"mldropd/migrations/versions/{r}" for r in revisions} <= names
+    # an SPDX licence expression (PEP 639), not the deprecated table, and the text shipped
+    metadata = zipfile.ZipFile(wheel).read("mldropd-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert "mldropd-0.1.0.dist-info/licenses/LICENSE" in names
 
 
 # -- health -----------------------------------------------------------------------------------
-def test_readyz_names_each_check_and_says_what_is_wrong(settings: Settings, home: Path) -> None:
-    from mldropd.app import create_app
-
-    with TestClient(create_app(settings), timeout=60) as client:
-        ready = client.get("/readyz")
-        assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {
-            "database": "ok",
-            "store": "ok",
-            "scheduler": "ok",
-            "features": "ok",
-            "disk": "ok",
-            "sandbox": "ok",
-        }
-        layers = ready.json()["sandbox"]
-        assert set(layers["required"]) <= set(layers["in_force"]) and not layers["missing"]
-        assert client.get("/healthz").json()["status"] == "ok"
-        settings.server.min_free_disk_mb = 10**9  # a petabyte
-        (home / "features").rename(home / "features.moved")
-        ready = client.get("/readyz")
-        assert ready.status_code == 503
-        body = ready.json()
-        assert body["status"] == "unavailable"
-        assert body["checks"]["database"] == body["checks"]["store"] == "ok"
-        assert "min_free_disk_mb = 1000000000" in body["checks"]["disk"]
-        assert "feature folder" in body["checks"]["features"]
+def test_readyz_names_each_check_and_says_what_is_wrong(
+    live_client: TestClient[Any], settings: Settings, home: Path
+) -> None:
+    ready = live_client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "store": "ok",
+        "scheduler": "ok",
+        "features": "ok",
+        "disk": "ok",
+        "sandbox": "ok",
+    }
+    layers = ready.json()["sandbox"]
+    assert set(layers["required"]) <= set(layers["in_force"]) and not layers["missing"]
+    assert live_client.get("/healthz").json()["status"] == "ok"
+    settings.server.min_free_disk_mb = 10**9  # a petabyte
+    (home / "features").rename(home / "features.moved")
+    ready = live_client.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"] == body["checks"]["store"] == "ok"
+    assert "min_free_disk_mb = 1000000000" in body["checks"]["disk"]
+    assert "feature folder" in body["checks"]["features"]
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -244,6 +248,7 @@ def test_backup_and_restore_with_a_running_daemon(
 
 
 # -- configuration ----------------------------------------------------------------------------
+@pytest.mark.slow  # the CLI in a real process
 def test_check_config_shows_each_source_and_redacts_secrets(home: Path) -> None:
     config = home / "config.toml"
     config.write_text(

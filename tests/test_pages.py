@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,11 @@ from mldropd.db import session_scope
 from mldropd.pages import charts
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, OutboxMessage, User
 from mldropd.settings import Settings
-from tests.conftest import today, wait_for
-from tests.test_security import csrf
+from tests.support.home import today
+from tests.support.http import HX, csrf, page_upload
+from tests.support.wait import wait_for
 
-HX = {"HX-Request": "true"}
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
 
 
 def sign_in(client: TestClient[Any], token: str) -> None:
@@ -46,16 +40,6 @@ def sign_in(client: TestClient[Any], token: str) -> None:
 def hx_post(client: TestClient[Any], path: str, **data: str) -> Any:
     return client.post(
         path, data=data, headers={**HX, "x-csrftoken": csrf(client)}, follow_redirects=False
-    )
-
-
-def upload(client: TestClient[Any], content: bytes, filename: str, **form: str) -> Any:
-    """Post a file the way the drop zone does (XHR with the HTMX and CSRF headers)."""
-    return client.post(
-        "/upload",
-        files={"file": (filename, content, "application/octet-stream")},
-        data=form,
-        headers={**HX, "x-csrftoken": csrf(client)},
     )
 
 
@@ -221,50 +205,50 @@ def test_another_users_model_page_is_not_found(
 
 
 def test_models_page_partial_polls_while_a_run_is_in_progress(
-    client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
+    live_client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
 ) -> None:
-    sign_in(client, make_user("ann@example.com"))
-    empty = client.get("/models", headers=HX)
+    sign_in(live_client, make_user("ann@example.com"))
+    empty = live_client.get("/models", headers=HX)
     assert (
         empty.text.lstrip().startswith('<div id="models-table"') and "No models yet" in empty.text
     )
 
-    card = upload(client, model_files["logreg"].read_bytes(), "churn_logreg.dill")
+    card = page_upload(live_client, model_files["logreg"].read_bytes(), "churn_logreg.dill")
     assert card.status_code == 201, card.text
     model_id = int(re.search(r'data-model-id="(\d+)"', card.text).group(1))  # type: ignore[union-attr]
 
-    full = client.get("/models")
+    full = live_client.get("/models")
     assert full.text.startswith("<!doctype html>") and 'id="models-table"' in full.text
-    partial = client.get("/models", headers=HX)
+    partial = live_client.get("/models", headers=HX)
     assert "<html" not in partial.text and f'id="model-{model_id}"' in partial.text
     assert "every 2s" not in partial.text  # nothing running: no polling
     assert partial.headers["vary"] == "HX-Request"  # caches keep page and partial apart
-    restore = client.get("/models", headers={**HX, "HX-History-Restore-Request": "true"})
+    restore = live_client.get("/models", headers={**HX, "HX-History-Restore-Request": "true"})
     assert restore.text.startswith("<!doctype html>")  # the back button needs the whole page
 
-    started = hx_post(client, f"/models/{model_id}/run")
+    started = hx_post(live_client, f"/models/{model_id}/run")
     assert started.status_code == 204 and started.headers["hx-trigger"] == "models-changed"
-    polling = client.get("/models", headers=HX).text
+    polling = live_client.get("/models", headers=HX).text
     assert "every 2s" in polling and re.search(
         r'data-role="run-status">(pending|running)<', polling
     )
 
     def finished() -> str | None:
-        text = client.get("/models", headers=HX).text
+        text = live_client.get("/models", headers=HX).text
         return text if "every 2s" not in text else None
 
     settled = wait_for(finished, timeout=120, what="the run to finish")
     assert 'data-role="run-status">succeeded<' in settled
-    detail = client.get(f"/models/{model_id}", headers=HX).text
+    detail = live_client.get(f"/models/{model_id}", headers=HX).text
     assert detail.lstrip().startswith('<div id="model-detail"') and "every 2s" not in detail
 
 
 def test_upload_answers_the_card_or_every_error(
-    client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
+    live_client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
 ) -> None:
-    sign_in(client, make_user("ann@example.com"))
-    broken = upload(
-        client,
+    sign_in(live_client, make_user("ann@example.com"))
+    broken = page_upload(
+        live_client,
         b"not a pickle",
         "broken.dill",
         email="nope",
@@ -280,8 +264,12 @@ def test_upload_answers_the_card_or_every_error(
     assert 'id="schedule-preview" hx-swap-oob="innerHTML"' in broken.text
 
     content = model_files["logreg"].read_bytes()
-    card = upload(
-        client, content, "churn_logreg.dill", email="reports@example.com", schedule="weekly:mon"
+    card = page_upload(
+        live_client,
+        content,
+        "churn_logreg.dill",
+        email="reports@example.com",
+        schedule="weekly:mon",
     )
     assert card.status_code == 201, card.text
     text = card.text
@@ -289,27 +277,27 @@ def test_upload_answers_the_card_or_every_error(
     assert '<span class="features-count">10</span>' in text and "every Monday" in text
     assert text.count('class="bar"') == 20 and "rows/s" in text
     assert re.search(r'id="err-email" class="field-error" hx-swap-oob="true"\s*>\s*</p>', text)
-    again = upload(client, content, "churn_logreg.dill")
+    again = page_upload(live_client, content, "churn_logreg.dill")
     assert again.status_code == 201 and "v2" in again.text and "new version" in again.text
     model_id = int(re.search(r'data-model-id="(\d+)"', again.text).group(1))  # type: ignore[union-attr]
 
-    rolled = hx_post(client, f"/models/{model_id}/version", version="1")
+    rolled = hx_post(live_client, f"/models/{model_id}/version", version="1")
     assert rolled.status_code == 204
-    assert "<small>v1</small>" in client.get("/models", headers=HX).text
-    assert hx_post(client, f"/models/{model_id}/version", version="x").status_code == 422
+    assert "<small>v1</small>" in live_client.get("/models", headers=HX).text
+    assert hx_post(live_client, f"/models/{model_id}/version", version="x").status_code == 422
 
     # Without JavaScript the form posts normally: a page with the errors, or a redirect.
-    plain = client.post(
+    plain = live_client.post(
         "/upload",
         files={"file": ("b.dill", b"junk", "application/octet-stream")},
-        data={"email": "kept@example.com", "_csrf_token": csrf(client)},
+        data={"email": "kept@example.com", "_csrf_token": csrf(live_client)},
     )
     assert plain.status_code == 422 and "<!doctype html>" in plain.text
     assert 'value="kept@example.com"' in plain.text and 'id="upload-errors"' in plain.text
-    ok = client.post(
+    ok = live_client.post(
         "/upload",
         files={"file": ("churn_logreg.dill", content, "x/y")},
-        data={"_csrf_token": csrf(client)},
+        data={"_csrf_token": csrf(live_client)},
         follow_redirects=False,
     )
     assert ok.status_code == 303 and ok.headers["location"] == f"/models/{model_id}"
@@ -319,11 +307,11 @@ def test_too_large_upload_is_refused_unread(
     settings: Settings, make_user: Callable[..., str]
 ) -> None:
     settings.limits.max_upload_mb = 1
-    with TestClient(create_app(settings), timeout=60) as client:
-        sign_in(client, make_user("ann@example.com"))
-        big = upload(client, b"x" * (3 * 1024 * 1024), "big.dill")
-        assert big.status_code == 413 and 'data-field="file"' in big.text
-        assert "larger than the limit of 1 MB" in big.text
+    client = TestClient(create_app(settings), timeout=60)  # refused before any batch could run
+    sign_in(client, make_user("ann@example.com"))
+    big = page_upload(client, b"x" * (3 * 1024 * 1024), "big.dill")
+    assert big.status_code == 413 and 'data-field="file"' in big.text
+    assert "larger than the limit of 1 MB" in big.text
 
 
 def test_schedule_preview(client: TestClient[Any], make_user: Callable[..., str]) -> None:
@@ -388,7 +376,12 @@ def test_dashboard_sorts_and_filters(
     assert page.text.startswith("<!doctype html>")
     assert order(page.text) == ["b_alert", "d_warn", "a_ok", "c_new"]
     assert page.text.count('<svg class="spark"') == 3 and "no PSI yet" in page.text
-    assert order(client.get("/dashboard?sort=name").text) == ["a_ok", "b_alert", "c_new", "d_warn"]
+    assert order(client.get("/dashboard?sort=name").text) == [
+        "a_ok",
+        "b_alert",
+        "c_new",
+        "d_warn",
+    ]
     assert order(client.get("/dashboard?sort=psi").text)[:3] == ["b_alert", "d_warn", "a_ok"]
     alerts = client.get("/dashboard?only=alerts", headers=HX).text
     assert alerts.lstrip().startswith('<div id="dashboard-table"') and "<html" not in alerts

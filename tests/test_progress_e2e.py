@@ -15,7 +15,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +24,19 @@ import pytest
 from litestar.testing import TestClient
 
 from mldropd import save_model
-from mldropd.app import create_app
 from mldropd.auth import create_user
 from mldropd.db import init_db, make_engine
 from mldropd.intake import UploadForm, register_file
 from mldropd.settings import Settings
 from mldropd.store import make_store
-from tests.conftest import N_ENTITIES, today, wait_for
+from tests.support.home import N_ENTITIES, today
+from tests.support.http import bearer
+from tests.support.models import slow_model
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.slow  # batch jobs and `mldropd run` in real processes
 
 ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][A-Z0-9])")
-
-
-def slow_model(sleep_s: float) -> Any:
-    """A model that sleeps on every batch it scores (built in a function, so dill stores it by
-    value, as a notebook function)."""
-
-    def slow(frame: Any) -> Any:
-        import time
-
-        time.sleep(sleep_s)
-        return np.full(len(frame), 0.25)
-
-    return slow
 
 
 def _failing() -> Any:
@@ -59,31 +50,26 @@ def _failing() -> Any:
     return broken
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
+def settings(settings: Settings) -> Settings:
     settings.engine.batch_rows = 100  # 30 batches of the 3,000-row slice
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
+    return settings
 
 
 def test_the_run_json_carries_phase_rows_rate_and_time_left_while_it_scores(
-    client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path
+    live_client: TestClient[Any], make_user: Callable[..., str], tmp_path: Path
 ) -> None:
     token = make_user("ann@example.com")
     path = save_model(
         tmp_path / "slow.dill", pipeline=slow_model(0.25), features=["f00"], name="slow"
     )
     with open(path, "rb") as f:
-        uploaded = client.post(
-            "/api/v1/models", headers=_auth(token), files={"file": ("slow.dill", f)}
+        uploaded = live_client.post(
+            "/api/v1/models", headers=bearer(token), files={"file": ("slow.dill", f)}
         )
     assert uploaded.status_code == 201, uploaded.text
     model_id = uploaded.json()["id"]
-    accepted = client.post(f"/api/v1/models/{model_id}/runs", headers=_auth(token), json={})
+    accepted = live_client.post(f"/api/v1/models/{model_id}/runs", headers=bearer(token), json={})
     assert accepted.status_code == 202, accepted.text
     run_id = accepted.json()["run_id"]
 
@@ -91,10 +77,10 @@ def test_the_run_json_carries_phase_rows_rate_and_time_left_while_it_scores(
     active: list[dict[str, Any]] = []
 
     def finished() -> bool:
-        run = client.get(f"/api/v1/runs/{run_id}", headers=_auth(token)).json()
+        run = live_client.get(f"/api/v1/runs/{run_id}", headers=bearer(token)).json()
         seen.append(run)
         if run["phase"] == "scoring" and len(active) < 3:
-            model = client.get(f"/api/v1/models/{model_id}", headers=_auth(token)).json()
+            model = live_client.get(f"/api/v1/models/{model_id}", headers=bearer(token)).json()
             active.append(model["active_run"])
         return run["status"] in ("succeeded", "failed")
 
@@ -119,11 +105,11 @@ def test_the_run_json_carries_phase_rows_rate_and_time_left_while_it_scores(
     # Over: no phase, no time left; the rows written are the run's rows.
     assert final["phase"] is None and final["eta_s"] is None
     assert final["rows_done"] == final["rows"] == final["rows_total"] == N_ENTITIES
-    model = client.get(f"/api/v1/models/{model_id}", headers=_auth(token)).json()
+    model = live_client.get(f"/api/v1/models/{model_id}", headers=bearer(token)).json()
     assert model["active_run"] is None
     assert model["last_run"]["id"] == run_id and model["last_run"]["rows_done"] == N_ENTITIES
     # The OpenAPI document shows the fields.
-    schema = client.get("/schema/openapi.json").json()["components"]["schemas"]
+    schema = live_client.get("/schema/openapi.json").json()["components"]["schemas"]
     fields = schema["RunOut"]["properties"]
     for name in ("phase", "rows_done", "rows_total", "rows_per_s", "eta_s", "dates_done"):
         assert name in fields, name

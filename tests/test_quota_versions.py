@@ -3,46 +3,27 @@ with the local-folder store (tests/test_s3_e2e.py repeats the store check on S3)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dill
-import numpy as np
 import pytest
 from litestar.testing import TestClient
-from sklearn.linear_model import LogisticRegression
 
-from mldropd.app import create_app
 from mldropd.registry import prune_versions
 from mldropd.settings import Settings
 from mldropd.states import Trigger
 from mldropd.store.base import model_prefix
-from tests.test_api_e2e import auth, upload
-from tests.test_cli import mldropd
+from tests.support.cli import mldropd
+from tests.support.http import bearer, upload
 
 ANN = "ann@example.com"
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
+def settings(settings: Settings) -> Settings:
     settings.limits.versions_kept = 2
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
-
-
-def write_small_model(path: Path) -> Path:
-    """A small valid model file: quick to validate, so tests can upload it many times."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 2))
-    pipeline = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
-    path.write_bytes(dill.dumps({"pipeline": pipeline, "features": ["f00", "f01"]}, recurse=True))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_small_model(tmp_path_factory.mktemp("small") / "small.dill")
+    return settings
 
 
 def _message(response: Any) -> str:
@@ -50,12 +31,12 @@ def _message(response: Any) -> str:
 
 
 def test_admin_sets_quota_and_pausing_or_deleting_frees_a_slot(
-    client: TestClient[Any], make_user: Callable[..., str], small_model: Path
+    live_client: TestClient[Any], make_user: Callable[..., str], small_model: Path
 ) -> None:
     ann, admin = make_user(ANN), make_user("root@example.com", admin=True)
     users = f"/api/v1/users/{ANN}"
-    assert client.patch(users, headers=auth(ann), json={"quota": 5}).status_code == 404
-    assert client.patch(users, json={"quota": 5}).status_code == 401
+    assert live_client.patch(users, headers=bearer(ann), json={"quota": 5}).status_code == 404
+    assert live_client.patch(users, json={"quota": 5}).status_code == 401
     for body, field in [
         ({"quota": -1}, "quota"),
         ({"quota": "many"}, "quota"),
@@ -63,15 +44,15 @@ def test_admin_sets_quota_and_pausing_or_deleting_frees_a_slot(
         ({"role": "admin"}, "role"),
         ({}, "quota"),
     ]:
-        bad = client.patch(users, headers=auth(admin), json=body)
+        bad = live_client.patch(users, headers=bearer(admin), json=body)
         assert bad.status_code == 422, (body, bad.text)
         assert bad.json()["errors"][0]["field"] == field
-    missing = client.patch(
-        "/api/v1/users/nobody@example.com", headers=auth(admin), json={"quota": 1}
+    missing = live_client.patch(
+        "/api/v1/users/nobody@example.com", headers=bearer(admin), json={"quota": 1}
     )
     assert missing.status_code == 404 and "no user nobody@example.com" in _message(missing)
 
-    set_one = client.patch(users, headers=auth(admin), json={"quota": 1})
+    set_one = live_client.patch(users, headers=bearer(admin), json={"quota": 1})
     assert set_one.status_code == 200, set_one.text
     assert set_one.json() == {
         "email": ANN,
@@ -82,32 +63,39 @@ def test_admin_sets_quota_and_pausing_or_deleting_frees_a_slot(
         "active_models": [],
     }
 
-    first = upload(client, ann, small_model, name="alpha")
+    first = upload(live_client, ann, small_model, name="alpha")
     assert first.status_code == 201, first.text
     alpha = first.json()["id"]
-    full = upload(client, ann, small_model, name="beta")
+    full = upload(live_client, ann, small_model, name="beta")
     assert full.status_code == 409
     assert "your quota is 1" in _message(full) and "(alpha)" in _message(full)
-    again = upload(client, ann, small_model, name="alpha")  # a new version takes no new slot
+    again = upload(live_client, ann, small_model, name="alpha")  # a new version takes no new slot
     assert again.status_code == 201 and again.json()["version"] == 2
 
-    paused = client.patch(f"/api/v1/models/{alpha}", headers=auth(ann), json={"status": "paused"})
+    paused = live_client.patch(
+        f"/api/v1/models/{alpha}", headers=bearer(ann), json={"status": "paused"}
+    )
     assert paused.status_code == 200
-    second = upload(client, ann, small_model, name="beta")
+    second = upload(live_client, ann, small_model, name="beta")
     assert second.status_code == 201, second.text
     beta = second.json()["id"]
-    refused = client.patch(f"/api/v1/models/{alpha}", headers=auth(ann), json={"status": "active"})
+    refused = live_client.patch(
+        f"/api/v1/models/{alpha}", headers=bearer(ann), json={"status": "active"}
+    )
     assert refused.status_code == 409 and "(beta)" in _message(refused)
 
-    assert client.delete(f"/api/v1/models/{beta}", headers=auth(ann)).status_code == 204
-    back = client.patch(f"/api/v1/models/{alpha}", headers=auth(ann), json={"status": "active"})
+    assert live_client.delete(f"/api/v1/models/{beta}", headers=bearer(ann)).status_code == 204
+    back = live_client.patch(
+        f"/api/v1/models/{alpha}", headers=bearer(ann), json={"status": "active"}
+    )
     assert back.status_code == 200 and back.json()["status"] == "active"
 
-    reset = client.patch(users, headers=auth(admin), json={"quota": None})
+    reset = live_client.patch(users, headers=bearer(admin), json={"quota": None})
     assert reset.json()["quota"] == 20 and reset.json()["quota_source"] == "default"
     assert reset.json()["active_models"] == ["alpha"]
 
 
+@pytest.mark.slow  # the CLI in real processes
 def test_set_quota_cli(home: Path, make_user: Callable[..., str], settings: Settings) -> None:
     make_user(ANN)
     done = mldropd(home, "users", "set-quota", "Ann@Example.com", "3")
@@ -143,28 +131,31 @@ def _version_folders(settings: Settings, model_id: int) -> list[str]:
 
 
 def _versions(client: TestClient[Any], token: str, model_id: int) -> list[int]:
-    detail = client.get(f"/api/v1/models/{model_id}", headers=auth(token)).json()
+    detail = client.get(f"/api/v1/models/{model_id}", headers=bearer(token)).json()
     return [v["version"] for v in detail["versions"]]
 
 
 def test_versions_kept_never_the_scored_or_a_busy_one(
-    client: TestClient[Any], make_user: Callable[..., str], small_model: Path, settings: Settings
+    live_client: TestClient[Any],
+    make_user: Callable[..., str],
+    small_model: Path,
+    settings: Settings,
 ) -> None:
     ann = make_user(ANN)
     for _ in range(3):
-        response = upload(client, ann, small_model, name="churn")
+        response = upload(live_client, ann, small_model, name="churn")
         assert response.status_code == 201, response.text
     mid = response.json()["id"]
-    assert _versions(client, ann, mid) == [3, 2]  # versions_kept = 2: v1 went
+    assert _versions(live_client, ann, mid) == [3, 2]  # versions_kept = 2: v1 went
     assert _version_folders(settings, mid) == ["v2", "v3"]
 
     # Roll back to v2, then keep one version: v3 is the newest, v2 is being scored.
-    rolled = client.patch(f"/api/v1/models/{mid}", headers=auth(ann), json={"version": 2})
+    rolled = live_client.patch(f"/api/v1/models/{mid}", headers=bearer(ann), json={"version": 2})
     assert rolled.status_code == 200 and rolled.json()["version"] == 2
-    daemon = client.app.state.daemon
+    daemon = live_client.app.state.daemon
     settings.limits.versions_kept = 1  # the daemon's own settings object
     assert prune_versions(daemon.engine, daemon.store, settings, mid) == []
-    assert _versions(client, ann, mid) == [3, 2]
+    assert _versions(live_client, ann, mid) == [3, 2]
 
     # A run of v2 is planned but not started; a new upload makes v4 the scored version.
     _, covered = daemon.run_models(
@@ -175,17 +166,17 @@ def test_versions_kept_never_the_scored_or_a_busy_one(
     stray = _folder(settings, mid) / "v1" / "model.dill"
     stray.parent.mkdir()
     stray.write_bytes(b"left over")
-    newest = upload(client, ann, small_model, name="churn")
+    newest = upload(live_client, ann, small_model, name="churn")
     assert newest.status_code == 201 and newest.json()["version"] == 4
-    assert _versions(client, ann, mid) == [4, 2]  # v3 went; v2 stays for the planned run
+    assert _versions(live_client, ann, mid) == [4, 2]  # v3 went; v2 stays for the planned run
     assert _version_folders(settings, mid) == ["v2", "v4"]
-    gone = client.patch(f"/api/v1/models/{mid}", headers=auth(ann), json={"version": 3})
+    gone = live_client.patch(f"/api/v1/models/{mid}", headers=bearer(ann), json={"version": 3})
     assert gone.status_code == 422 and "has no version 3" in _message(gone)
 
     # Once the planned run is over, v2 is neither scored nor busy: the next pruning removes it.
     _finish_runs(daemon, mid)
     assert prune_versions(daemon.engine, daemon.store, settings, mid) == [2]
-    assert _versions(client, ann, mid) == [4]
+    assert _versions(live_client, ann, mid) == [4]
     assert _version_folders(settings, mid) == ["v4"]
 
 
@@ -210,7 +201,7 @@ def _model(daemon: Any, model_id: int) -> Any:
 
 
 def test_store_check_finds_missing_corrupt_and_orphans(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     make_user: Callable[..., str],
     small_model: Path,
     settings: Settings,
@@ -218,7 +209,7 @@ def test_store_check_finds_missing_corrupt_and_orphans(
 ) -> None:
     ann = make_user(ANN)
     for name in ("alpha", "beta", "gamma"):
-        assert upload(client, ann, small_model, name=name).status_code == 201
+        assert upload(live_client, ann, small_model, name=name).status_code == 201
     # Folders are named by ids (users/<user id>/models/<model id>), never by the e-mail.
     A, B, G, GHOST = (f"users/1/models/{i}" for i in (1, 2, 3, 99))
     clean = mldropd(home, "store", "check", "-v")

@@ -31,7 +31,7 @@ from mldropd.engines.local import LocalEngine
 from mldropd.engines.local_io import PART_FILE
 from mldropd.sandbox.policy import Limits
 from mldropd.settings import FeatureSettings, Settings
-from tests import redteam as rt
+from tests.support import redteam as rt
 
 pytestmark = pytest.mark.redteam
 
@@ -415,6 +415,7 @@ def test_a_huge_validation_report_is_refused_unread(tmp_path: Path, sandboxes: A
     assert "a load report of 419430400 bytes" in result.errors[0].message
 
 
+@pytest.mark.slow  # the CLI in a real process
 def test_home_files_are_private(tmp_path: Path) -> None:
     """What the daemon creates is 0700/0600 (umask 077 from the command line)."""
     import subprocess

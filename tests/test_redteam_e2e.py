@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import today, wait_for
-from tests.redteam import processes_named
+from tests.support.home import today
+from tests.support.redteam import processes_named
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redteam]
 

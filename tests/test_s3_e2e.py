@@ -20,15 +20,14 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-import tests.test_api_e2e as api_e2e
-from mldropd.app import create_app
 from mldropd.settings import Settings, load_settings
 from mldropd.store.base import sha256_file
-from tests.conftest import free_port, today
-from tests.test_api_e2e import auth, upload
-from tests.test_cli import mldropd
-from tests.test_quota_versions import write_small_model
-from tests.test_store import BUCKET, _admin_client, _key_files, _start_child_server, _stop_child
+from tests.support.cli import mldropd
+from tests.support.e2e import upload_run_scores_dq_report
+from tests.support.home import today
+from tests.support.http import bearer, upload
+from tests.support.s3 import BUCKET, admin_client, key_files, start_child_server, stop_child
+from tests.support.wait import free_port
 
 ANN = "ann@example.com"
 STORAGE = """
@@ -108,30 +107,15 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-@pytest.fixture(scope="module")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = _start_child_server(tmp_path_factory.mktemp("moto") / "server.log")
-    try:
-        _admin_client(url).create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        _stop_child(proc)
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_small_model(tmp_path_factory.mktemp("small") / "small.dill")
-
-
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """An S3 server of the test's own, which it may stop."""
-    proc, url = _start_child_server(tmp_path / "own-server.log")
+    proc, url = start_child_server(tmp_path / "own-server.log")
     try:
-        _admin_client(url).create_bucket(Bucket=BUCKET)
+        admin_client(url).create_bucket(Bucket=BUCKET)
         yield proc, url
     finally:
-        _stop_child(proc)
+        stop_child(proc)
 
 
 @pytest.fixture
@@ -155,7 +139,7 @@ def endpoint(request: pytest.FixtureRequest, moto_url: str) -> str:
 @pytest.fixture
 def settings(home: Path, endpoint: str, tmp_path: Path) -> Settings:
     """The conftest home (features, database, outbox folder), with artifacts in the bucket."""
-    access, secret = _key_files(tmp_path)
+    access, secret = key_files(tmp_path)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"  # tests share the bucket, not the objects
     with open(home / "config.toml", "a") as f:
         f.write(
@@ -164,15 +148,9 @@ def settings(home: Path, endpoint: str, tmp_path: Path) -> Settings:
     return load_settings(home / "config.toml", env={})
 
 
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
-
-
 def bucket_objects(url: str, prefix: str) -> dict[str, bytes]:
     """Every object under the prefix, read straight from the S3 server (not through mldropd)."""
-    s3 = _admin_client(url)
+    s3 = admin_client(url)
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
     return {
         o["Key"][len(prefix) + 1 :]: s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
@@ -181,7 +159,7 @@ def bucket_objects(url: str, prefix: str) -> dict[str, bytes]:
 
 
 def test_e2e_flow_with_the_s3_store(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     make_user: Callable[..., str],
     model_files: dict[str, Path],
@@ -190,7 +168,7 @@ def test_e2e_flow_with_the_s3_store(
 ) -> None:
     # The same flow and assertions as with the local store: upload, two runs, exact scores,
     # DQ, report. The batch job fetched the model from the bucket and checked its sha256.
-    api_e2e.test_upload_run_scores_dq_report(client, settings, make_user, model_files)
+    upload_run_scores_dq_report(live_client, settings, make_user, model_files)
     assert not Path(settings.storage.path).exists()  # nothing went to the local folder
 
     prefix = settings.storage.prefix
@@ -210,7 +188,7 @@ def test_e2e_flow_with_the_s3_store(
     assert f"ok       {folder}/model.dill (model 1 churn_lgbm v1, " in clean.stdout
 
     # Someone overwrites the object: the store check and the batch job both notice.
-    s3 = _admin_client(moto_url)
+    s3 = admin_client(moto_url)
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/model.dill", Body=b"not the model")
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/users/1/models/99/v1/model.dill", Body=b"?")
     found = mldropd(home, "store", "check")
@@ -226,12 +204,12 @@ def test_e2e_flow_with_the_s3_store(
 
     # Deleting the model removes its objects from the bucket, and only those.
     token = make_user("admin@example.com", admin=True)
-    assert client.delete("/api/v1/models/1", headers=auth(token)).status_code == 204
+    assert live_client.delete("/api/v1/models/1", headers=bearer(token)).status_code == 204
     assert sorted(bucket_objects(moto_url, prefix)) == ["users/1/models/99/v1/model.dill"]
 
 
 def test_versions_kept_in_the_bucket(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     make_user: Callable[..., str],
     small_model: Path,
@@ -239,9 +217,11 @@ def test_versions_kept_in_the_bucket(
 ) -> None:
     token = make_user(ANN)
     for version in (1, 2, 3):
-        response = upload(client, token, small_model, name="churn")
+        response = upload(live_client, token, small_model, name="churn")
         assert response.status_code == 201 and response.json()["version"] == version
-    detail = client.get(f"/api/v1/models/{response.json()['id']}", headers=auth(token)).json()
+    detail = live_client.get(
+        f"/api/v1/models/{response.json()['id']}", headers=bearer(token)
+    ).json()
     assert [v["version"] for v in detail["versions"]] == [3, 2]  # versions_kept = 2
     assert sorted(bucket_objects(moto_url, settings.storage.prefix)) == [
         f"users/1/models/{response.json()['id']}/v{n}/{name}"
@@ -252,7 +232,7 @@ def test_versions_kept_in_the_bucket(
 
 @pytest.mark.parametrize("endpoint", ["proxy"], indirect=True)
 def test_outage_answers_503_naming_the_endpoint_and_records_nothing(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     proxy: TcpProxy,
     moto_url: str,
@@ -262,31 +242,31 @@ def test_outage_answers_503_naming_the_endpoint_and_records_nothing(
     token = make_user(ANN)
     prefix = settings.storage.prefix
     assert settings.storage.endpoint_url == proxy.url
-    assert client.get("/readyz").status_code == 200
-    assert upload(client, token, small_model, name="before").status_code == 201
+    assert live_client.get("/readyz").status_code == 200
+    assert upload(live_client, token, small_model, name="before").status_code == 201
 
     proxy.stop()  # the S3 endpoint goes away
     unreachable = f"S3 store {proxy.url} bucket '{BUCKET}' is unreachable"
-    ready = client.get("/readyz")
+    ready = live_client.get("/readyz")
     assert ready.status_code == 503
     assert unreachable in ready.json()["checks"]["store"]
     assert ready.json()["checks"]["database"] == "ok"
     started = time.monotonic()
-    refused = upload(client, token, small_model, name="during")
+    refused = upload(live_client, token, small_model, name="during")
     assert refused.status_code == 503, refused.text
     message = refused.json()["errors"][0]["message"]
     assert unreachable in message
     assert "Check [storage] endpoint_url and that the server is running." in message
     assert time.monotonic() - started < 60
-    names = [m["name"] for m in client.get("/api/v1/models", headers=auth(token)).json()]
+    names = [m["name"] for m in live_client.get("/api/v1/models", headers=bearer(token)).json()]
     assert names == ["before"]
     assert _count(settings, "SELECT count(*) FROM model_version") == 1
     before = ["users/1/models/1/v1/manifest.json", "users/1/models/1/v1/model.dill"]
     assert sorted(bucket_objects(moto_url, prefix)) == before
 
     proxy.start()  # back on the same port: the daemon recovers by itself
-    assert client.get("/readyz").status_code == 200
-    assert upload(client, token, small_model, name="during").status_code == 201
+    assert live_client.get("/readyz").status_code == 200
+    assert upload(live_client, token, small_model, name="during").status_code == 201
 
     # The object is written before the row; when the database write fails, it is removed.
     _execute(
@@ -294,18 +274,18 @@ def test_outage_answers_503_naming_the_endpoint_and_records_nothing(
         "CREATE TRIGGER refuse BEFORE INSERT ON model_version "
         "BEGIN SELECT RAISE(ABORT, 'database is full'); END",
     )
-    failed = upload(client, token, small_model, name="after")
+    failed = upload(live_client, token, small_model, name="after")
     assert failed.status_code == 500
     during = ["users/1/models/2/v1/manifest.json", "users/1/models/2/v1/model.dill"]
     assert sorted(bucket_objects(moto_url, prefix)) == before + during  # nothing of "after"
-    listed = client.get("/api/v1/models", headers=auth(token)).json()
+    listed = live_client.get("/api/v1/models", headers=bearer(token)).json()
     assert sorted(m["name"] for m in listed) == ["before", "during"]
     assert _count(settings, "SELECT count(*) FROM model_version") == 2
 
 
 @pytest.mark.parametrize("endpoint", ["own-server"], indirect=True)
 def test_server_stopped_mid_test(
-    client: TestClient[Any],
+    live_client: TestClient[Any],
     settings: Settings,
     own_server: tuple[subprocess.Popen[str], str],
     make_user: Callable[..., str],
@@ -313,14 +293,14 @@ def test_server_stopped_mid_test(
 ) -> None:
     proc, url = own_server
     token = make_user(ANN)
-    assert upload(client, token, small_model, name="before").status_code == 201
-    _stop_child(proc)  # the S3 server itself stops
+    assert upload(live_client, token, small_model, name="before").status_code == 201
+    stop_child(proc)  # the S3 server itself stops
     unreachable = f"S3 store {url} bucket '{BUCKET}' is unreachable"
-    ready = client.get("/readyz")
+    ready = live_client.get("/readyz")
     assert ready.status_code == 503 and unreachable in ready.json()["checks"]["store"]
-    refused = upload(client, token, small_model, name="during")
+    refused = upload(live_client, token, small_model, name="during")
     assert refused.status_code == 503 and unreachable in refused.json()["errors"][0]["message"]
-    names = [m["name"] for m in client.get("/api/v1/models", headers=auth(token)).json()]
+    names = [m["name"] for m in live_client.get("/api/v1/models", headers=bearer(token)).json()]
     assert names == ["before"]
     assert _count(settings, "SELECT count(*) FROM model_version") == 1
 

@@ -1,4 +1,4 @@
-"""The scan against the adversarial corpus (tests/pickle_corpus.py) and real models of every
+"""The scan against the adversarial corpus (tests/support/pickle_corpus.py) and real models of every
 supported library; its cost stays linear, bounded in time and never raises."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mldropd.pickle_scan import MAX_DEPTH, scan_bytes, scan_pickle
-from tests.pickle_corpus import (
+from tests.support.pickle_corpus import (
     ACCEPTED,
     REFUSED,
     accepted_pickle,

@@ -31,6 +31,8 @@ from mldropd.db import session_scope
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion
 from mldropd.settings import load_settings
 
+pytestmark = pytest.mark.slow  # fuzzes every operation: 15-50 s
+
 MAX_EXAMPLES = 30
 CHECKS = [
     not_a_server_error,

@@ -4,13 +4,10 @@ database, real sandbox children, real daemons. Accounts and sessions: tests/test
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import select
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,121 +18,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from litestar.testing import TestClient
-from sqlmodel import select as sql_select
 
-from mldropd.db import make_engine, session_scope
+from mldropd.db import make_engine
 from mldropd.inspect import FUNCTIONS_NOTE
-from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
 from mldropd.registry import name_from_filename
 from mldropd.security import CSP
 from mldropd.settings import Settings
-from tests.conftest import today, wait_for
-from tests.test_browser import page  # noqa: F401  (the Chromium fixture, by name)
+from tests.support.cli import mldropd
+from tests.support.home import today
+from tests.support.http import HX, bearer, csrf, sign_in
+from tests.support.rows import add_model
+from tests.support.wait import wait_for
 
-HX = {"HX-Request": "true"}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---- helpers shared with test_isolation_matrix.py ----------------------------------------------
-
-
-def csrf(client: TestClient[Any]) -> str:
-    """The CSRF cookie, set by any page."""
-    if "csrftoken" not in client.cookies:
-        client.get("/login")
-    return str(client.cookies["csrftoken"])
-
-
-def sign_in(client: TestClient[Any], token: str) -> str:
-    """Sign in through the form; return the session id the browser now holds."""
-    response = client.post(
-        "/login", data={"token": token, "_csrf_token": csrf(client)}, follow_redirects=False
-    )
-    assert response.status_code == 303, response.text
-    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("session="))
-    return cookie.split(";", 1)[0].removeprefix("session=")
-
-
-def add_model(
-    engine: Any,
-    owner: str,
-    name: str,
-    *,
-    versions: int = 1,
-    run_status: str = "succeeded",
-    quarantined: bool = False,
-) -> tuple[int, int]:
-    """A paused model with versions, one run (yesterday) and its DQ row; (model id, run id)."""
-    day = today() - dt.timedelta(days=1)
-    with session_scope(engine) as s:
-        user = s.exec(sql_select(User).where(User.email == owner)).one()
-        model = Model(
-            owner_id=user.id or 0, name=name, email=owner, status="paused", version=versions
-        )
-        s.add(model)
-        s.flush()
-        for v in range(1, versions + 1):
-            s.add(
-                ModelVersion(
-                    model_id=model.id or 0,
-                    version=v,
-                    artifact_key=f"k/{name}/v{v}",
-                    sha256="0" * 64,
-                    size=1,
-                    features=["f00"],
-                    contract={},
-                )
-            )
-        batch = BatchRun(date=day, trigger="backfill", status="succeeded")
-        s.add(batch)
-        s.flush()
-        run = ModelRun(
-            batch_id=batch.id or 0,
-            model_id=model.id or 0,
-            model_version=versions,
-            date=day,
-            trigger="backfill",
-            status=run_status,
-            rows=10,
-            seconds=0.5,
-            quarantined=quarantined,
-            error="boom" if run_status == "failed" else None,
-        )
-        s.add(run)
-        s.flush()
-        s.add(
-            DQResult(
-                model_run_id=run.id or 0,
-                model_id=model.id or 0,
-                date=day,
-                psi=0.01,
-                psi_noise=0.002,
-                auc=0.5,
-                reason=f"{name} ok",
-            )
-        )
-        return model.id or 0, run.id or 0
-
-
-def hold_scores(settings: Settings, model_id: int, day: dt.date) -> None:
-    """A partition held back by the DQ gate, for publish/discard."""
-    held = Path(settings.dq.quarantine_path) / f"dt={day.isoformat()}" / f"model={model_id}"
-    held.mkdir(parents=True, exist_ok=True)
-    (held / "part-0.parquet").write_bytes(b"held")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def mldropd(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mldropd", *args, "--config", str(home / "config.toml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=home,
-    )
 
 
 # ---- the sandbox: secrets, private folder, stdin ---------------------------------------------
@@ -249,6 +144,7 @@ def _cwd_model() -> bytes:
     )
 
 
+@pytest.mark.slow  # uploads validated in sandboxed children, and the CLI
 def test_admin_allows_a_refused_global_for_one_user(
     client: TestClient[Any], home: Path, make_user: Callable[..., str]
 ) -> None:
@@ -457,7 +353,7 @@ document.addEventListener("securitypolicyviolation", e =>
 @pytest.mark.browser
 @pytest.mark.slow
 def test_pages_break_no_csp_rule_in_a_browser(
-    page: Any,  # noqa: F811  (test_browser's fixture)
+    page: Any,
     settings: Settings,
     make_user: Callable[..., str],
     daemon: Any,

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ from mldropd.demo import write_features
 from mldropd.errors import ConfigError
 from mldropd.intake import UploadForm, register_file
 from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.settings import EngineSettings, Settings, load_settings
+from mldropd.settings import Settings, load_settings
 from mldropd.states import Trigger
 from mldropd.store import make_store
-from tests.conftest import N_ENTITIES, N_FEATURES, today
+from tests.support.home import N_ENTITIES, N_FEATURES, today
 
 pytestmark = pytest.mark.spark
 
@@ -119,21 +119,6 @@ class Lab:
     def scores(self, day: dt.date, name: str) -> pa.Table:
         part = partition_dir(self.settings.scores.path, day, self.ids[name])
         return pq.read_table(part).sort_by("entity_id")
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from mldropd.engines.spark import get_session
-
-    warehouse = tmp_path_factory.mktemp("warehouse")
-    conf = {
-        "spark.sql.shuffle.partitions": "2",
-        "spark.ui.enabled": "false",
-        "spark.sql.warehouse.dir": str(warehouse),
-    }
-    session = get_session(EngineSettings(spark_master="local[2]", spark_conf=conf))
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")
@@ -332,8 +317,8 @@ def test_keys_one_row_per_entity_on_a_spark_written_store(
 ) -> None:
     """A store written by Spark (_SUCCESS, .crc, several part files), with duplicated and null
     keys: both engines keep the same row of each key, one row per entity."""
-    from tests import field_data
-    from tests.test_keys import make_lab
+    from tests.support import field_data
+    from tests.support.key_lab import make_lab
 
     day = today()
     data = field_data.frame(day)

@@ -33,7 +33,8 @@ from mldropd.records import Model, ModelRun
 from mldropd.settings import Settings, load_settings
 from mldropd.states import Trigger
 from mldropd.store import make_store
-from tests.conftest import N_ENTITIES, N_FEATURES, free_port, today, wait_for
+from tests.support.home import N_ENTITIES, N_FEATURES, today
+from tests.support.wait import free_port, wait_for
 
 # Two Spark sessions and a cluster start: far above the suite's 300 s default when the
 # machine's 2 cores are shared.

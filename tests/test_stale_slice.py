@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from litestar.testing import TestClient
 from sqlmodel import select
 
@@ -13,9 +14,11 @@ from mldropd.app import create_app
 from mldropd.auth import rotate_token
 from mldropd.db import session_scope
 from mldropd.records import DQResult, OutboxMessage
-from tests import field_data
-from tests.conftest import today
-from tests.test_keys import make_lab
+from tests.support import field_data
+from tests.support.home import today
+from tests.support.key_lab import make_lab
+
+pytestmark = pytest.mark.slow  # a batch scored in sandboxed model hosts
 
 
 def test_a_stale_slice_is_said_everywhere_and_weighed_by_dq(tmp_path: Path) -> None:

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
-import subprocess
-import sys
-import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from mldropd.errors import ConfigError, NotFound, Unavailable
 from mldropd.settings import StorageSettings
@@ -38,92 +31,18 @@ from mldropd.store.base import (
 )
 from mldropd.store.local import LocalStore
 from mldropd.store.s3 import S3Store
+from tests.support.s3 import (
+    BUCKET,
+    KEY_ID,
+    SECRET,
+    admin_client,
+    key_files,
+    start_inprocess_server,
+    stop_inprocess_server,
+)
 
 MB = 1024 * 1024
-BUCKET = "models"
-KEY_ID = "testing"
-SECRET = "testing"
 OUTAGE_LIMIT_S = 15.0
-
-_CHILD_SERVER = r"""
-import logging, os, sys, threading
-from moto.server import ThreadedMotoServer
-
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-threading.excepthook = lambda args: os._exit(3)  # e.g. the port was taken: fail fast
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-server.start()
-print("ready", flush=True)
-sys.stdin.read()  # serve until the test closes our stdin
-server.stop()
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_child_server(log: Path, timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
-    """ThreadedMotoServer in a child process; (process, endpoint URL)."""
-    for _ in range(3):  # a freshly chosen port can be taken by someone else meanwhile
-        port = _free_port()
-        with open(log, "a") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_SERVER, str(port)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-            )
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready and proc.stdout.readline().strip() == "ready":
-                return proc, f"http://127.0.0.1:{port}"
-        _stop_child(proc)
-    raise RuntimeError(f"moto server did not start; see {log}")
-
-
-def _stop_child(proc: subprocess.Popen[str]) -> None:
-    try:
-        if proc.stdin:
-            proc.stdin.close()
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _start_inprocess_server(timeout: float = 10.0) -> tuple[ThreadedMotoServer, str]:
-    """ThreadedMotoServer in this process (start() itself waits without a timeout)."""
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    starter = threading.Thread(target=server.start, daemon=True)
-    starter.start()
-    starter.join(timeout)
-    if starter.is_alive():
-        raise RuntimeError(f"in-process moto server did not start on port {port}")
-    return server, f"http://127.0.0.1:{port}"
-
-
-def _stop_inprocess_server(server: ThreadedMotoServer, timeout: float = 10.0) -> None:
-    stopper = threading.Thread(target=server.stop, daemon=True)
-    stopper.start()
-    stopper.join(timeout)
-    assert not stopper.is_alive(), "moto server did not stop"
-
-
-def _admin_client(url: str):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
 
 
 def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -152,28 +71,10 @@ def _env_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
 
 
-def _key_files(tmp_path: Path) -> tuple[str, str]:
-    access, secret = tmp_path / "s3-access-key", tmp_path / "s3-secret-key"
-    access.write_text(f"  {KEY_ID}\n")  # surrounding blanks and the newline are stripped
-    secret.write_text(f"{SECRET}\n\n")
-    return str(access), str(secret)
-
-
 def _s3_settings(url: str, **overrides: str) -> StorageSettings:
     values = {"kind": "s3", "bucket": BUCKET, "prefix": "mldropd", "endpoint_url": url}
     values.update(overrides)
     return StorageSettings(**values)
-
-
-@pytest.fixture(scope="module")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    proc, url = _start_child_server(log)
-    try:
-        _admin_client(url).create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        _stop_child(proc)
 
 
 def _make_store(
@@ -187,18 +88,28 @@ def _make_store(
         _env_credentials(monkeypatch, tmp_path)
         return S3Store(_s3_settings(url, prefix=prefix))
     _no_ambient_credentials(monkeypatch, tmp_path)  # so only the key files can work
-    access, secret = _key_files(tmp_path)
+    access, secret = key_files(tmp_path)
     return S3Store(_s3_settings(url, prefix=prefix, access_key_file=access, secret_key_file=secret))
 
 
-@pytest.fixture(params=["local", "s3-env-credentials", "s3-key-files"])
+# The S3 variants talk to moto_url, a child process: they are in the slow tier.
+S3_SLOW = pytest.mark.slow
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3-env-credentials", marks=S3_SLOW),
+        pytest.param("s3-key-files", marks=S3_SLOW),
+    ]
+)
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> ArtifactStore:
     return _make_store(request.param, request, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=["local", "s3-env-credentials"])
+@pytest.fixture(params=["local", pytest.param("s3-env-credentials", marks=S3_SLOW)])
 def big_store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> ArtifactStore:
@@ -385,7 +296,7 @@ def test_s3_objects_live_under_the_prefix(
     store = S3Store(_s3_settings(moto_url, prefix=prefix))
     key = artifact_key(USER, "churn", 1)
     store.put_bytes(key, b"x")
-    listed = _admin_client(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=prefix.rstrip("/"))
+    listed = admin_client(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=prefix.rstrip("/"))
     assert [o["Key"] for o in listed["Contents"]] == [f"{prefix}{key}"]
     assert store.list() == [key]
     assert store.describe() == f"S3 {moto_url} bucket {BUCKET}/{prefix.strip('/')}"
@@ -396,12 +307,12 @@ def test_s3_empty_prefix_uses_bucket_root(
 ) -> None:
     _env_credentials(monkeypatch, tmp_path)
     bucket = f"bare-{uuid.uuid4().hex[:8]}"
-    _admin_client(moto_url).create_bucket(Bucket=bucket)
+    admin_client(moto_url).create_bucket(Bucket=bucket)
     store = S3Store(_s3_settings(moto_url, bucket=bucket, prefix=""))
     key = artifact_key(USER, "churn", 1)
     store.put_bytes(key, b"x")
     assert [
-        o["Key"] for o in _admin_client(moto_url).list_objects_v2(Bucket=bucket)["Contents"]
+        o["Key"] for o in admin_client(moto_url).list_objects_v2(Bucket=bucket)["Contents"]
     ] == [key]
     assert store.list() == [key]
     store.delete_prefix("")
@@ -430,7 +341,7 @@ def test_s3_without_credentials_is_unavailable(
 
 
 def test_s3_key_file_problems_are_config_errors(moto_url: str, tmp_path: Path) -> None:
-    access, secret = _key_files(tmp_path)
+    access, secret = key_files(tmp_path)
     with pytest.raises(ConfigError, match="access_key_file"):
         S3Store(
             _s3_settings(
@@ -465,19 +376,20 @@ def test_s3_missing_bucket_is_unavailable_not_not_found(
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # waits out the client's timeouts by design
 def test_s3_outage_is_reported_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop the server mid-test: every call answers Unavailable naming the endpoint, fast."""
     _env_credentials(monkeypatch, tmp_path)
-    server, url = _start_inprocess_server()
+    server, url = start_inprocess_server()
     try:
-        _admin_client(url).create_bucket(Bucket="outage")
+        admin_client(url).create_bucket(Bucket="outage")
         store = S3Store(_s3_settings(url, bucket="outage"))
         src = tmp_path / "model.dill"
         src.write_bytes(os.urandom(100_000))
         store.put_file("u/m/v1/model.dill", src)  # works while the server is up
         store.check()
     finally:
-        _stop_inprocess_server(server)
+        stop_inprocess_server(server)
 
     calls = {
         "check": store.check,
@@ -503,6 +415,7 @@ def test_s3_outage_is_reported_quickly(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dill"]  # no temp files
 
 
+@pytest.mark.slow  # waits out the client's timeouts by design
 def test_s3_hung_server_is_reported_within_the_timeouts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,13 @@ import pytest
 from litestar.testing import TestClient
 from sklearn.linear_model import LogisticRegression
 
-from mldropd.app import create_app
 from mldropd.settings import Settings
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient[Any]]:
+def settings(settings: Settings) -> Settings:
     settings.limits.max_upload_mb = 1
-    with TestClient(create_app(settings), timeout=120) as c:
-        yield c
+    return settings
 
 
 @pytest.fixture
@@ -134,11 +132,11 @@ def _cases(tmp: Path) -> list[tuple[str, bytes, dict[str, str], int, dict[str, s
 
 
 def test_every_bad_upload_is_refused_with_its_reason(
-    client: TestClient[Any], token: str, settings: Settings, tmp_path: Path
+    live_client: TestClient[Any], token: str, settings: Settings, tmp_path: Path
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     for case, content, form, status, expected in _cases(tmp_path):
-        response = client.post(
+        response = live_client.post(
             "/api/v1/models", headers=headers, files={"file": ("model.dill", content)}, data=form
         )
         assert response.status_code == status, (case, response.text)
@@ -147,13 +145,13 @@ def test_every_bad_upload_is_refused_with_its_reason(
             messages = [e["message"] for e in errors if e["field"] == field]
             assert any(words in m for m in messages), (case, field, errors)
     assert not (tmp_path / "MARKER").exists(), "the evil pickle was executed"
-    assert client.get("/api/v1/models", headers=headers).json() == []
+    assert live_client.get("/api/v1/models", headers=headers).json() == []
     artifacts = Path(settings.storage.path)
     assert not artifacts.exists() or not [p for p in artifacts.rglob("*") if p.is_file()]
 
 
-def test_missing_file_field(client: TestClient[Any], token: str) -> None:
-    response = client.post(
+def test_missing_file_field(live_client: TestClient[Any], token: str) -> None:
+    response = live_client.post(
         "/api/v1/models", headers={"Authorization": f"Bearer {token}"}, data={"name": "x"}
     )
     assert response.status_code == 422
@@ -161,14 +159,16 @@ def test_missing_file_field(client: TestClient[Any], token: str) -> None:
 
 
 def test_quota(
-    client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
+    live_client: TestClient[Any], make_user: Callable[..., str], model_files: dict[str, Path]
 ) -> None:
     token = make_user("quota@example.com", quota=1)
     headers = {"Authorization": f"Bearer {token}"}
 
     def up(path: Path) -> Any:
         with open(path, "rb") as f:
-            return client.post("/api/v1/models", headers=headers, files={"file": (path.name, f)})
+            return live_client.post(
+                "/api/v1/models", headers=headers, files={"file": (path.name, f)}
+            )
 
     assert up(model_files["lgbm"]).status_code == 201
     full = up(model_files["logreg"])

@@ -46,7 +46,7 @@ def bearer_user(request: Request[Any, Any, Any], state: State) -> User:
 
 
 def _daemon(state: State) -> Daemon:
-    return state.daemon  # type: ignore[no-any-return]
+    return state.daemon
 
 
 @post(

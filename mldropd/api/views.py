@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any, TypedDict
 
 from sqlalchemy import bindparam, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -335,26 +336,26 @@ def _list_query() -> Any:
     A = aliased(ModelRun, name="active_run")  # noqa: N806
     model_columns = [getattr(Model, c.name) for c in Model.__table__.columns]  # type: ignore[attr-defined]
     return (
-        select(
+        sa_select(
             *model_columns,
-            Owner.email.label("owner"),
-            V.id.label("version_id"),
-            V.uploaded_at.label("uploaded_at"),  # type: ignore[union-attr]
+            col(Owner.email).label("owner"),
+            col(V.id).label("version_id"),
+            col(V.uploaded_at).label("uploaded_at"),
             *_run_columns(R, "run"),
             *_run_columns(A, "active"),
-            D.date.label("dq_date"),
-            D.status.label("dq_status"),
-            D.psi,
-            D.auc,
-            D.reason,
+            col(D.date).label("dq_date"),
+            col(D.status).label("dq_status"),
+            col(D.psi),
+            col(D.auc),
+            col(D.reason),
         )
         .select_from(Model)
-        .join(Owner, Owner.id == Model.owner_id)
-        .outerjoin(V, (V.model_id == Model.id) & (V.version == Model.version))
+        .join(Owner, col(Owner.id) == Model.owner_id)
+        .outerjoin(V, (col(V.model_id) == Model.id) & (col(V.version) == Model.version))
         .outerjoin(R, R.id == _newest(R))
         .outerjoin(A, A.id == _active())
         .outerjoin(D, D.id == _newest(D))
-        .order_by(Model.name, Model.id)
+        .order_by(col(Model.name), col(Model.id))
     )
 
 
@@ -412,12 +413,13 @@ class _RegistryCache:
         missing = [key[0] for key in keys if key not in found]
         V = ModelVersion  # noqa: N806
         for start in range(0, len(missing), 500):
-            for v in session.exec(
-                select(V.id, V.uploaded_at, V.features, V.contract, V.dry_run).where(
-                    col(V.id).in_(missing[start : start + 500])
-                )
-            ):
-                found[(v.id, v.uploaded_at)] = _VersionInfo(v.features, v.contract, v.dry_run)
+            rows = session.connection().execute(  # plain rows: sqlmodel's select takes 4 columns
+                sa_select(
+                    col(V.id), col(V.uploaded_at), col(V.features), col(V.contract), col(V.dry_run)
+                ).where(col(V.id).in_(missing[start : start + 500]))
+            )
+            for version_id, uploaded_at, features, contract, dry_run in rows:
+                found[(version_id, uploaded_at)] = _VersionInfo(features, contract, dry_run)
         if len(known) + len(missing) > self.VERSIONS_KEPT:
             self._versions = known = {}
         known.update(found)
@@ -430,7 +432,7 @@ _CACHES_LOCK = threading.Lock()
 
 def _cache_of(session: Session) -> _RegistryCache:
     """The cache of the session's database (a database that is not a file gets none to keep)."""
-    engine = session.get_bind()
+    engine = session.get_bind().engine  # the Engine, also when bound to a Connection
     path = engine.url.database
     if engine.url.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return _RegistryCache(None)
@@ -491,7 +493,9 @@ def _read_model_list(
 ) -> list[dict[str, Any]]:
     query = visible_models(_list_query(), user, owner)
     if limit is not None:  # pick the page's models first: SQLite would join all, then sort
-        page = visible_models(select(Model.id).order_by(Model.name, Model.id), user, owner)
+        page = visible_models(
+            select(Model.id).order_by(col(Model.name), col(Model.id)), user, owner
+        )
         query = query.where(col(Model.id).in_(page.limit(limit).offset(offset).scalar_subquery()))
     found = list(session.exec(query))
     keys = {f.id: (f.version_id, f.uploaded_at) for f in found if f.version_id}
@@ -538,9 +542,7 @@ def busy_model_ids(session: Session) -> set[int]:
     """Models with a run waiting or in progress (the partial index holds only those runs)."""
     return set(
         session.exec(
-            select(ModelRun.model_id)
-            .distinct()  # type: ignore[call-overload]
-            .where(text("status IN ('pending', 'running')"))
+            select(ModelRun.model_id).distinct().where(text("status IN ('pending', 'running')"))
         )
     )
 

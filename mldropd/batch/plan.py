@@ -38,7 +38,7 @@ def _latest_runs(session: Session, day: dt.date, model_ids: Iterable[int]) -> di
     newest = (
         select(ModelRun.model_id, func.max(ModelRun.id).label("id"))
         .where(ModelRun.date == day, col(ModelRun.model_id).in_(ids))
-        .group_by(ModelRun.model_id)
+        .group_by(col(ModelRun.model_id))
         .subquery()
     )
     rows = session.exec(select(ModelRun).join(newest, col(ModelRun.id) == newest.c.id)).all()

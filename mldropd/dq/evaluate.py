@@ -196,6 +196,7 @@ def evaluate(
         reason = FIRST_DATE + (f"; checks: {check_words}" if check_words else "")
         details.update(psi=None, ks_pvalue=None, av=None)
         return DQReport(status, reason, None, None, None, None, json_safe(details))
+    assert ref_scores is not None  # set together with reference
 
     statuses = list(check_statuses)
     words: list[str] = []

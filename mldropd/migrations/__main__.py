@@ -1,4 +1,7 @@
-"""python -m mldropd.migrations revision "what changed" | check (see docs/operations.md)."""
+"""python -m mldropd.migrations revision "what changed" | check.
+
+See docs/development.md, "Adding a migration".
+"""
 
 from __future__ import annotations
 

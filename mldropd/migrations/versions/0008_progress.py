@@ -10,6 +10,8 @@ Create Date: 2026-11-30 14:00:00.000000
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ down_revision = "0007"  # the lead chains 0006..0009 when merging
 branch_labels = None
 depends_on = None
 
-_COLUMNS = [
+_COLUMNS: list[sa.Column[Any]] = [
     sa.Column("phase", sa.String(), nullable=True),
     sa.Column("rows_done", sa.Integer(), nullable=True),
     sa.Column("rows_total", sa.Integer(), nullable=True),

@@ -1,4 +1,5 @@
-"""Helpers of tests/test_container.py: podman calls, the documented command steps, containers.
+"""Helpers of the container tests (tests/test_container*.py): podman calls, the documented
+command steps, the image and its inputs, containers and checks of what runs in them.
 
 The container section of docs/operations.md shows the commands rendered from the steps below
 with an operator's values (`DOCS_VALUES`); the tests run the same steps with their own values
@@ -8,6 +9,7 @@ with an operator's values (`DOCS_VALUES`); the tests run the same steps with the
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -16,14 +18,22 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import dill
+import duckdb
 import httpx
+import numpy as np
 
-from tests.conftest import free_port, wait_for
+from mldropd.demo import write_features
+from tests.support.home import N_ENTITIES, N_FEATURES, today
+from tests.support.wait import free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS_PAGE = ROOT / "docs" / "operations.md"
 UID = 10001  # the image's user (Containerfile: USER 10001:10001)
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TEST_IMAGE = "localhost/mldropd:test"
 
 
 def podman(
@@ -202,3 +212,81 @@ def pod(image: str, features: Path) -> Iterator[Pod]:
         yield p
     finally:
         p.cleanup()
+
+
+# -- the image and its inputs (the conftest's fixtures) -------------------------------------
+# The docs' build command (docs/operations.md renders it with the other steps).
+BUILD = Step("podman build --format docker{build_args} -t {image} -f Containerfile .", None, 1800)
+
+
+def make_base_image() -> str:
+    """The base made locally (no registry here): cached in podman's store between runs."""
+    podman_or_fail()
+    proc = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "base-image")], capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f".ci/base-image failed:\n{proc.stderr[-4000:]}"
+    return proc.stdout.split()[-1]
+
+
+def build_args(base: str) -> str:
+    args = f" --build-arg BASE={base}"
+    if CA_BUNDLE.is_file():  # this machine reaches PyPI through a proxy only its own CAs trust
+        args += f" -v {CA_BUNDLE}:{CA_BUNDLE}:ro"
+    return args
+
+
+def build_image(base: str) -> str:
+    """The image, built by the docs' build command (cold about 6 min, warm seconds)."""
+    start = time.monotonic()
+    run_steps((BUILD,), {"build_args": build_args(base), "image": TEST_IMAGE})
+    print(f"\nimage {TEST_IMAGE} built in {time.monotonic() - start:.0f} s")
+    return TEST_IMAGE
+
+
+def write_container_features(folder: Path) -> Path:
+    """Feature slices from two days ago to tomorrow, readable by the container's user."""
+    folder.chmod(0o755)
+    days = [today() + dt.timedelta(days=i) for i in (-2, -1, 0, 1)]
+    write_features(folder, days, N_ENTITIES, N_FEATURES)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+# -- checks of a running container ----------------------------------------------------------
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_run(c: Container, token: str, model_id: int, day: dt.date) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        runs = httpx.get(
+            f"{c.url}/api/v1/runs",
+            params={"model_id": model_id, "date": day.isoformat()},
+            headers=auth(token),
+            timeout=30,
+        ).json()
+        done = [r for r in runs if r["status"] in ("succeeded", "failed")]
+        return done[0] if done and len(done) == len(runs) else None
+
+    run: dict[str, Any] = wait_for(finished, timeout=240, what=f"the run of {model_id} on {day}")
+    return run
+
+
+def read_sorted(files: str, columns: str = "*") -> Any:
+    """Rows of the Parquet files matching a glob, by entity_id, as a pandas frame."""
+    relation = duckdb.sql(f"SELECT {columns} FROM read_parquet('{files}') ORDER BY entity_id")
+    assert relation is not None
+    return relation.df()
+
+
+def check_scores(home: Path, features: Path, model_file: Path, model_id: int, day: dt.date) -> None:
+    """The scores in the volume equal the model's predict_proba on that day's features."""
+    with open(model_file, "rb") as f:
+        model = dill.load(f)
+    frame = read_sorted(f"{features}/dt={day}/*.parquet")
+    scores = read_sorted(f"{home}/scores/dt={day}/model={model_id}/*.parquet", "entity_id, score")
+    assert np.array_equal(scores["entity_id"].to_numpy(), frame["entity_id"].to_numpy())
+    expected = model["pipeline"].predict_proba(frame[model["features"]])[:, 1]
+    assert np.array_equal(scores["score"].to_numpy(), expected)
