@@ -36,11 +36,40 @@ TIER_OF_FIXTURE = {
 }
 
 
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) each group runs on one worker:
+# a module's tests together (its module fixtures are built once), the container modules together
+# (one image build). Groups are handed out in this order, the longest first, so that no worker
+# is left with a long module at the end; the others follow in collection order.
+LONGEST_GROUPS = [
+    "container",
+    "test_bench_smoke",
+    "test_spark",
+    "test_keys",
+    "test_daemon",
+    "test_intake",
+    "test_spark_cluster",
+    "test_cli",
+    "test_dq_agreement",
+    "test_accounts",
+    "test_demo",
+]
+
+
+def _group_of(item: pytest.Item) -> str:
+    if item.get_closest_marker("container"):
+        return "container"
+    return Path(str(item.fspath)).stem
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in TIER_OF_FIXTURE:
                 item.add_marker(TIER_OF_FIXTURE[fixture])
+        item.add_marker(pytest.mark.xdist_group(_group_of(item)))
+    rank = {group: n for n, group in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group_of(item), len(rank)))
 
 
 @pytest.fixture(scope="session")
