@@ -202,7 +202,11 @@ class SandboxSettings:
     max_processes: int = _opt(64, "RLIMIT_NPROC of a sandbox: processes and threads it may have.")
     max_file_mb: int = _opt(256, "RLIMIT_FSIZE of a sandbox: the largest file it may write.")
     tmp_mb: int = _opt(256, "Size of a sandbox's private /tmp (a tmpfs, with mountns).")
-    threads: int = _opt(0, "Threads a model may use (OMP/OpenBLAS/MKL); 0: the number of cores.")
+    threads: int = _opt(
+        0,
+        "Threads a model may use (OMP/OpenBLAS/MKL); 0: the number of cores (on Spark executors:"
+        " spark.task.cpus, the share Spark gives each task).",
+    )
 
 
 @dataclass

@@ -75,7 +75,12 @@ def _callables() -> dict[str, Callable[[Any], Any]]:
             time.sleep(3600)
         return np.full(len(frame), 0.5)
 
-    return {"numpy_logit": numpy_logit, "raises": raises, "hangs": hangs}
+    def threads(frame: Any) -> Any:  # scores with the BLAS threads its sandbox was given
+        import os
+
+        return np.full(len(frame), float(os.environ["OMP_NUM_THREADS"]))
+
+    return {"numpy_logit": numpy_logit, "raises": raises, "hangs": hangs, "threads": threads}
 
 
 @dataclass
@@ -343,3 +348,13 @@ def test_keys_one_row_per_entity_on_a_spark_written_store(
         assert None not in keys and len(set(keys)) == len(keys) == field_data.ROWS, engine
         got[engine] = dict(zip(keys, table["score"].to_pylist(), strict=True))
     assert got["local"] == got["spark"] == expected
+
+
+def test_executor_hosts_get_a_tasks_share_of_the_cores(lab: Lab, spark: Any) -> None:
+    """[sandbox] threads = 0 means the machine's cores to the local engine's hosts, but a task's
+    share (spark.task.cpus) in an executor, where tasks already run side by side."""
+    day = lab.days[1]
+    lab.run(day, ["threads"], engine="spark")
+    assert set(lab.scores(day, "threads")["score"].to_pylist()) == {1.0}
+    lab.run(day, ["threads"], engine="local")
+    assert set(lab.scores(day, "threads")["score"].to_pylist()) == {float(os.cpu_count() or 1)}

@@ -181,6 +181,8 @@ def score_with_spark(
     if sandbox is None:
         sandbox = dataclasses.asdict(SandboxSettings())
     spark = spark or get_session(engine)
+    if not sandbox.get("threads"):  # a task's share of the executor, as Spark gives its workers
+        sandbox = {**sandbox, "threads": int(spark.conf.get("spark.task.cpus", "1") or 1)}
     features = FeatureSettings(**request["features"])
     day = dt.date.fromisoformat(request["slice_date"])
     scored_at = dt.datetime.fromisoformat(request["scored_at"])
