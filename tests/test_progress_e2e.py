@@ -149,6 +149,8 @@ def _in_terminal(
     """Run argv on a pseudo-terminal of 160 x 50; its exit code and everything it showed."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    # The terminal's size, not one inherited from the test runner (pytest-xdist sets COLUMNS).
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
         argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, start_new_session=True
     )
