@@ -94,10 +94,9 @@ def events(
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
     """An event as the API and `mldropd audit --json` show it."""
-    at = event.at if event.at.tzinfo else event.at.replace(tzinfo=dt.UTC)
     return {
         "id": event.id,
-        "at": at.isoformat(),
+        "at": event.at.isoformat(),
         "actor": event.actor,
         "action": event.action,
         "target": event.target,

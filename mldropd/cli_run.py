@@ -273,7 +273,6 @@ def _follow(
         mine = batch.runner_pid == os.getpid()
         if batch.status == RunStatus.PENDING and batch.not_before is not None and mine:
             wake = batch.not_before
-            wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
             say(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
             time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
             continue

@@ -25,7 +25,7 @@ OUTBOX_STATUSES = ("pending", "failed", "sent", "kept")
 def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
+    return value.isoformat()
 
 
 def _require_admin(user: User, what: str) -> None:

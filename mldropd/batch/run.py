@@ -177,7 +177,7 @@ class BatchJob:
         with session_scope(self.db) as s:
             batch = s.get(BatchRun, self.batch_id)
             assert batch is not None
-            deadline = ledger.aware(batch.created_at) + dt.timedelta(seconds=cfg.sensor_deadline)
+            deadline = batch.created_at + dt.timedelta(seconds=cfg.sensor_deadline)
         if now >= deadline:
             return False
         retry = min(now + dt.timedelta(seconds=cfg.sensor_interval), deadline)
