@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from mldropd.api.views import model_json, model_list, psi_histories
+from mldropd.services.views import model_json, model_list, psi_histories
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
 from mldropd.registry import list_models

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlmodel import Session, col, select
 
 from mldropd import audit
-from mldropd.api.views import RunOut, dq_json, model_json, model_list, run_json
+from mldropd.services.views import RunOut, dq_json, model_json, model_list, run_json
 from mldropd.batch.gate import discard_held, publish_held
 from mldropd.daemon import Daemon
 from mldropd.db import session_scope

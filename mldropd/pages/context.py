@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session, col, select
 
-from mldropd.api.views import (
+from mldropd.services.views import (
     busy_model_ids,
     dq_json,
     model_json,

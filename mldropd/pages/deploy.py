@@ -13,7 +13,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
-from mldropd.api.views import model_json
+from mldropd.services.views import model_json
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, TooLarge
 from mldropd.pages import schedule
