@@ -52,8 +52,15 @@ def run_dates(
         if end < first:
             raise ValidationFailed([FieldError("to", f"{end} is before {first}")])
         if (end - first).days >= MAX_DAYS:
+            asked = (end - first).days + 1
             raise ValidationFailed(
-                [FieldError("from", f"a backfill covers at most {MAX_DAYS} days")]
+                [
+                    FieldError(
+                        "from",
+                        f"{first} to {end} is {asked} days; a backfill covers at most "
+                        f"{MAX_DAYS} days (split it into several)",
+                    )
+                ]
             )
         days = [first + dt.timedelta(days=i) for i in range((end - first).days + 1)]
     if days[-1] > today:
