@@ -140,15 +140,15 @@ def _page_user(request: Request[Any, Any, Any], state: State) -> User:
 
 # The services, as handlers' dependencies: `models: NamedDependency[ModelService]` and so on.
 def _models(state: State) -> ModelService:
-    return state.services.models  # type: ignore[no-any-return]
+    return state.services.models
 
 
 def _runs(state: State) -> RunService:
-    return state.services.runs  # type: ignore[no-any-return]
+    return state.services.runs
 
 
 def _users(state: State) -> UserService:
-    return state.services.users  # type: ignore[no-any-return]
+    return state.services.users
 
 
 SERVICES = {

@@ -128,8 +128,8 @@ def run(
         with display as say:
             if len(ours) > 1:  # a backfill is one job: each owner's models load once, one report
                 daemon.runner.run_job(ours, retries=False)
-            for p in plan:
-                _settle(daemon, services.runs, p, say)
+            for date_plan in plan:
+                _settle(daemon, services.runs, date_plan, say)
     finally:
         if sandboxes is not None:
             sandboxes.stop(wait=False)

@@ -211,4 +211,4 @@ def proxy_user(request: Request[Any, Any, Any], state: State) -> User | None:
     if not is_trusted(peer, server.trusted_proxies):
         log.debug("ignored %s from untrusted %s", server.trusted_user_header, peer)
         return None
-    return state.services.users.by_email(email)  # type: ignore[no-any-return]
+    return state.services.users.by_email(email)

@@ -50,7 +50,7 @@ def bearer_user(request: Request[Any, Any, Any], state: State) -> User:
     user = state.services.users.by_token(token)
     if user is None:
         raise Unauthorized("the API token is not valid (or the user is disabled)")
-    return user  # type: ignore[no-any-return]
+    return user
 
 
 @post(

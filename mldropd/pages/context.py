@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 from mldropd.pages import charts
 from mldropd.records import OutboxMessage, User
 from mldropd.services import ModelService
-from mldropd.services.schemas import DQOut, ModelOut
+from mldropd.services.schemas import DQOut
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, ModelStatus
 
@@ -37,7 +38,7 @@ def when(value: str | None) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def health(model: ModelOut | dict[str, Any]) -> str:
+def health(model: Mapping[str, Any]) -> str:
     """The status badge: paused, failing (last run failed) or active."""
     if model["status"] != ModelStatus.ACTIVE:
         return str(model["status"])
@@ -197,7 +198,9 @@ def detail_context(
 ) -> dict[str, Any]:
     """Everything the model page shows; another user's model is not found."""
     page = models.page(user, model_id, runs=50, dq_dates=DQ_POINTS)
-    versions = [{**v, "uploaded": when(v["uploaded_at"])} for v in page.model["versions"]]
+    versions: list[dict[str, Any]] = [
+        {**v, "uploaded": when(v["uploaded_at"])} for v in page.model["versions"]
+    ]
     data: dict[str, Any] = {**page.model, "health": health(page.model), "versions": versions}
     runs = [
         {**r, "finished": when(r["finished_at"]) if r["finished_at"] else None} for r in page.runs

@@ -8,6 +8,7 @@ sandbox, then registry.store_and_record); everything after that is here.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 import re
@@ -71,7 +72,7 @@ class ModelService:
     # -- reads ---------------------------------------------------------------------------------
     def list(
         self, caller: Caller, *, owner: str | None = None, limit: int | None = None, offset: int = 0
-    ) -> list[ModelOut]:
+    ) -> builtins.list[ModelOut]:
         """The caller's models by name (an admin: all, or one owner's), optionally one page."""
         with Session(self.engine) as s:
             return views.model_list(
@@ -90,7 +91,7 @@ class ModelService:
                 s, model_of(s, caller, model_id), self.settings, self.now()
             )
 
-    def dq_history(self, caller: Caller, model_id: int) -> list[DQOut]:
+    def dq_history(self, caller: Caller, model_id: int) -> builtins.list[DQOut]:
         """The model's DQ results by date (a re-scored date has one per scoring)."""
         with Session(self.engine) as s:
             model_of(s, caller, model_id)
@@ -114,14 +115,14 @@ class ModelService:
             )
 
     def psi_histories(
-        self, model_ids: list[int], points: int
-    ) -> dict[int, tuple[list[float | None], float | None]]:
+        self, model_ids: builtins.list[int], points: int
+    ) -> dict[int, tuple[builtins.list[float | None], float | None]]:
         """Each model's PSI on its last `points` scored dates and its PSI warn threshold (the
         ids come from a list the caller was allowed to see)."""
         with Session(self.engine) as s:
             return views.psi_histories(s, model_ids, points)
 
-    def artifacts(self, caller: Caller) -> list[tuple[ModelVersion, Model]]:
+    def artifacts(self, caller: Caller) -> builtins.list[tuple[ModelVersion, Model]]:
         """Every stored version with its model, by model and version (`mldropd store check`,
         `mldropd backup`)."""
         with Session(self.engine) as s:
@@ -133,7 +134,7 @@ class ModelService:
             )
             return [(v, m) for v, m in s.exec(query)]
 
-    def pipeline_types(self, caller: Caller, model_ids: list[int]) -> list[str]:
+    def pipeline_types(self, caller: Caller, model_ids: builtins.list[int]) -> builtins.list[str]:
         """The pipeline type of each model's current version (what its sandbox preloads)."""
         with Session(self.engine) as s:
             return [

@@ -249,7 +249,7 @@ class RunService:
     # -- what `mldropd run` follows --------------------------------------------------------------
     def runs_by_id(self, run_ids: Iterable[int]) -> dict[int, ModelRun]:
         """The model runs of these ids (any number of them)."""
-        ids, found = list(run_ids), {}
+        ids, found = list(run_ids), dict[int, ModelRun]()
         with Session(self.engine) as s:
             for start in range(0, len(ids), 500):  # far below SQLite's bound on parameters
                 query = select(ModelRun).where(col(ModelRun.id).in_(ids[start : start + 500]))
@@ -264,11 +264,11 @@ class RunService:
         """Where each of these batches is (running ones have a phase)."""
         with Session(self.engine) as s:
             query = select(BatchRun.id, BatchRun.phase).where(col(BatchRun.id).in_(list(batch_ids)))
-            return {batch_id or 0: phase for batch_id, phase in s.exec(query)}
+            return {batch_id or 0: Phase(p) if p else None for batch_id, p in s.exec(query)}
 
     def dq_by_run(self, run_ids: Iterable[int]) -> dict[int, DQResult]:
         """The DQ result of each of these runs that has one."""
-        ids, found = list(run_ids), {}
+        ids, found = list(run_ids), dict[int, DQResult]()
         with Session(self.engine) as s:
             for start in range(0, len(ids), 500):
                 query = select(DQResult).where(
