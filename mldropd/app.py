@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 from litestar import Litestar, MediaType, Request, Response, Router, get
@@ -24,10 +24,10 @@ from litestar.template.config import TemplateConfig
 
 from mldropd import __version__, logs, metrics
 from mldropd.api.admin import ROUTES as ADMIN_ROUTES
-from mldropd.api.audit import ROUTES as AUDIT_ROUTES
+from mldropd.api.openapi import document_errors
 from mldropd.api.routes import ROUTES as API_ROUTES
 from mldropd.api.routes import bearer_user
-from mldropd.api.schema import document_errors
+from mldropd.api.validation import field_errors
 from mldropd.auth import load_secret_key
 from mldropd.daemon import Daemon
 from mldropd.errors import Busy, MldropdError, Unauthorized
@@ -35,6 +35,7 @@ from mldropd.pages.routes import ROUTES as PAGE_ROUTES
 from mldropd.pages.routes import session_user
 from mldropd.records import User
 from mldropd.security import SecurityHeaders, session_config
+from mldropd.services import ModelService, RunService, Services, UserService
 from mldropd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,7 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     if exc.status_code == 413:
         limit = request.app.state.settings.limits.max_upload_mb
         detail = f"the file is larger than the limit of {limit} MB ([limits] max_upload_mb)"
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    errors = [
-        {"field": str(e.get("key", "")), "message": str(e.get("message", detail))}
-        for e in extra
-        if isinstance(e, dict)
-    ] or [{"field": "", "message": detail}]
+    errors = field_errors(request, exc) or [{"field": "", "message": detail}]
     # A wrong value of a named field (body, query or path) is 422, like the API's own checks;
     # a body that is not even JSON stays 400.
     named = bool(errors) and all(e["field"] for e in errors)
@@ -95,17 +91,28 @@ def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Resp
     )
 
 
+class HealthOut(TypedDict):
+    status: str  # "ok"
+    version: str
+
+
+class ReadyOut(TypedDict):
+    status: str  # "ok", or "unavailable" (503)
+    checks: dict[str, str]  # each dependency: "ok", or what is wrong
+    sandbox: dict[str, Any]  # the sandbox's layers on this machine
+
+
 @get("/healthz", sync_to_thread=False, include_in_schema=True, summary="Liveness")
-def healthz() -> dict[str, str]:
+def healthz() -> HealthOut:
     return {"status": "ok", "version": __version__}
 
 
 @get("/readyz", summary="Readiness: database, store, scheduler, features, disk, sandbox")
-async def readyz(state: State) -> Response[dict[str, Any]]:
+async def readyz(state: State) -> Response[ReadyOut]:
     checks = await anyio.to_thread.run_sync(state.daemon.readiness)
     ok = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if ok else "unavailable", "checks": checks,
-            "sandbox": state.daemon.sandbox_layers()}  # fmt: skip
+    body: ReadyOut = {"status": "ok" if ok else "unavailable", "checks": checks,
+                      "sandbox": state.daemon.sandbox_layers()}  # fmt: skip
     return Response(body, status_code=200 if ok else 503)
 
 
@@ -129,6 +136,26 @@ def _page_user(request: Request[Any, Any, Any], state: State) -> User:
     user = session_user(request, state)
     logs.note_user(request.scope, user.email)  # type: ignore[arg-type]
     return user
+
+
+# The services, as handlers' dependencies: `models: NamedDependency[ModelService]` and so on.
+def _models(state: State) -> ModelService:
+    return state.services.models
+
+
+def _runs(state: State) -> RunService:
+    return state.services.runs
+
+
+def _users(state: State) -> UserService:
+    return state.services.users
+
+
+SERVICES = {
+    "models": Provide(_models, sync_to_thread=False),
+    "runs": Provide(_runs, sync_to_thread=False),
+    "users": Provide(_users, sync_to_thread=False),
+}
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:
@@ -159,13 +186,13 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
     sessions, session_store = session_config(settings, exclude=_NO_CSRF + ["/static"])
     api = Router(
         path="/",
-        route_handlers=[*API_ROUTES, *ADMIN_ROUTES, *AUDIT_ROUTES],
-        dependencies={"user": Provide(_api_user, sync_to_thread=True)},
+        route_handlers=[*API_ROUTES, *ADMIN_ROUTES],
+        dependencies={"user": Provide(_api_user, sync_to_thread=True), **SERVICES},
     )
     pages = Router(
         path="/",
         route_handlers=PAGE_ROUTES,
-        dependencies={"user": Provide(_page_user, sync_to_thread=True)},
+        dependencies={"user": Provide(_page_user, sync_to_thread=True), **SERVICES},
         include_in_schema=False,
     )
     app = Litestar(
@@ -180,7 +207,7 @@ def create_app(settings: Settings, daemon: Daemon | None = None) -> Litestar:
             ),
         ],
         lifespan=[lifespan],
-        state=State({"daemon": daemon, "settings": settings}),
+        state=State({"daemon": daemon, "settings": settings, "services": Services.of(daemon)}),
         middleware=[sessions.middleware],
         stores={"sessions": session_store},
         csrf_config=CSRFConfig(

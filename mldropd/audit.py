@@ -90,16 +90,3 @@ def events(
     if target:
         query = query.where(AuditEvent.target == target)
     return list(session.exec(query.limit(max(1, min(limit, MAX_LIMIT)))))
-
-
-def event_json(event: AuditEvent) -> dict[str, Any]:
-    """An event as the API and `mldropd audit --json` show it."""
-    at = event.at if event.at.tzinfo else event.at.replace(tzinfo=dt.UTC)
-    return {
-        "id": event.id,
-        "at": at.isoformat(),
-        "actor": event.actor,
-        "action": event.action,
-        "target": event.target,
-        "detail": event.detail,
-    }

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlmodel import Session, select
 
 from mldropd import __version__
 from mldropd.cli_common import config_option, load_config
-from mldropd.records import ModelVersion
 from mldropd.settings import Settings
 from mldropd.store.base import ArtifactStore, sha256_file
 
@@ -41,14 +39,15 @@ def _daemon_address(settings: Settings) -> str | None:
         return None
 
 
-def _referenced(db_file: Path) -> dict[str, str]:
+def _referenced(settings: Settings, db_file: Path) -> dict[str, str]:
     """artifact key -> sha256 of every model version recorded in a database file."""
     from mldropd.db import make_engine
+    from mldropd.services import Services, cli
 
     engine = make_engine(db_file)
     try:
-        with Session(engine) as s:
-            return {v.artifact_key: v.sha256 for v in s.exec(select(ModelVersion))}
+        artifacts = Services.build(engine, settings).models.artifacts(cli())
+        return {v.artifact_key: v.sha256 for v, _ in artifacts}
     finally:
         engine.dispose()
 
@@ -66,7 +65,7 @@ def write_backup(settings: Settings, folder: Path) -> dict[str, Any]:
     engine = make_engine(db_copy)
     revision = schema_revision(engine)
     engine.dispose()
-    referenced = _referenced(db_copy)
+    referenced = _referenced(settings, db_copy)
     store = make_store(settings.storage)
     local = settings.storage.kind == "local"
     artifacts = []

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, col, select
 
-from mldropd.records import BatchRun, DQResult, ModelRun
+from mldropd.services import RunService
 from mldropd.states import ModelRunStatus, Phase
 from mldropd.text import duration, per_second
 
@@ -69,21 +67,11 @@ class DateState:
         return not self.done and self.phase is not None
 
 
-def _runs(s: Session, ids: list[int]) -> dict[int, ModelRun]:
-    found: dict[int, ModelRun] = {}
-    for start in range(0, len(ids), 500):  # far below SQLite's bound on parameters
-        query = select(ModelRun).where(col(ModelRun.id).in_(ids[start : start + 500]))
-        found.update((r.id or 0, r) for r in s.exec(query))
-    return found
-
-
-def read_states(engine: Engine, plan: list[DatePlan]) -> list[DateState]:
+def read_states(runs_of: RunService, plan: list[DatePlan]) -> list[DateState]:
     """Each asked date's state, in two queries."""
-    with Session(engine) as s:
-        runs = _runs(s, [run_id for p in plan for run_id in p.runs.values()])
-        batch_ids = {r.batch_id for r in runs.values() if r.status == ModelRunStatus.RUNNING}
-        query = select(BatchRun.id, BatchRun.phase).where(col(BatchRun.id).in_(batch_ids))
-        phases = dict(s.exec(query).all())  # (a Result has keys(): dict() would misread it)
+    runs = runs_of.runs_by_id(run_id for p in plan for run_id in p.runs.values())
+    batch_ids = {r.batch_id for r in runs.values() if r.status == ModelRunStatus.RUNNING}
+    phases = runs_of.batch_phases(batch_ids)
     states = []
     for p in plan:
         state = DateState(p.day, len(p.runs))
@@ -110,10 +98,10 @@ def read_states(engine: Engine, plan: list[DatePlan]) -> list[DateState]:
 class LiveView:
     """The rich renderable of the live display, read afresh at each refresh."""
 
-    def __init__(self, engine: Engine, plan: list[DatePlan]) -> None:
+    def __init__(self, runs: RunService, plan: list[DatePlan]) -> None:
         from rich.spinner import Spinner
 
-        self.engine, self.plan = engine, plan
+        self.runs, self.plan = runs, plan
         self.started = time.monotonic()
         self.spinner = Spinner("dots", style="cyan")
         self._last: Any = None
@@ -138,7 +126,7 @@ class LiveView:
         from rich.text import Text
 
         try:
-            states = read_states(self.engine, self.plan)
+            states = read_states(self.runs, self.plan)
         except OperationalError:  # a busy or locked moment: show the last picture
             return self._last or Text("")
         now = time.monotonic()
@@ -169,14 +157,14 @@ class LiveView:
 
 
 @contextlib.contextmanager
-def live_display(engine: Engine, plan: list[DatePlan]) -> Iterator[Callable[[str], None]]:
+def live_display(runs: RunService, plan: list[DatePlan]) -> Iterator[Callable[[str], None]]:
     """A live display on stdout while the block runs; yields how to print a message above it.
     The log shows warnings and errors only meanwhile (above the display, not through it)."""
     from rich.console import Console
     from rich.live import Live
 
     console = Console()
-    view = LiveView(engine, plan)
+    view = LiveView(runs, plan)
     root = logging.getLogger()
     handlers = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
     with Live(
@@ -197,7 +185,7 @@ def live_display(engine: Engine, plan: list[DatePlan]) -> Iterator[Callable[[str
 
 
 @contextlib.contextmanager
-def plain_lines(engine: Engine, plan: list[DatePlan]) -> Iterator[Callable[[str], None]]:
+def plain_lines(runs: RunService, plan: list[DatePlan]) -> Iterator[Callable[[str], None]]:
     """A line per date as it is done (a thread reads the runs every second)."""
     stop = threading.Event()
     lock = threading.Lock()
@@ -211,7 +199,7 @@ def plain_lines(engine: Engine, plan: list[DatePlan]) -> Iterator[Callable[[str]
         while True:
             final = stop.wait(PLAIN_POLL_S)
             with contextlib.suppress(OperationalError):  # a busy moment: the next poll tells
-                states = read_states(engine, plan)
+                states = read_states(runs, plan)
                 done = sum(s.done for s in states)
                 for s in states:
                     if s.done and s.day not in told and s.models:
@@ -240,18 +228,10 @@ def messages_only(err: bool) -> Iterator[Callable[[str], None]]:
 
 
 # -- the results ---------------------------------------------------------------------------------
-def results(engine: Engine, plan: list[DatePlan]) -> list[dict[str, Any]]:
+def results(runs_of: RunService, plan: list[DatePlan]) -> list[dict[str, Any]]:
     """One entry per model and date, as `--json` prints it, by date then model name."""
     ids = [run_id for p in plan for run_id in p.runs.values()]
-    checks: dict[int, DQResult] = {}
-    with Session(engine) as s:
-        runs = _runs(s, ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            checks.update(
-                (d.model_run_id, d)
-                for d in s.exec(select(DQResult).where(col(DQResult.model_run_id).in_(chunk)))
-            )
+    runs, checks = runs_of.runs_by_id(ids), runs_of.dq_by_run(ids)
     out = []
     for p in plan:
         for model_id, name in sorted(p.names.items(), key=lambda item: item[1]):

@@ -14,6 +14,7 @@ import click
 
 from mldropd import cli_progress as show
 from mldropd.cli_common import config_option, load_config
+from mldropd.errors import MldropdError, ValidationFailed
 
 
 def _parse_day(value: str, hint: str) -> dt.date:
@@ -74,60 +75,65 @@ def run(
     On a terminal a live display shows the dates done, the phase, rows, rate and time left,
     then a table of models x dates; elsewhere (or with --quiet) plain lines.
     """
-    from sqlmodel import Session, col, select
-
     from mldropd.daemon import Daemon
-    from mldropd.records import Model
+    from mldropd.services import Services, cli
 
     settings = load_config(config)
-    daemon = Daemon(settings, with_scheduler=False)
     if day and (first or last):
         raise click.UsageError("use either --date or --from/--to")
     if plan_only and as_json:
         raise click.UsageError("--plan-only prints the batch ids alone, one a line: drop --json")
-    if first:
-        start = _parse_day(first, "--from")
-        end = _parse_day(last, "--to") if last else daemon.today()
-        if end < start:
-            raise click.BadParameter(f"--to {end} is before --from {start}", param_hint="--to")
-        dates = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-    else:
-        dates = [_parse_day(day, "--date") if day else daemon.today()]
-    chosen: list[Model] | None = None
-    if model_ids:
-        with Session(daemon.engine) as s:
-            chosen = list(s.exec(select(Model).where(col(Model.id).in_(model_ids))))
-        unknown = set(model_ids) - {m.id for m in chosen}
-        if unknown:
-            raise click.ClickException(f"no model with id {sorted(unknown)}")
+    dates = {
+        "day": _parse_day(day, "--date") if day else None,
+        "first": _parse_day(first, "--from") if first else None,
+        "last": _parse_day(last, "--to") if last else None,
+    }
+    daemon = Daemon(settings, with_scheduler=False)
+    services = Services.build(daemon.engine, settings)  # no runner: the batches run here
+    caller = cli()
+    try:  # the rules of a run request are the service's, as for the API and the pages
+        planned = services.runs.request(caller, list(model_ids) or None, **dates, queue=False)
+    except ValidationFailed as exc:
+        problem = exc.errors[0]
+        raise click.BadParameter(problem.message, param_hint=_OPTIONS[problem.field]) from None
+    except MldropdError as exc:  # a model id that does not exist
+        raise click.ClickException(exc.message) from None
     if plan_only:
-        for d in dates:
-            _plan_date(daemon, d, chosen, config)
+        for p in planned:
+            _print_planned(p, config)
         daemon.engine.dispose()
         return
-    planned = {d: _plan(daemon, d, chosen) for d in dates}
-    plan = [_date_plan(d, planned[d]) for d in dates]
+    plan = [
+        show.DatePlan(
+            p.day,
+            runs={m: r.id or 0 for m, r in p.runs.items()},
+            names=p.names,
+            batch_id=p.batch_id,
+        )
+        for p in planned
+    ]
     ours = [p.batch_id for p in plan if p.batch_id is not None]
-    sandboxes = _start_sandboxes(daemon, [m for p in planned.values() if p for m in p[0]])
+    asked = sorted({m for p in planned for m in p.runs})
+    sandboxes = _start_sandboxes(settings, services.models.pipeline_types(caller, asked))
     daemon.runner.inline_sandboxes = sandboxes
     if as_json:
         display = show.messages_only(err=True)
     elif quiet:
         display = show.messages_only(err=False)
     elif sys.stdout.isatty():
-        display = show.live_display(daemon.engine, plan)
+        display = show.live_display(services.runs, plan)
     else:
-        display = show.plain_lines(daemon.engine, plan)
+        display = show.plain_lines(services.runs, plan)
     try:
         with display as say:
             if len(ours) > 1:  # a backfill is one job: each owner's models load once, one report
                 daemon.runner.run_job(ours, retries=False)
-            for p in plan:
-                _settle(daemon, p, say)
+            for date_plan in plan:
+                _settle(daemon, services.runs, date_plan, say)
     finally:
         if sandboxes is not None:
             sandboxes.stop(wait=False)
-    outcome = show.results(daemon.engine, plan)
+    outcome = show.results(services.runs, plan)
     if as_json:
         show.print_json(plan, outcome)
     elif sys.stdout.isatty() and not quiet:
@@ -138,40 +144,18 @@ def run(
     _exit(1 if any(r["status"] != "succeeded" for r in outcome) else 0)
 
 
-def _date_plan(run_date: dt.date, planned: Any) -> show.DatePlan:
-    if planned is None:
-        return show.DatePlan(run_date)
-    models, batch_id, covered = planned
-    return show.DatePlan(
-        run_date,
-        runs={m.id: covered[m.id].id for m in models},
-        names={m.id: m.name for m in models},
-        batch_id=batch_id,
-    )
+_OPTIONS = {"date": "--date", "from": "--from", "to": "--to"}  # the service's fields
 
 
-def _start_sandboxes(daemon: Any, models: list[Any]) -> Any:
+def _start_sandboxes(settings: Any, pipeline_types: list[str]) -> Any:
     """The job's fork server, started now: it imports the models' libraries (and probes the
     sandbox) while this process imports the batch job's own and prepares the batch."""
-    from sqlmodel import Session, select
-
     from mldropd.engines import preload_for
-    from mldropd.records import ModelVersion
     from mldropd.sandbox.setup import Sandboxes
 
-    if not models:
+    if not pipeline_types:
         return None
-    with Session(daemon.engine) as s:
-        types = [
-            str(v.contract.get("pipeline_type") or "")
-            for m in models
-            for v in s.exec(
-                select(ModelVersion).where(
-                    ModelVersion.model_id == m.id, ModelVersion.version == m.version
-                )
-            )
-        ]
-    return Sandboxes.start(daemon.settings, wait=False, preload=preload_for(types))
+    return Sandboxes.start(settings, wait=False, preload=preload_for(pipeline_types))
 
 
 def _exit(code: int) -> None:
@@ -185,95 +169,66 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _plan(daemon: Any, run_date: dt.date, chosen: list[Any] | None) -> Any:
-    """Plan one date: (models, batch id or None, model run per model); None when none is due."""
-    from sqlmodel import Session
-
-    from mldropd.batch.plan import due_models
-    from mldropd.states import Trigger
-
-    models = chosen
-    if models is None:
-        with Session(daemon.engine) as s:
-            models = due_models(s, run_date)
-    if not models:
-        return None
-    # A person asked: a new failure episode (attempt 1), dated today or a backfill.
-    trigger = Trigger.MANUAL if run_date == daemon.today() else Trigger.BACKFILL
-    batch_id, covered = daemon.run_models(
-        run_date, models, trigger, force=chosen is not None, submit=False
-    )
-    return models, batch_id, covered
-
-
-def _plan_date(
-    daemon: Any, run_date: dt.date, chosen: list[Any] | None, config: str | None
-) -> None:
+def _print_planned(planned: Any, config: str | None) -> None:
     """--plan-only: a pending batch for spark-submit; its id alone on stdout, the rest on stderr."""
-    planned = _plan(daemon, run_date, chosen)
-    if planned is None:
-        click.echo(f"no model is due on {run_date}", err=True)
+    if not planned.runs:
+        click.echo(f"no model is due on {planned.day}", err=True)
         return
-    models, batch_id, covered = planned
-    for model in models:
-        run = covered[model.id]
-        if run.batch_id != batch_id:
+    for model_id, run in planned.runs.items():
+        if run.batch_id != planned.batch_id:
             click.echo(
-                f"{model.name} (id {model.id}) {run_date}: already {run.status} "
+                f"{planned.names[model_id]} (id {model_id}) {planned.day}: already {run.status} "
                 f"in batch {run.batch_id}; not planned again",
                 err=True,
             )
-    if batch_id is None:
+    if planned.batch_id is None:
         return
     spec = importlib.util.find_spec("mldropd.jobs.score_batch")
     job = spec.origin if spec is not None else "score_batch.py"
     click.echo(
-        f"planned batch {batch_id} for {run_date}; run it with:\n"
-        f"  spark-submit --master <URL> {job} {Path(config or 'config.toml').resolve()} {batch_id}",
+        f"planned batch {planned.batch_id} for {planned.day}; run it with:\n"
+        f"  spark-submit --master <URL> {job} {Path(config or 'config.toml').resolve()} "
+        f"{planned.batch_id}",
         err=True,
     )
-    click.echo(str(batch_id))
+    click.echo(str(planned.batch_id))
 
 
-def _settle(daemon: Any, plan: show.DatePlan, say: Callable[[str], None]) -> None:
+def _settle(daemon: Any, runs: Any, plan: show.DatePlan, say: Callable[[str], None]) -> None:
     """Score one planned date in the foreground (waiting for late data like the sensor, and for
     runs of the same models in progress elsewhere) until every model's run is over."""
-    from sqlmodel import Session, col, select
-
-    from mldropd.records import ModelRun
-
-    with Session(daemon.engine) as s:
-        found = s.exec(select(ModelRun.batch_id).where(col(ModelRun.id).in_(plan.runs.values())))
-        covering = list(found)
+    covering = [r.batch_id for r in runs.runs_by_id(plan.runs.values()).values()]
     batches = list(dict.fromkeys(([plan.batch_id] if plan.batch_id is not None else []) + covering))
     for other in batches:  # ours first, then the ones joined
-        _follow(daemon, other, plan.day, say, joined=other != plan.batch_id)
+        _follow(daemon, runs, other, plan.day, say, joined=other != plan.batch_id)
 
 
 def _follow(
-    daemon: Any, batch_id: int, run_date: dt.date, say: Callable[[str], None], *, joined: bool
+    daemon: Any,
+    runs: Any,
+    batch_id: int,
+    run_date: dt.date,
+    say: Callable[[str], None],
+    *,
+    joined: bool,
 ) -> None:
     """Until the batch is over: run it here unless another live process does (the runner claims
     it atomically), sleep through the sensor's waits, else poll the process that has it."""
     import time
 
-    from sqlmodel import Session
-
     from mldropd.batch.plan import process_alive
-    from mldropd.records import BatchRun, utcnow
+    from mldropd.records import utcnow
     from mldropd.states import RunStatus
 
     told = False
     while True:
         daemon.runner.run(batch_id, retries=False)
-        with Session(daemon.engine) as s:
-            batch = s.get(BatchRun, batch_id)
+        batch = runs.batch(batch_id)
         if batch is None or batch.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             return
         mine = batch.runner_pid == os.getpid()
         if batch.status == RunStatus.PENDING and batch.not_before is not None and mine:
             wake = batch.not_before
-            wake = wake if wake.tzinfo else wake.replace(tzinfo=dt.UTC)
             say(f"{run_date}: waiting for the feature slice until {wake:%H:%M:%S} UTC ...")
             time.sleep(max(0.0, (wake - utcnow()).total_seconds()))
             continue

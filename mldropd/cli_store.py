@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
-from mldropd.records import Model, ModelVersion
+from mldropd.records import ModelVersion
+from mldropd.services import ModelService, Services, cli
 from mldropd.store.base import ArtifactStore, manifest_key, sha256_file
 
 # ---- store check ---------------------------------------------------------------------------
@@ -96,15 +95,10 @@ def _check_artifact(store: ArtifactStore, row: ModelVersion, scratch: Path) -> l
     return problems
 
 
-def check_store(engine: Engine, store: ArtifactStore, work_dir: str) -> StoreReport:
+def check_store(models: ModelService, store: ArtifactStore, work_dir: str) -> StoreReport:
     """Every database artifact exists with its sha256 and manifest; list objects no row uses."""
     report = StoreReport(store=store.describe())
-    with Session(engine) as s:
-        rows = s.exec(
-            select(ModelVersion, Model)
-            .join(Model, col(Model.id) == col(ModelVersion.model_id))
-            .order_by(col(ModelVersion.model_id), col(ModelVersion.version))
-        ).all()
+    rows = models.artifacts(cli())
     listed = set(store.list())
     expected: set[str] = set()
     Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -174,7 +168,8 @@ def store_check(config: str | None, verbose: bool) -> None:
     settings = load_config(config)
     try:
         store = make_store(settings.storage)
-        report = check_store(open_registry(settings), store, settings.server.work_dir)
+        models = Services.build(open_registry(settings), settings).models
+        report = check_store(models, store, settings.server.work_dir)
     except MldropdError as exc:
         raise click.ClickException(exc.message) from None
     print_report(report, verbose)
@@ -204,18 +199,17 @@ def _parse_quota(value: str) -> int | None:
 @config_option
 def set_quota_command(email: str, n: str, config: str | None) -> None:
     """Set EMAIL's quota of active models to N ('default': back to [limits])."""
-    from mldropd.registry import quota_of, set_quota
-
     settings = load_config(config)
     quota = _parse_quota(n)
+    users = Services.build(open_registry(settings), settings).users
     try:
-        user, active = set_quota(open_registry(settings), settings, email, quota)
+        user = users.set_quota(cli(), email, quota)
     except MldropdError as exc:
         raise click.ClickException(exc.message) from None
-    limit = quota_of(user, settings)
-    source = "set for the user" if user.quota is not None else "the default of [limits]"
+    limit, active = user["quota"], user["active_models"]
+    source = "set for the user" if user["quota_source"] == "user" else "the default of [limits]"
     click.echo(
-        f"{user.email}: quota {limit} active model(s) ({source}); {len(active)} active"
+        f"{user['email']}: quota {limit} active model(s) ({source}); {len(active)} active"
         + (f": {', '.join(active)}" if active else "")
     )
     if len(active) > limit:

@@ -13,14 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
 
 from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
-from mldropd.records import Model, User
+from mldropd.services import Services, cli
 from mldropd.settings import Settings
-from mldropd.states import ModelStatus
 
 
 def _do(action: Callable[[], Any]) -> Any:
@@ -31,29 +28,21 @@ def _do(action: Callable[[], Any]) -> Any:
         raise click.ClickException(exc.message) from None
 
 
-def user_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+def user_rows(settings: Settings) -> list[dict[str, Any]]:
     """Every user with rights, state, quota in force and active model count, oldest first."""
-    with Session(engine) as s:
-        active = dict(
-            s.exec(
-                select(Model.owner_id, func.count())
-                .where(Model.status == ModelStatus.ACTIVE)
-                .group_by(col(Model.owner_id))
-            ).all()
-        )
-        users = s.exec(select(User).order_by(col(User.created_at), col(User.id))).all()
-        return [
-            {
-                "email": u.email,
-                "admin": u.is_admin,
-                "disabled": u.disabled,
-                "quota": u.quota if u.quota is not None else settings.limits.active_models_per_user,
-                "quota_source": "user" if u.quota is not None else "default",
-                "active_models": active.get(u.id or 0, 0),
-                "created": u.created_at.strftime("%Y-%m-%d %H:%M"),
-            }
-            for u in users
-        ]
+    users = Services.build(open_registry(settings), settings).users
+    return [
+        {
+            "email": u.email,
+            "admin": u.is_admin,
+            "disabled": u.disabled,
+            "quota": u.quota if u.quota is not None else settings.limits.active_models_per_user,
+            "quota_source": "user" if u.quota is not None else "default",
+            "active_models": active,
+            "created": u.created_at.strftime("%Y-%m-%d %H:%M"),
+        }
+        for u, active in users.rows(cli())
+    ]
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
@@ -71,7 +60,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
 def users_list(as_json: bool, config: str | None) -> None:
     """List users: email, admin, disabled, quota, active models, created."""
     settings = load_config(config)
-    rows = user_rows(open_registry(settings), settings)
+    rows = user_rows(settings)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -169,10 +158,9 @@ def audit_command(
     limit: int, actor: str | None, action: str | None, as_json: bool, config: str | None
 ) -> None:
     """Print the audit log, newest first: who did what to which object, and when."""
-    from mldropd.audit import event_json, events
-
-    with Session(open_registry(load_config(config))) as s:
-        rows = [event_json(e) for e in events(s, limit=limit, actor=actor, action=action)]
+    settings = load_config(config)
+    users = Services.build(open_registry(settings), settings).users
+    rows = users.audit(cli(), limit=limit, actor=actor, action=action)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -36,7 +36,7 @@ from mldropd.scheduling.scheduler import (
     sweep_dates_between,
 )
 from mldropd.settings import Settings
-from mldropd.states import ModelStatus, Trigger
+from mldropd.states import ModelStatus, SweepStatus, Trigger
 from mldropd.store import make_store
 from mldropd.validation_slots import ValidationSlots
 
@@ -137,7 +137,7 @@ class Daemon:
                 if day < window_start:
                     self._log_sweep(
                         day,
-                        "skipped",
+                        SweepStatus.SKIPPED,
                         (
                             f"missed while the daemon was down; older than the catch-up window of "
                             f"{cfg.catchup_days} days (backfill it with `mldropd run --date {day}`)"
@@ -148,7 +148,7 @@ class Daemon:
                 with session_scope(self.engine) as s:
                     models = due_models(s, day)
                 batch_id, _ = self.run_models(day, models, trigger)
-                self._log_sweep(day, "planned", f"{len(models)} model(s) due")
+                self._log_sweep(day, SweepStatus.PLANNED, f"{len(models)} model(s) due")
                 log.info(
                     "sweep planned %d due model(s)",
                     len(models),
@@ -158,11 +158,11 @@ class Daemon:
                     batch_ids.append(batch_id)
             return batch_ids
 
-    def _log_sweep(self, day: dt.date, status: str, reason: str) -> None:
+    def _log_sweep(self, day: dt.date, status: SweepStatus, reason: str) -> None:
         with session_scope(self.engine) as s:
             if s.get(SweepLog, day) is None:
                 s.add(SweepLog(date=day, status=status, reason=reason))
-        if status == "skipped":
+        if status == SweepStatus.SKIPPED:
             log.warning("sweep date skipped: %s", reason, extra={"date": day.isoformat()})
 
     def retry(self, day: dt.date, model_ids: list[int]) -> int | None:

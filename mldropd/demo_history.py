@@ -7,7 +7,7 @@ product's own. What the demo adds are the events of the stories (mldropd.demo_st
 
 1. days 0-15 are backfilled as one job: every model ok, one report;
 2. days 16-20: churn_lgbm's inputs swing (DQ warnings), fraud_rules' shift (a warning), one
-   report; then fraud_rules' owner pauses it (the registry's PATCH);
+   report; then fraud_rules' owner pauses it (ModelService.update, the API's PATCH);
 3. days 21-28: churn_lgbm crosses the alert threshold, one report;
 4. today: the faulty export (basket_size renamed) fails upsell_logreg's run, one report that
    says a retry is scheduled;
@@ -38,7 +38,7 @@ from mldropd.demo_story import (
     write_slice,
 )
 from mldropd.records import Model, User
-from mldropd.registry import update_model
+from mldropd.services import Services
 from mldropd.states import Trigger
 
 HISTORY_MARK = "history-built"  # written last: its absence means no (or half a) history
@@ -93,7 +93,7 @@ def build_history(
         if last == PAUSE_AFTER:
             paused = _model(daemon, user, PAUSED)
             assert paused.id is not None
-            update_model(daemon.engine, daemon.settings, user, paused.id, {"status": "paused"})
+            Services.of(daemon).models.update(user, paused.id, {"status": "paused"})
     progress(f"repairing the {today} slice and retrying {RETRIED} ...")
     write_slice(features, n_entities, BROKEN_DAY, today)
     retried = _model(daemon, user, RETRIED)

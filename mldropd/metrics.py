@@ -32,6 +32,7 @@ from mldropd.records import (
     SweepLog,
 )
 from mldropd.scheduling.scheduler import SWEEP_JOB, sweep_fire_time
+from mldropd.states import OutboxStatus, SweepStatus
 
 if TYPE_CHECKING:
     from mldropd.daemon import Daemon
@@ -67,7 +68,7 @@ def _gauge(name: str, doc: str, value: float | None) -> Iterator[GaugeMetricFami
 def _epoch(moment: dt.datetime | None) -> float | None:
     if moment is None:
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+    return moment.timestamp()
 
 
 class StateCollector:
@@ -137,7 +138,7 @@ class StateCollector:
         yield _counts(s, "mldropd_outbox_messages", "Report emails by status", OutboxMessage.status)
         pending, oldest = s.exec(
             select(func.count(), func.min(OutboxMessage.created_at)).where(
-                OutboxMessage.status == "pending"
+                OutboxMessage.status == OutboxStatus.PENDING
             )
         ).one()
         yield GaugeMetricFamily(
@@ -153,7 +154,9 @@ class StateCollector:
 
     def _sweep(self, s: Session) -> Iterator[Metric]:
         last = s.exec(
-            select(SweepLog).where(SweepLog.status == "planned").order_by(col(SweepLog.date).desc())
+            select(SweepLog)
+            .where(SweepLog.status == SweepStatus.PLANNED)
+            .order_by(col(SweepLog.date).desc())
         ).first()
         if last is None:
             return

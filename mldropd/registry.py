@@ -1,7 +1,7 @@
-"""The model registry: register uploads as models and versions; read, change and delete them.
+"""The model registry: record uploads as models and versions, prune old versions, quotas.
 
-Only this module writes models. The caller (API, page or CLI) has already authenticated the
-user; every lookup here is scoped to the user (admins see everyone's)."""
+Reads, changes and deletes of models, with the ownership check, are the service layer's
+(mldropd.services.models)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from mldropd import audit
-from mldropd.contract import DQ_KEYS, check_dq, check_email, check_schedule
 from mldropd.db import session_scope
-from mldropd.errors import Conflict, FieldError, NotFound, QuotaExceeded, ValidationFailed
+from mldropd.errors import FieldError, NotFound, QuotaExceeded, ValidationFailed
 from mldropd.inspect import Inspection
-from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User, utcnow
-from mldropd.scheduling.schedules import parse_schedule
+from mldropd.records import Model, ModelRun, ModelVersion, User, utcnow
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, ModelStatus
 from mldropd.store.base import ArtifactStore, artifact_key, manifest_key, model_prefix, sha256_file
@@ -36,17 +34,6 @@ def name_from_filename(filename: str) -> str:
 
 def quota_of(user: User, settings: Settings) -> int:
     return user.quota if user.quota is not None else settings.limits.active_models_per_user
-
-
-MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot exist (and cannot be bound)
-
-
-def get_model(session: Session, user: User, model_id: int) -> Model:
-    """The user's model (any model for an admin); another user's model is not found."""
-    model = session.get(Model, model_id) if 0 < model_id <= MAX_ID else None
-    if model is None or (model.owner_id != user.id and not user.is_admin):
-        raise NotFound(f"model {model_id} not found")
-    return model
 
 
 def store_and_record(
@@ -77,7 +64,7 @@ def store_and_record(
                 select(Model).where(Model.owner_id == user.id, Model.name == name)
             ).first()
             if model is None:
-                _check_quota(s, user, settings)
+                check_quota(s, user, settings)
                 model = Model(owner_id=user.id or 0, name=name, email=email, schedule=schedule)
                 s.add(model)
                 s.flush()  # its id names its folder
@@ -140,7 +127,8 @@ def store_and_record(
     return model, row
 
 
-def _check_quota(session: Session, user: User, settings: Settings) -> None:
+def check_quota(session: Session, user: User, settings: Settings) -> None:
+    """Refuse a new active model of the user's when the quota is reached (QuotaExceeded)."""
     active = session.exec(
         select(Model.name).where(Model.owner_id == user.id, Model.status == ModelStatus.ACTIVE)
     ).all()
@@ -151,119 +139,6 @@ def _check_quota(session: Session, user: User, settings: Settings) -> None:
             f"({', '.join(sorted(active))}); pause or delete one, or ask an admin for more",
             field="quota",
         )
-
-
-def update_model(
-    engine: Engine, settings: Settings, user: User, model_id: int, changes: dict[str, Any]
-) -> Model:
-    """Apply a PATCH: schedule, email, status (active/paused), version (roll back)."""
-    allowed = {"schedule", "email", "status", "version", "dq"}
-    problems = [
-        FieldError(k, f"`{k}` cannot be changed; use one of {', '.join(sorted(allowed))}")
-        for k in changes
-        if k not in allowed
-    ]
-    if "schedule" in changes:
-        problems += check_schedule(changes["schedule"])
-    if "email" in changes:
-        problems += check_email(changes["email"], "email")
-    if "dq" in changes:
-        problems += [FieldError(p.field, p.message) for p in check_dq(changes["dq"])]
-        if isinstance(changes["dq"], dict):
-            unknown = sorted(set(changes["dq"]) - {*DQ_KEYS, "gate"})
-            problems += [FieldError(f"dq.{k}", f"`dq.{k}` is not a DQ setting") for k in unknown]
-    if "status" in changes and changes["status"] not in (ModelStatus.ACTIVE, ModelStatus.PAUSED):
-        problems.append(FieldError("status", "`status` must be 'active' or 'paused'"))
-    if problems:
-        raise ValidationFailed(problems)
-    with session_scope(engine) as s:
-        model = get_model(s, user, model_id)
-        if "version" in changes:
-            exists = s.exec(
-                select(ModelVersion).where(
-                    ModelVersion.model_id == model.id, ModelVersion.version == changes["version"]
-                )
-            ).first()
-            if exists is None:
-                raise ValidationFailed(
-                    [
-                        FieldError(
-                            "version", (f"model {model.name} has no version {changes['version']!r}")
-                        )
-                    ]
-                )
-            model.version = exists.version
-        if changes.get("status") == ModelStatus.ACTIVE and model.status != ModelStatus.ACTIVE:
-            owner = s.get(User, model.owner_id)
-            assert owner is not None
-            _check_quota(s, owner, settings)
-        if "schedule" in changes:
-            model.schedule = parse_schedule(changes["schedule"]).text
-        if "dq" in changes:  # a value of null removes that override
-            model.dq = {k: v for k, v in {**model.dq, **changes["dq"]}.items() if v is not None}
-        audit.record_model_change(s, user.email, model, changes)
-        for key in ("email", "status"):
-            if key in changes:
-                setattr(model, key, changes[key])
-        model.updated_at = utcnow()
-    log.info(
-        "model changed: %s",
-        ", ".join(sorted(changes)),
-        extra={"model_id": model_id, "user": user.email},
-    )
-    return model
-
-
-def delete_model(engine: Engine, store: ArtifactStore, user: User, model_id: int) -> None:
-    """Stop scheduling and remove the artifacts and records; the scores table keeps its scores."""
-    with session_scope(engine) as s:
-        model = get_model(s, user, model_id)
-        busy = s.exec(
-            select(ModelRun.id).where(
-                ModelRun.model_id == model.id,
-                col(ModelRun.status).in_([ModelRunStatus.PENDING, ModelRunStatus.RUNNING]),
-            )
-        ).first()
-        if busy is not None:
-            raise Conflict(
-                f"model {model.name} is being scored (run {busy}); delete it when the "
-                "run has finished"
-            )
-        owner = s.get(User, model.owner_id)
-        assert owner is not None
-        prefix = model_prefix(owner.id or 0, model.id or 0)
-        for row in s.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)):
-            s.delete(row)
-        for table in (DQResult, ModelRun):
-            for child in s.exec(select(table).where(table.model_id == model.id)):
-                s.delete(child)
-            s.flush()  # children first: without ORM relationships nothing orders the deletes
-        s.delete(model)
-        audit.record(
-            s, user.email, "model.delete", f"model:{model_id}", name=model.name, owner=owner.email
-        )
-    store.delete_prefix(prefix)
-    log.info("model deleted", extra={"model_id": model_id, "user": user.email})
-
-
-def visible_models(query: Any, user: User, owner: str | None = None) -> Any:
-    """Restrict a query on Model to the user's models; an admin sees all, or one owner's."""
-    if not user.is_admin:
-        return query.where(Model.owner_id == user.id)
-    if owner:
-        return query.join(User, User.id == Model.owner_id).where(User.email == owner.lower())
-    return query
-
-
-def list_models(session: Session, user: User, owner: str | None = None) -> list[Model]:
-    """The user's models; an admin sees all, or one owner's with owner=<email>."""
-    return list(session.exec(visible_models(select(Model).order_by(Model.name), user, owner)))
-
-
-def count_models(session: Session, user: User) -> int:
-    """How many models the user has (an admin: all)."""
-    query = visible_models(select(func.count()).select_from(Model), user)
-    return int(session.exec(query).one())
 
 
 def versions(session: Session, model_id: int) -> list[ModelVersion]:

@@ -27,7 +27,6 @@ from litestar.middleware.session.server_side import (
 from litestar.stores.file import FileStore
 from litestar.types import ASGIApp, Empty, Message, Receive, Scope, ScopeSession, Send
 from litestar.utils.dataclass import extract_dataclass_items
-from sqlmodel import Session, select
 
 from mldropd.records import User
 from mldropd.settings import Settings
@@ -212,6 +211,4 @@ def proxy_user(request: Request[Any, Any, Any], state: State) -> User | None:
     if not is_trusted(peer, server.trusted_proxies):
         log.debug("ignored %s from untrusted %s", server.trusted_user_header, peer)
         return None
-    with Session(state.daemon.engine) as s:
-        user = s.exec(select(User).where(User.email == email)).first()
-    return user if user is not None and not user.disabled else None
+    return state.services.users.by_email(email)

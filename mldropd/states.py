@@ -62,6 +62,22 @@ class DQStatus(StrEnum):
     ALERT = "alert"
 
 
+class OutboxStatus(StrEnum):
+    """State of one e-mail in the outbox (mldropd.notify.outbox)."""
+
+    PENDING = "pending"  # waiting for its (next) delivery attempt
+    SENT = "sent"
+    KEPT = "kept"  # written to the outbox folder as an .eml file (no SMTP server configured)
+    FAILED = "failed"  # given up after its last attempt
+
+
+class SweepStatus(StrEnum):
+    """What the sweep did with one date."""
+
+    PLANNED = "planned"
+    SKIPPED = "skipped"  # missed while the daemon was down, older than the catch-up window
+
+
 _RUN_TRANSITIONS: dict[RunStatus, set[RunStatus]] = {
     RunStatus.PENDING: {RunStatus.RUNNING, RunStatus.FAILED},
     # RUNNING -> PENDING: the worker died and the run is re-queued.

@@ -1,8 +1,10 @@
 """`mldropd run` as scripts and operators use it at the same time as others: joining runs in
-progress, concurrent overlapping runs, --plan-only for spark-submit, refused batch ids."""
+progress, concurrent overlapping runs, --plan-only for spark-submit, refused batch ids; the rules
+and the audit row of a run request, as the API has them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,13 @@ import pytest
 from sqlmodel import Session, select
 
 from mldropd import save_model
+from mldropd.audit import cli_actor
 from mldropd.auth import create_user
-from mldropd.db import init_db, make_engine
+from mldropd.db import init_db, make_engine, session_scope
+from mldropd.errors import ValidationFailed
 from mldropd.intake import UploadForm, register_file
-from mldropd.records import BatchRun, ModelRun
+from mldropd.records import AuditEvent, BatchRun, Model, ModelRun, ModelVersion
+from mldropd.services.runs import MAX_DAYS, run_dates
 from mldropd.settings import Settings
 from mldropd.store import make_store
 from tests.support.home import today
@@ -136,3 +141,86 @@ def test_plan_only_then_the_batch_job_and_refused_ids(
     )
     missing = subprocess.run([*job, "999"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "batch run 999 does not exist" in missing.stderr
+
+
+def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cli(home, *args), capture_output=True, text=True, timeout=120, cwd=home)
+
+
+def test_run_refuses_future_dates_and_long_backfills(home: Path, settings: Settings) -> None:
+    later = today() + dt.timedelta(days=2)  # a day of margin: the test may cross midnight
+
+    def refused(*args: str) -> str:
+        done = _run(home, "run", "--plan-only", *args)
+        assert done.returncode == 2, done.stdout + done.stderr
+        return " ".join(done.stderr.split())  # as one line, however the terminal wraps it
+
+    said = refused("--date", later.isoformat())
+    assert "--date" in said and f"{later} is in the future" in said, said
+    said = refused("--from", today().isoformat(), "--to", later.isoformat())
+    assert "--to" in said and f"{later} is in the future" in said, said
+    said = refused("--from", (today() - dt.timedelta(days=MAX_DAYS + 1)).isoformat())
+    assert "--from" in said and f"a backfill covers at most {MAX_DAYS} days" in said, said
+    with Session(make_engine(settings.database.path)) as s:
+        assert s.exec(select(BatchRun)).first() is None  # nothing planned
+
+
+def test_run_dates_bounds() -> None:
+    """The rule behind every door: today or past dates, at most MAX_DAYS of them."""
+    day = dt.date(2026, 3, 1)
+    year = run_dates(day, first=day - dt.timedelta(days=MAX_DAYS - 1))
+    assert len(year) == MAX_DAYS and year[-1] == day
+    for asked in (
+        {"first": day - dt.timedelta(days=MAX_DAYS)},
+        {"day": day + dt.timedelta(days=1)},
+        {"first": day, "last": day + dt.timedelta(days=1)},
+    ):
+        with pytest.raises(ValidationFailed):
+            run_dates(day, **asked)
+
+
+def test_cli_run_request_is_audited_in_its_transaction(home: Path, settings: Settings) -> None:
+    """`mldropd run` writes its run.request audit rows with the plan: if the audit log refuses
+    the row, nothing is planned either."""
+    engine = make_engine(settings.database.path)
+    init_db(engine)
+    owner = create_user(engine, "ann@example.com")[0]
+    with session_scope(engine) as s:
+        model = Model(owner_id=owner.id or 0, name="alpha", email=owner.email)
+        s.add(model)
+        s.flush()
+        model_id = model.id or 0
+        s.add(
+            ModelVersion(
+                model_id=model_id,
+                version=1,
+                artifact_key="x/alpha",
+                sha256="0" * 64,
+                size=1,
+                features=["f00"],
+                contract={},
+            )
+        )
+    day = (today() - dt.timedelta(days=1)).isoformat()
+    args = ("run", "--plan-only", "--date", day, "--model", str(model_id))
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_event "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log refuses rows'); END"
+        )
+    refused = _run(home, *args)
+    assert refused.returncode != 0 and "the audit log refuses rows" in refused.stderr
+    with Session(engine) as s:
+        assert s.exec(select(BatchRun)).first() is None
+        assert s.exec(select(ModelRun)).first() is None
+    with engine.begin() as c:
+        c.exec_driver_sql("DROP TRIGGER refuse_audit")
+    planned = _run(home, *args)
+    assert planned.returncode == 0, planned.stderr
+    batch_id = int(planned.stdout.strip())
+    with Session(engine) as s:
+        (run,) = s.exec(select(ModelRun)).all()
+        (event,) = s.exec(select(AuditEvent).where(AuditEvent.action == "run.request")).all()
+    assert run.batch_id == batch_id
+    assert (event.actor, event.target) == (cli_actor(), f"model:{model_id}")
+    assert event.detail == {"run_id": run.id, "date": day, "trigger": "backfill"}

@@ -18,9 +18,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.notify import outbox, smtp
-from mldropd.notify.outbox import DeliveryStats, deliver_pending, enqueue, utc
+from mldropd.notify.outbox import DeliveryStats, deliver_pending, enqueue
 from mldropd.notify.reports import ReportItem, build_report
-from mldropd.records import OutboxMessage
+from mldropd.records import OutboxMessage, utcnow
 from mldropd.settings import EmailSettings
 from tests.support.smtp import SmtpServer
 from tests.support.wait import free_port
@@ -218,7 +218,7 @@ def test_deliver_to_outbox_folder(engine: sqlalchemy.Engine, tmp_path: Path) -> 
     assert row.status == "kept" and row.path is not None
     path = Path(row.path)
     assert path.parent == tmp_path / "outbox"
-    assert path.name == f"{utc(row.created_at):%Y%m%dT%H%M%S}-{row_id:06d}.eml"
+    assert path.name == f"{row.created_at:%Y%m%dT%H%M%S}-{row_id:06d}.eml"
     assert re.fullmatch(r"\d{8}T\d{6}-\d{6}\.eml", path.name)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -292,7 +292,7 @@ def test_outage_waits_then_sends_once(
     settings = smtp_server.settings(tmp_path)
     smtp_server.stop()
     row_id = _enqueue_report(engine, [_item()])
-    t0 = utc()
+    t0 = utcnow()
 
     with caplog.at_level(logging.WARNING, logger="mldropd.notify.outbox"):
         assert deliver_pending(engine, settings, now=t0) == DeliveryStats(pending=1)
@@ -300,7 +300,7 @@ def test_outage_waits_then_sends_once(
     assert row.status == "pending" and row.attempts == 1
     assert row.last_error is not None
     assert row.last_error.startswith(f"SMTP server 127.0.0.1:{smtp_server.port} unreachable:")
-    assert utc(row.next_attempt_at) == t0 + dt.timedelta(seconds=60)
+    assert row.next_attempt_at == t0 + dt.timedelta(seconds=60)
     assert any(r.__dict__.get("outbox_id") == row_id for r in caplog.records)
     # Not due yet: nothing is tried.
     assert deliver_pending(engine, settings, now=t0 + dt.timedelta(seconds=30)) == DeliveryStats()
@@ -311,21 +311,21 @@ def test_outage_waits_then_sends_once(
     assert deliver_pending(engine, settings, now=later + dt.timedelta(hours=2)) == DeliveryStats()
     assert len(smtp_server.inbox.envelopes) == 1
     row = _row(engine, row_id)
-    assert row.status == "sent" and row.sent_at is not None and utc(row.sent_at) == later
+    assert row.status == "sent" and row.sent_at is not None and row.sent_at == later
 
 
 def test_gives_up_after_ten_attempts(engine: sqlalchemy.Engine, tmp_path: Path) -> None:
     settings = EmailSettings(smtp_host="127.0.0.1", smtp_port=free_port(), starttls=False)
     row_id = _enqueue_report(engine, [_item()])
-    now, waits = utc(), []
+    now, waits = utcnow(), []
     for attempt in range(1, 11):
         stats = deliver_pending(engine, settings, now=now)
         row = _row(engine, row_id)
         assert row.attempts == attempt
         if attempt < 10:
             assert stats == DeliveryStats(pending=1)
-            waits.append((utc(row.next_attempt_at) - now).total_seconds())
-            now = utc(row.next_attempt_at)
+            waits.append((row.next_attempt_at - now).total_seconds())
+            now = row.next_attempt_at
     assert stats == DeliveryStats(failed=1)
     assert row.status == "failed"
     assert waits == [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
@@ -336,7 +336,7 @@ def test_claimed_row_is_not_delivered_twice(
     engine: sqlalchemy.Engine, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     row_id = _enqueue_report(engine, [_item()])
-    now = utc()
+    now = utcnow()
     assert outbox._claim(engine, row_id, now) is not None  # another deliverer holds it
     assert outbox._claim(engine, row_id, now) is None
     assert deliver_pending(engine, smtp_server.settings(tmp_path), now=now) == DeliveryStats()
@@ -345,7 +345,7 @@ def test_claimed_row_is_not_delivered_twice(
 
 
 def _message() -> EmailMessage:
-    row = OutboxMessage(id=1, to=OWNER, subject="hello", body_text="hi", created_at=utc())
+    row = OutboxMessage(id=1, to=OWNER, subject="hello", body_text="hi", created_at=utcnow())
     return outbox.build_message(row, "reports@mldropd.example")
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from mldropd.api.views import model_json, model_list, psi_histories
 from mldropd.db import init_db, make_engine, session_scope
 from mldropd.records import BatchRun, DQResult, Model, ModelRun, ModelVersion, User
-from mldropd.registry import list_models
+from mldropd.services.access import visible
+from mldropd.services.views import model_json, model_list, psi_histories
 from mldropd.settings import Settings
 
 NOW = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
@@ -126,7 +126,8 @@ def _user(s: Session, email: str) -> User:
 def test_list_matches_the_per_model_view(engine, settings: Settings, email: str) -> None:  # type: ignore[no-untyped-def]
     with Session(engine) as s:
         user = _user(s, email)
-        expected = [model_json(s, m, settings, NOW) for m in list_models(s, user)]
+        models = s.exec(visible(select(Model).order_by(Model.name), user))
+        expected = [model_json(s, m, settings, NOW) for m in models]
         got = model_list(s, user, settings, NOW)
         assert got == expected
         assert model_list(s, user, settings, NOW) == expected  # cached

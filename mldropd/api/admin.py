@@ -1,62 +1,22 @@
-"""Admin-only JSON API: per-user quotas and the outbox. Other users get 404, as for any object
-they may not see."""
+"""Admin-only JSON API: per-user quotas, the outbox and the audit log. Other users get 404, as
+for any object they may not see (services.users checks it)."""
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+from typing import Annotated
 
 from litestar import get, patch
-from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
-from sqlmodel import Session, col, select
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from mldropd.daemon import Daemon
-from mldropd.errors import FieldError, NotFound, ValidationFailed
-from mldropd.records import OutboxMessage, User
-from mldropd.registry import quota_of, set_quota
-from mldropd.settings import Settings
+from mldropd.audit import MAX_LIMIT
+from mldropd.records import User
+from mldropd.services import UserService
+from mldropd.services.schemas import AuditEventOut, OutboxOut, QuotaChange, UserOut
+from mldropd.states import OutboxStatus
 
 API = "/api/v1"
-OUTBOX_STATUSES = ("pending", "failed", "sent", "kept")
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
-
-
-def _require_admin(user: User, what: str) -> None:
-    if not user.is_admin:
-        raise NotFound(f"{what} not found")
-
-
-def user_json(user: User, settings: Settings, active: list[str]) -> dict[str, Any]:
-    """A user as admins see it: quota in force, where it comes from, and the active models."""
-    return {
-        "email": user.email,
-        "is_admin": user.is_admin,
-        "disabled": user.disabled,
-        "quota": quota_of(user, settings),
-        "quota_source": "user" if user.quota is not None else "default",
-        "active_models": active,
-    }
-
-
-def outbox_json(row: OutboxMessage) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "to": row.to,
-        "subject": row.subject,
-        "status": row.status,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "next_attempt_at": _iso(row.next_attempt_at) if row.status == "pending" else None,
-        "created_at": _iso(row.created_at),
-        "sent_at": _iso(row.sent_at),
-    }
+Users = NamedDependency[UserService]
 
 
 @patch(
@@ -65,20 +25,9 @@ def outbox_json(row: OutboxMessage) -> dict[str, Any]:
     summary='Admin: set a user\'s quota of active models, {"quota": N} (null: the default)',
 )
 def patch_user_route(
-    state: State, user: NamedDependency[User], email: FromPath[str], data: JSONBody[dict[str, Any]]
-) -> dict[str, Any]:
-    _require_admin(user, f"user {email}")
-    unknown = sorted(set(data) - {"quota"})
-    if unknown or "quota" not in data:
-        raise ValidationFailed(
-            [FieldError(k, f'`{k}` cannot be changed; send {{"quota": N}}') for k in unknown]
-            or [FieldError("quota", 'send {"quota": N} (a whole number, or null for the default)')]
-        )
-    daemon: Daemon = state.daemon
-    changed, active = set_quota(
-        daemon.engine, daemon.settings, email, data["quota"], actor=user.email
-    )
-    return user_json(changed, daemon.settings, active)
+    user: NamedDependency[User], users: Users, email: FromPath[str], data: JSONBody[QuotaChange]
+) -> UserOut:
+    return users.set_quota(user, email, data.quota)
 
 
 @get(
@@ -87,26 +36,28 @@ def patch_user_route(
     summary="Admin: messages waiting in the outbox (pending) and given up (failed)",
 )
 def outbox_route(
-    state: State,
     user: NamedDependency[User],
-    status: FromQuery[str | None] = None,
+    users: Users,
+    status: FromQuery[OutboxStatus | None] = None,
     limit: FromQuery[int] = 200,
-) -> list[dict[str, Any]]:
-    _require_admin(user, "outbox")
-    wanted = ["pending", "failed"] if status is None else [status]
-    if status is not None and status not in OUTBOX_STATUSES:
-        raise ValidationFailed(
-            [FieldError("status", f"`status` must be one of {', '.join(OUTBOX_STATUSES)}")]
-        )
-    daemon: Daemon = state.daemon
-    with Session(daemon.engine) as s:
-        rows = s.exec(
-            select(OutboxMessage)
-            .where(col(OutboxMessage.status).in_(wanted))
-            .order_by(col(OutboxMessage.id))
-            .limit(max(1, min(limit, 1000)))
-        )
-        return [outbox_json(r) for r in rows]
+) -> list[OutboxOut]:
+    return users.outbox(user, status, limit)
 
 
-ROUTES = [patch_user_route, outbox_route]
+@get(
+    f"{API}/audit",
+    sync_to_thread=True,
+    summary="Admin: the audit log, newest first (uploads, deletes, runs, admin actions)",
+)
+def audit_route(
+    user: NamedDependency[User],
+    users: Users,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
+    actor: FromQuery[str | None] = None,
+    action: FromQuery[str | None] = None,
+    target: FromQuery[str | None] = None,
+) -> list[AuditEventOut]:
+    return users.audit(user, limit=limit, actor=actor, action=action, target=target)
+
+
+ROUTES = [patch_user_route, outbox_route, audit_route]

@@ -1,30 +1,41 @@
-"""JSON API, /api/v1: thin handlers that parse, call the registry or daemon, and answer."""
+"""JSON API, /api/v1: each handler parses its input, calls one service and answers.
+
+The services come in as dependencies (app.py: `models`, `runs`, `users`), the caller as `user`;
+requests and answers are the types of mldropd.services.schemas, so the OpenAPI document shows
+their fields."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from litestar import Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
-from sqlmodel import Session, col, select
 
-from mldropd import audit
-from mldropd.api.views import RunOut, dq_json, model_json, model_list, run_json
-from mldropd.batch.gate import discard_held, publish_held
-from mldropd.daemon import Daemon
-from mldropd.db import session_scope
-from mldropd.errors import FieldError, NotFound, Unauthorized, ValidationFailed
-from mldropd.records import DQResult, Model, ModelRun, User
-from mldropd.registry import MAX_ID, delete_model, get_model, update_model
-from mldropd.states import Trigger
+from mldropd.errors import Unauthorized
+from mldropd.records import User
+from mldropd.services import ModelService, RunService
+from mldropd.services.schemas import (
+    DQOut,
+    ModelChanges,
+    ModelDetailOut,
+    ModelOut,
+    RerunRequest,
+    RunOut,
+    RunRequest,
+    RunRequestedOut,
+    RunsRequest,
+    RunsRequestedOut,
+)
 from mldropd.uploads import receive_upload
 
 API = "/api/v1"
+Models = NamedDependency[ModelService]
+Runs = NamedDependency[RunService]
 
 
 def bearer_user(request: Request[Any, Any, Any], state: State) -> User:
@@ -36,17 +47,10 @@ def bearer_user(request: Request[Any, Any, Any], state: State) -> User:
             "send your API token as 'Authorization: Bearer <token>' "
             "(`mldropd users add` prints one)"
         )
-    from mldropd.auth import user_for_token
-
-    with Session(state.daemon.engine) as s:
-        user = user_for_token(s, token.strip())
+    user = state.services.users.by_token(token)
     if user is None:
         raise Unauthorized("the API token is not valid (or the user is disabled)")
     return user
-
-
-def _daemon(state: State) -> Daemon:
-    return state.daemon
 
 
 @post(
@@ -55,50 +59,38 @@ def _daemon(state: State) -> Daemon:
     summary="Upload a model file (multipart: file, email, schedule, name)",
 )
 async def upload_model(
-    request: Request[Any, Any, Any], state: State, user: NamedDependency[User]
-) -> dict[str, Any]:
-    daemon = _daemon(state)
-    model, _ = await receive_upload(request, daemon, user)
-    return await anyio.to_thread.run_sync(_model_detail, daemon, user, model.id)
+    request: Request[Any, Any, Any], state: State, user: NamedDependency[User], models: Models
+) -> ModelDetailOut:
+    model, _ = await receive_upload(request, state.daemon, user)
+    return await anyio.to_thread.run_sync(models.get, user, model.id or 0)
 
 
-def _model_detail(daemon: Daemon, user: User, model_id: int | None) -> dict[str, Any]:
-    with Session(daemon.engine) as s:
-        model = get_model(s, user, model_id or 0)
-        return model_json(s, model, daemon.settings, daemon.now(), detail=True)
-
-
-@get(f"{API}/models", sync_to_thread=True, summary="The caller's models (admin: all)")
+@get(f"{API}/models", sync_to_thread=True, summary="The caller's models (admin: all, ?owner=)")
 def list_models_route(
-    state: State, user: NamedDependency[User], owner: FromQuery[str | None] = None
-) -> list[dict[str, Any]]:
-    daemon = _daemon(state)
-    with Session(daemon.engine) as s:
-        now = daemon.now()
-        return model_list(s, user, daemon.settings, now, owner=owner)
+    user: NamedDependency[User], models: Models, owner: FromQuery[str | None] = None
+) -> list[ModelOut]:
+    return models.list(user, owner=owner)
 
 
 @get(f"{API}/models/{{model_id:int}}", sync_to_thread=True, summary="One model with versions")
 def get_model_route(
-    state: State, user: NamedDependency[User], model_id: FromPath[int]
-) -> dict[str, Any]:
-    return _model_detail(_daemon(state), user, model_id)
+    user: NamedDependency[User], models: Models, model_id: FromPath[int]
+) -> ModelDetailOut:
+    return models.get(user, model_id)
 
 
 @patch(
     f"{API}/models/{{model_id:int}}",
     sync_to_thread=True,
-    summary="Change schedule, email, status (active/paused) or version (roll back)",
+    summary="Change schedule, email, status (active/paused), version (roll back) or DQ settings",
 )
 def patch_model_route(
-    state: State,
     user: NamedDependency[User],
+    models: Models,
     model_id: FromPath[int],
-    data: JSONBody[dict[str, Any]],
-) -> dict[str, Any]:
-    daemon = _daemon(state)
-    update_model(daemon.engine, daemon.settings, user, model_id, data)
-    return _model_detail(daemon, user, model_id)
+    data: JSONBody[ModelChanges],
+) -> ModelDetailOut:
+    return models.update(user, model_id, data.given())
 
 
 @delete(
@@ -107,48 +99,10 @@ def patch_model_route(
     status_code=HTTP_204_NO_CONTENT,
     summary="Stop scheduling and remove the artifacts; scores stay",
 )
-def delete_model_route(state: State, user: NamedDependency[User], model_id: FromPath[int]) -> None:
-    daemon = _daemon(state)
-    delete_model(daemon.engine, daemon.store, user, model_id)
-
-
-def parse_date(value: Any, field: str = "date") -> dt.date:
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ValidationFailed(
-            [FieldError(field, f"{value!r} is not a date (YYYY-MM-DD)")]
-        ) from None
-
-
-def request_run(daemon: Daemon, user: User, model_id: int, day: dt.date | None) -> ModelRun:
-    """Score one model now, for today or a past date; joins a run already in progress."""
-    today = daemon.today()
-    if day is not None and day > today:
-        raise ValidationFailed(
-            [FieldError("date", f"{day} is in the future; scores are made for today or past dates")]
-        )
-    with Session(daemon.engine) as s:
-        model = get_model(s, user, model_id)
-    trigger = Trigger.MANUAL if day in (None, today) else Trigger.BACKFILL
-    _, covered = daemon.run_models(day or today, [model], trigger, force=True)
-    _audit_runs(daemon, user, "run.request", {model_id: covered[model_id]})
-    return covered[model_id]
-
-
-def _audit_runs(daemon: Daemon, user: User, action: str, covered: dict[int, ModelRun]) -> None:
-    """One audit event per model whose scoring was asked for."""
-    with session_scope(daemon.engine) as s:
-        for model_id, run in covered.items():
-            audit.record(
-                s,
-                user.email,
-                action,
-                f"model:{model_id}",
-                run_id=run.id,
-                date=run.date,
-                trigger=run.trigger,
-            )
+def delete_model_route(
+    user: NamedDependency[User], models: Models, model_id: FromPath[int]
+) -> None:
+    models.delete(user, model_id)
 
 
 @post(
@@ -158,32 +112,14 @@ def _audit_runs(daemon: Daemon, user: User, action: str, covered: dict[int, Mode
     summary='Score now; optional body {"date": "YYYY-MM-DD"} for a past date',
 )
 def run_model_route(
-    state: State,
     user: NamedDependency[User],
+    runs: Runs,
     model_id: FromPath[int],
-    data: JSONBody[dict[str, Any] | None] = None,
-) -> dict[str, Any]:
-    daemon = _daemon(state)
-    day = parse_date(data["date"]) if data and data.get("date") else None
-    run = request_run(daemon, user, model_id, day)
-    return {"run_id": run.id, "status": run.status, "date": run.date.isoformat()}
-
-
-def _range(data: dict[str, Any], today: dt.date) -> list[dt.date]:
-    """The dates of a run request: "date", or "from" and "to" (inclusive, at most a year)."""
-    if data.get("from"):
-        start = parse_date(data["from"], "from")
-        end = parse_date(data["to"], "to") if data.get("to") else today
-        if end < start:
-            raise ValidationFailed([FieldError("to", f"{end} is before {start}")])
-        if (end - start).days > 366:
-            raise ValidationFailed([FieldError("from", "a backfill covers at most 367 days")])
-        days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-    else:
-        days = [parse_date(data["date"]) if data.get("date") else today]
-    if days[-1] > today:
-        raise ValidationFailed([FieldError("to", f"{days[-1]} is in the future")])
-    return days
+    data: JSONBody[RunRequest | None] = None,
+) -> RunRequestedOut:
+    (planned,) = runs.request(user, [model_id], day=data.date if data else None)
+    run = planned.runs[model_id]
+    return {"run_id": run.id or 0, "status": run.status, "date": planned.day.isoformat()}
 
 
 @post(
@@ -193,25 +129,10 @@ def _range(data: dict[str, Any], today: dt.date) -> list[dt.date]:
     summary="Score models for a date or a date range (backfill), oldest date first",
 )
 def backfill_route(
-    state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
-) -> dict[str, Any]:
-    daemon = _daemon(state)
-    ids = data.get("model_ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-        raise ValidationFailed([FieldError("model_ids", "give the ids of the models to score")])
-    days = _range(data, daemon.today())
-    with Session(daemon.engine) as s:
-        models = [get_model(s, user, i) for i in ids]
-    runs = []
-    for day in days:
-        trigger = Trigger.MANUAL if day == daemon.today() else Trigger.BACKFILL
-        _, covered = daemon.run_models(day, models, trigger, force=True)
-        _audit_runs(daemon, user, "run.request", covered)
-        runs += [
-            {"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
-            for m, r in covered.items()
-        ]
-    return {"runs": runs}
+    user: NamedDependency[User], runs: Runs, data: JSONBody[RunsRequest]
+) -> RunsRequestedOut:
+    planned = runs.request(user, data.model_ids, day=data.date, first=data.first, last=data.last)
+    return {"runs": [r for p in planned for r in p.requested()]}
 
 
 @post(
@@ -221,28 +142,9 @@ def backfill_route(
     summary="Score again every model whose latest run of a date failed",
 )
 def rerun_failed_route(
-    state: State, user: NamedDependency[User], data: JSONBody[dict[str, Any]]
-) -> dict[str, Any]:
-    daemon = _daemon(state)
-    day = parse_date(data.get("date"))
-    with Session(daemon.engine) as s:
-        query = select(ModelRun).where(ModelRun.date == day).order_by(col(ModelRun.id))
-        owned = _owned_model_ids(s, user)
-        if owned is not None:
-            query = query.where(col(ModelRun.model_id).in_(owned))
-        latest = {r.model_id: r for r in s.exec(query)}
-        failed = [m for m, r in latest.items() if r.status == "failed"]
-        models = list(s.exec(select(Model).where(col(Model.id).in_(failed))))
-    if not models:
-        return {"runs": []}
-    _, covered = daemon.run_models(day, models, Trigger.MANUAL)
-    _audit_runs(daemon, user, "run.rerun_failed", covered)
-    return {
-        "runs": [
-            {"run_id": r.id, "model_id": m, "date": day.isoformat(), "status": r.status}
-            for m, r in covered.items()
-        ]
-    }
+    user: NamedDependency[User], runs: Runs, data: JSONBody[RerunRequest]
+) -> RunsRequestedOut:
+    return {"runs": runs.rerun_failed(user, data.date).requested()}
 
 
 @post(
@@ -251,9 +153,8 @@ def rerun_failed_route(
     status_code=200,
     summary="Publish scores held back by the DQ gate",
 )
-def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
-    daemon = _daemon(state)
-    return run_json(publish_held(daemon.engine, daemon.settings, user, run_id))
+def publish_route(user: NamedDependency[User], runs: Runs, run_id: FromPath[int]) -> RunOut:
+    return runs.publish(user, run_id)
 
 
 @post(
@@ -262,67 +163,31 @@ def publish_route(state: State, user: NamedDependency[User], run_id: FromPath[in
     status_code=200,
     summary="Discard scores held back by the DQ gate",
 )
-def discard_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
-    daemon = _daemon(state)
-    return run_json(discard_held(daemon.engine, daemon.settings, user, run_id))
-
-
-def _owned_model_ids(s: Session, user: User) -> list[int] | None:
-    if user.is_admin:
-        return None
-    return list(s.exec(select(Model.id).where(Model.owner_id == user.id)))  # type: ignore[arg-type]
+def discard_route(user: NamedDependency[User], runs: Runs, run_id: FromPath[int]) -> RunOut:
+    return runs.discard(user, run_id)
 
 
 @get(f"{API}/runs", sync_to_thread=True, summary="Model runs, newest first")
 def list_runs_route(
-    state: State,
     user: NamedDependency[User],
+    runs: Runs,
     model_id: FromQuery[int | None] = None,
-    day: Annotated[str | None, QueryParameter(name="date")] = None,
+    date: FromQuery[dt.date | None] = None,
     limit: FromQuery[int] = 200,
 ) -> list[RunOut]:
-    daemon = _daemon(state)
-    with Session(daemon.engine) as s:
-        if model_id is not None and not 0 < model_id <= MAX_ID:
-            return []  # no such model can exist
-        query = select(ModelRun).order_by(col(ModelRun.id).desc()).limit(max(1, min(limit, 1000)))
-        owned = _owned_model_ids(s, user)
-        if owned is not None:
-            query = query.where(col(ModelRun.model_id).in_(owned))
-        if model_id is not None:
-            query = query.where(ModelRun.model_id == model_id)
-        if day:
-            query = query.where(ModelRun.date == parse_date(day))
-        return [run_json(r) for r in s.exec(query)]
+    return runs.list(user, model_id=model_id, day=date, limit=limit)
 
 
 @get(f"{API}/runs/{{run_id:int}}", sync_to_thread=True, summary="One model run")
-def get_run_route(state: State, user: NamedDependency[User], run_id: FromPath[int]) -> RunOut:
-    daemon = _daemon(state)
-    with Session(daemon.engine) as s:
-        run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        try:
-            get_model(s, user, run.model_id)
-        except NotFound:
-            raise NotFound(f"run {run_id} not found") from None
-        return run_json(run)
+def get_run_route(user: NamedDependency[User], runs: Runs, run_id: FromPath[int]) -> RunOut:
+    return runs.get(user, run_id)
 
 
 @get(f"{API}/models/{{model_id:int}}/dq", sync_to_thread=True, summary="DQ results by date")
 def model_dq_route(
-    state: State, user: NamedDependency[User], model_id: FromPath[int]
-) -> list[dict[str, Any]]:
-    daemon = _daemon(state)
-    with Session(daemon.engine) as s:
-        get_model(s, user, model_id)
-        rows = s.exec(
-            select(DQResult)
-            .where(DQResult.model_id == model_id)
-            .order_by(col(DQResult.date), col(DQResult.id))
-        )
-        return [dq_json(r) for r in rows]
+    user: NamedDependency[User], models: Models, model_id: FromPath[int]
+) -> list[DQOut]:
+    return models.dq_history(user, model_id)
 
 
 ROUTES = [

@@ -29,11 +29,6 @@ from mldropd.states import (
 _BUSY = (ModelRunStatus.PENDING, ModelRunStatus.RUNNING)
 
 
-def aware(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes; every time mldropd stores is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 @dataclass
 class Claimed:
     """A batch taken by a job: its date and the model runs it now owns."""
@@ -206,5 +201,4 @@ def status(engine: Engine, batch_id: int) -> tuple[RunStatus, dt.datetime | None
     with session_scope(engine) as s:
         batch = s.get(BatchRun, batch_id)
         assert batch is not None
-        nb = aware(batch.not_before) if batch.not_before is not None else None
-        return RunStatus(batch.status), nb, batch.reported
+        return RunStatus(batch.status), batch.not_before, batch.reported

@@ -43,7 +43,7 @@ from mldropd.faults import fault_point
 from mldropd.features import FeatureSource
 from mldropd.records import BatchRun, DQResult, ModelRun
 from mldropd.settings import Settings
-from mldropd.states import ModelRunStatus, Phase, RunStatus
+from mldropd.states import DQStatus, ModelRunStatus, Phase, RunStatus
 from mldropd.store import make_store
 from mldropd.text import duration
 
@@ -177,7 +177,7 @@ class BatchJob:
         with session_scope(self.db) as s:
             batch = s.get(BatchRun, self.batch_id)
             assert batch is not None
-            deadline = ledger.aware(batch.created_at) + dt.timedelta(seconds=cfg.sensor_deadline)
+            deadline = batch.created_at + dt.timedelta(seconds=cfg.sensor_deadline)
         if now >= deadline:
             return False
         retry = min(now + dt.timedelta(seconds=cfg.sensor_interval), deadline)
@@ -375,7 +375,7 @@ class BatchJob:
                 psi_noise=r.psi_noise,
                 auc=r.auc,
                 ks=r.ks,
-                status=status or r.status,
+                status=DQStatus(status or r.status),
                 reason=reason or r.reason,
                 details=r.details,
             )
@@ -384,7 +384,7 @@ class BatchJob:
                 model_run_id=p.run.id,
                 model_id=p.model.id,
                 date=day,
-                status="warn",
+                status=DQStatus.WARN,
                 reason=f"DQ could not be computed: {dq_error}",
             )
         with Session(self.db) as s:

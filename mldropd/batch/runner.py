@@ -174,7 +174,7 @@ class Runner:
         write.recover(self.settings.scores.path)
         with session_scope(self.engine) as s:
             return [
-                (batch_id, ledger.aware(nb) if nb is not None else None)
+                (batch_id, nb)
                 for batch_id, nb in s.exec(
                     select(BatchRun.id, BatchRun.not_before)
                     .where(BatchRun.status == RunStatus.PENDING)
@@ -286,7 +286,7 @@ class Runner:
                     for b in s.exec(select(BatchRun).where(BatchRun.status == RunStatus.RUNNING))
                     if b.id in batch_ids and b.heartbeat_at is not None
                 ]
-            if beats and utcnow() - max(ledger.aware(b) for b in beats) > limit:
+            if beats and utcnow() - max(beats) > limit:
                 log.error("batch job stalled; stopping it", extra={"run_id": batch_ids[0]})
                 stalled = True
                 job.kill()

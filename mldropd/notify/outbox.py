@@ -17,8 +17,9 @@ from sqlmodel import select
 
 from mldropd.db import session_scope
 from mldropd.notify import smtp
-from mldropd.records import OutboxMessage
+from mldropd.records import OutboxMessage, utcnow
 from mldropd.settings import EmailSettings
+from mldropd.states import OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def enqueue(
     address = to.strip()
     if not address or "\n" in address or "\r" in address:
         raise ValueError(f"not a usable recipient address: {to!r}")
-    now = utc()  # explicit: records.utcnow() is naive, which sqlmodel >= 0.0.50 refuses
+    now = utcnow()
     row = OutboxMessage(
         to=address,
         subject=_one_line(subject),
@@ -75,7 +76,7 @@ def backoff(attempts: int) -> dt.timedelta:
 def _message_id(row: OutboxMessage, sender: str) -> str:
     # Stable per row, so a retried message is recognisable as the same one by receivers.
     domain = parseaddr(sender)[1].rpartition("@")[2] or "localhost"
-    return f"<mldropd.{row.id}.{utc(row.created_at):%Y%m%d%H%M%S}@{domain}>"
+    return f"<mldropd.{row.id}.{row.created_at:%Y%m%d%H%M%S}@{domain}>"
 
 
 def build_message(row: OutboxMessage, sender: str) -> EmailMessage:
@@ -84,7 +85,7 @@ def build_message(row: OutboxMessage, sender: str) -> EmailMessage:
     message["From"] = sender
     message["To"] = row.to
     message["Subject"] = row.subject
-    message["Date"] = format_datetime(utc(row.created_at))
+    message["Date"] = format_datetime(row.created_at)
     message["Message-ID"] = _message_id(row, sender)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies
     message.set_content(row.body_text)
@@ -95,7 +96,7 @@ def build_message(row: OutboxMessage, sender: str) -> EmailMessage:
 
 def eml_name(row: OutboxMessage) -> str:
     """File name of a row kept in the outbox folder."""
-    return f"{utc(row.created_at):%Y%m%dT%H%M%S}-{row.id:06d}.eml"
+    return f"{row.created_at:%Y%m%dT%H%M%S}-{row.id:06d}.eml"
 
 
 def write_eml(message: EmailMessage, folder: Path, name: str) -> Path:
@@ -114,24 +115,13 @@ def write_eml(message: EmailMessage, folder: Path, name: str) -> Path:
     return target
 
 
-def utc(value: dt.datetime | None = None) -> dt.datetime:
-    """An aware UTC datetime (now when None); naive values are taken as UTC."""
-    # sqlmodel >= 0.0.50 stores datetime fields as aware UTC and refuses naive ones, older
-    # versions return naive values: bind aware UTC always and normalise what is read back.
-    if value is None:
-        return dt.datetime.now(dt.UTC)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
 def _claim(engine: sqlalchemy.Engine, row_id: int, now: dt.datetime) -> OutboxMessage | None:
     """Take a due row for this deliverer (daemon and batch job may both deliver), or None."""
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     with engine.begin() as conn:
         claimed = conn.execute(
             sqlalchemy.update(table)
-            .where(table.c.id == row_id, table.c.status == "pending")
+            .where(table.c.id == row_id, table.c.status == OutboxStatus.PENDING)
             .where(table.c.next_attempt_at <= now)
             .values(next_attempt_at=now + CLAIM_LEASE)
         ).rowcount
@@ -174,11 +164,11 @@ def _deliver_one(
         _failed(engine, row, now, _plain_error(exc, settings), stats)
         return
     if settings.smtp_host:
-        _record(engine, row.id, status="sent", sent_at=now)
+        _record(engine, row.id, status=OutboxStatus.SENT, sent_at=now)
         stats.sent += 1
         log.info("message sent", extra={**fields, "smtp_server": smtp.server_name(settings)})
     else:
-        _record(engine, row.id, status="kept", path=str(path))
+        _record(engine, row.id, status=OutboxStatus.KEPT, path=str(path))
         stats.kept += 1
         log.info("message kept in the outbox folder", extra={**fields, "path": str(path)})
 
@@ -202,7 +192,7 @@ def _failed(
     attempts = row.attempts + 1
     fields = {"outbox_id": row.id, "to": row.to, "attempts": attempts, "error": error}
     if attempts >= MAX_ATTEMPTS:
-        _record(engine, row.id, status="failed", attempts=attempts, last_error=error)
+        _record(engine, row.id, status=OutboxStatus.FAILED, attempts=attempts, last_error=error)
         stats.failed += 1
         log.error(f"message given up after {attempts} attempts: {error}", extra=fields)
         return
@@ -224,12 +214,14 @@ def deliver_pending(
 ) -> DeliveryStats:
     """Send (or keep as .eml) the due pending messages, each in its own transaction; never raises
     for delivery failures."""
-    now = utc(now)
+    now = now or utcnow()
     stats = DeliveryStats()
     with sqlmodel.Session(engine) as session:
         due = session.exec(
             select(OutboxMessage.id)
-            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+            .where(
+                OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= now
+            )
             .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)  # type: ignore[arg-type]
             .limit(limit)
         ).all()
@@ -247,7 +239,7 @@ def next_due(engine: sqlalchemy.Engine) -> dt.datetime | None:
     with sqlmodel.Session(engine) as session:
         due = session.exec(
             select(sqlalchemy.func.min(OutboxMessage.next_attempt_at)).where(
-                OutboxMessage.status == "pending"
+                OutboxMessage.status == OutboxStatus.PENDING
             )
         ).one()
-    return None if due is None else utc(due)
+    return due

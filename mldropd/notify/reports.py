@@ -66,10 +66,7 @@ def _severity(item: ReportItem) -> int:
 
 
 def _fmt_time(value: dt.datetime) -> str:
-    # Stored times are naive UTC; aware ones keep their own zone.
-    if value.tzinfo is None:
-        return f"{value:%Y-%m-%d %H:%M} UTC"
-    return f"{value:%Y-%m-%d %H:%M %Z}".strip()
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def _fmt_rows(rows: int | None) -> str | None:

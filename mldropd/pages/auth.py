@@ -9,9 +9,7 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Redirect, Template
-from sqlmodel import Session
 
-from mldropd.auth import user_for_token
 from mldropd.errors import Unauthorized
 from mldropd.pages.web import safe_next
 from mldropd.records import User
@@ -29,18 +27,10 @@ def session_user(request: Request[Any, Any, Any], state: State) -> User:
     if proxied is not None:
         return proxied
     session = request.session or {}
-    uid, token_hash = session.get("uid"), session.get("th")
-    if uid is not None:
-        with Session(state.daemon.engine) as s:
-            user = s.get(User, uid)
-        if user is not None and not user.disabled and user.token_hash == token_hash:
-            return user
-    raise Unauthorized("sign in with your API token")
-
-
-def _token_user(state: State, token: str) -> User | None:
-    with Session(state.daemon.engine) as s:
-        return user_for_token(s, token.strip())
+    user: User | None = state.services.users.signed_in(session.get("uid"), session.get("th"))
+    if user is None:
+        raise Unauthorized("sign in with your API token")
+    return user
 
 
 @get("/login", sync_to_thread=True)
@@ -58,7 +48,7 @@ def login_page(
 async def login(
     request: Request[Any, Any, Any], state: State, data: URLEncodedBody[dict[str, str]]
 ) -> Template | Redirect:
-    user = await anyio.to_thread.run_sync(_token_user, state, data.get("token") or "")
+    user = await anyio.to_thread.run_sync(state.services.users.by_token, data.get("token") or "")
     if user is None:
         return Template(
             "login.html",

@@ -1,30 +1,21 @@
-"""What the pages show, read from the registry in one place: models table rows, a model's
-detail (runs, DQ charts, last report), dashboard rows. The JSON shapes come from api/views.py,
-so a page and its API twin agree."""
+"""What the pages show, from the services in one place: models table rows, a model's detail
+(runs, DQ charts, last report), dashboard rows. The rows are the API's JSON shapes
+(mldropd.services.schemas) with what a page adds (health, charts, times in words), so a page and
+its API twin agree."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlmodel import Session, col, select
-
-from mldropd.api.views import (
-    busy_model_ids,
-    dq_json,
-    model_json,
-    model_list,
-    psi_histories,
-    run_json,
-    version_numbers,
-)
 from mldropd.pages import charts
-from mldropd.records import DQResult, Model, ModelRun, OutboxMessage, User
-from mldropd.registry import count_models, get_model
+from mldropd.records import OutboxMessage, User
+from mldropd.services import ModelService
+from mldropd.services.schemas import DQOut
 from mldropd.settings import Settings
 from mldropd.states import ModelRunStatus, ModelStatus
 
@@ -47,7 +38,7 @@ def when(value: str | None) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def health(model: dict[str, Any]) -> str:
+def health(model: Mapping[str, Any]) -> str:
     """The status badge: paused, failing (last run failed) or active."""
     if model["status"] != ModelStatus.ACTIVE:
         return str(model["status"])
@@ -99,19 +90,24 @@ def page_number(value: str | None) -> int:
 
 
 def model_rows(
-    s: Session, user: User, settings: Settings, now: dt.datetime, page: int | None = None
+    models: ModelService, user: User, page: int | None = None
 ) -> tuple[list[dict[str, Any]], Pager]:
     """One page of the user's models (admin: all) for the models table, by name."""
-    pager = Pager.of("/models", page, count_models(s, user))
-    rows = model_list(s, user, settings, now, limit=pager.size, offset=pager.offset)
-    busy = busy_model_ids(s)
-    numbers = version_numbers(s, [r["id"] for r in rows])
-    for row in rows:
-        row.update(health=health(row), busy=row["id"] in busy, versions=numbers.get(row["id"], []))
+    pager = Pager.of("/models", page, models.count(user))
+    table = models.table(user, limit=pager.size, offset=pager.offset)
+    rows = [
+        {
+            **row,
+            "health": health(row),
+            "busy": row["id"] in table.busy,
+            "versions": table.versions.get(row["id"], []),
+        }
+        for row in table.rows
+    ]
     return rows, pager
 
 
-def _thresholds(dq: list[dict[str, Any]], settings: Settings) -> dict[str, float]:
+def _thresholds(dq: list[DQOut], settings: Settings) -> dict[str, float]:
     for row in reversed(dq):
         found = (row.get("details") or {}).get("thresholds")
         if found:
@@ -125,7 +121,7 @@ def _thresholds(dq: list[dict[str, Any]], settings: Settings) -> dict[str, float
     }
 
 
-def dq_charts(dq: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def dq_charts(dq: list[DQOut], settings: Settings) -> dict[str, Any]:
     """PSI and AUC trends with thresholds, and the latest current-vs-reference histogram."""
     thr = _thresholds(dq, settings)
     dates = [dt.date.fromisoformat(d["date"]) for d in dq]
@@ -182,66 +178,42 @@ def dry_run_chart(dry_run: dict[str, Any] | None, title: str = "Dry-run scores")
     return charts.histogram_svg(hist["counts"], hist["edges"], title)
 
 
-def last_report(s: Session, model: Model) -> dict[str, Any] | None:
-    """The newest report email sent to the model's address that is about this model."""
-    word = re.compile(rf"(?<![\w-]){re.escape(model.name)}(?![\w-])")
-    rows = s.exec(
-        select(OutboxMessage)
-        .where(OutboxMessage.to == model.email)
-        .order_by(col(OutboxMessage.id).desc())
-        .limit(50)
-    )
-    for row in rows:
-        if word.search(row.subject) or word.search(row.body_text):
-            return {
-                "subject": row.subject,
-                "to": row.to,
-                "status": row.status,
-                "created": when(row.created_at.isoformat()),
-                "sent": when(row.sent_at.isoformat()) if row.sent_at else None,
-                "error": row.last_error,
-                "body": row.body_text,
-            }
-    return None
+def report_view(row: OutboxMessage | None) -> dict[str, Any] | None:
+    """A report e-mail as the model page shows it."""
+    if row is None:
+        return None
+    return {
+        "subject": row.subject,
+        "to": row.to,
+        "status": row.status,
+        "created": when(row.created_at.isoformat()),
+        "sent": when(row.sent_at.isoformat()) if row.sent_at else None,
+        "error": row.last_error,
+        "body": row.body_text,
+    }
 
 
 def detail_context(
-    s: Session, user: User, model_id: int, settings: Settings, now: dt.datetime
+    models: ModelService, user: User, model_id: int, settings: Settings
 ) -> dict[str, Any]:
     """Everything the model page shows; another user's model is not found."""
-    model = get_model(s, user, model_id)
-    data = model_json(s, model, settings, now, detail=True)
-    data["health"] = health(data)
-    for v in data["versions"]:
-        v["uploaded"] = when(v["uploaded_at"])
-    runs: list[dict[str, Any]] = [
-        dict(run_json(r))
-        for r in s.exec(
-            select(ModelRun)
-            .where(ModelRun.model_id == model_id)
-            .order_by(col(ModelRun.id).desc())
-            .limit(50)
-        )
+    page = models.page(user, model_id, runs=50, dq_dates=DQ_POINTS)
+    versions: list[dict[str, Any]] = [
+        {**v, "uploaded": when(v["uploaded_at"])} for v in page.model["versions"]
     ]
-    for r in runs:
-        r["finished"] = when(r["finished_at"]) if r["finished_at"] else None
-    newest = s.exec(
-        select(DQResult)
-        .where(DQResult.model_id == model_id)
-        .order_by(col(DQResult.date).desc(), col(DQResult.id).desc())
-        .limit(2 * DQ_POINTS)
-    )
-    # Oldest first; a re-scored date shows its last result.
-    dq = list({d["date"]: d for d in map(dq_json, reversed(list(newest)))}.values())[-DQ_POINTS:]
-    current = next((v for v in data["versions"] if v["version"] == data["version"]), None)
+    data: dict[str, Any] = {**page.model, "health": health(page.model), "versions": versions}
+    runs = [
+        {**r, "finished": when(r["finished_at"]) if r["finished_at"] else None} for r in page.runs
+    ]
+    current = next((v for v in versions if v["version"] == data["version"]), None)
     return {
         "model": data,
         "runs": runs,
-        "dq": list(reversed(dq)),
-        "charts": dq_charts(dq, settings),
+        "dq": list(reversed(page.dq)),
+        "charts": dq_charts(page.dq, settings),
         "dry_run_chart": dry_run_chart(current["dry_run"] if current else None),
-        "report": last_report(s, model),
-        "busy": model_id in busy_model_ids(s),
+        "report": report_view(page.report),
+        "busy": page.busy,
     }
 
 
@@ -268,10 +240,9 @@ class Dashboard:
 
 
 def dashboard(
-    s: Session,
+    models: ModelService,
     user: User,
     settings: Settings,
-    now: dt.datetime,
     *,
     sort: str = "status",
     only_alerts: bool = False,
@@ -279,7 +250,7 @@ def dashboard(
 ) -> Dashboard:
     """One page of the models the user may see (only the alerts, if asked), sorted, with
     their DQ status; the PSI history is read and drawn for the rows shown only."""
-    rows = sorted(model_list(s, user, settings, now), key=_sort_key(sort))
+    rows: list[dict[str, Any]] = sorted(map(dict, models.list(user)), key=_sort_key(sort))
     counts = dashboard_counts(rows)
     if only_alerts:
         rows = [r for r in rows if r["last_dq"] and r["last_dq"]["status"] == "alert"]
@@ -287,7 +258,7 @@ def dashboard(
         "/dashboard", page, len(rows), sort=sort, only="alerts" if only_alerts else None
     )
     shown = rows[pager.offset : pager.offset + pager.size]
-    history = psi_histories(s, [r["id"] for r in shown], SPARK_POINTS)
+    history = models.psi_histories([r["id"] for r in shown], SPARK_POINTS)
     for row in shown:
         points, warn = history.get(row["id"], ([], None))
         row["health"] = health(row)

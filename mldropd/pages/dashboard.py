@@ -9,12 +9,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Template
-from sqlmodel import Session
 
-from mldropd.daemon import Daemon
 from mldropd.pages.context import dashboard, page_number
 from mldropd.pages.web import page_or_partial
 from mldropd.records import User
+from mldropd.services import ModelService
 
 SORTS = {"status": "worst status first", "name": "name", "psi": "highest PSI first"}
 
@@ -24,22 +23,20 @@ def dashboard_page(
     request: Request[Any, Any, Any],
     state: State,
     user: NamedDependency[User],
+    models: NamedDependency[ModelService],
     sort: FromQuery[str] = "status",
     only: FromQuery[str | None] = None,
     page: FromQuery[str | None] = None,
 ) -> Template:
-    daemon: Daemon = state.daemon
     sort = sort if sort in SORTS else "status"
-    with Session(daemon.engine) as s:
-        board = dashboard(
-            s,
-            user,
-            daemon.settings,
-            daemon.now(),
-            sort=sort,
-            only_alerts=only == "alerts",
-            page=page_number(page),
-        )
+    board = dashboard(
+        models,
+        user,
+        state.settings,
+        sort=sort,
+        only_alerts=only == "alerts",
+        page=page_number(page),
+    )
     context = {
         "user": user,
         "page": "dashboard",

@@ -11,16 +11,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
-from sqlmodel import Session
 
-from mldropd.api.views import model_json
 from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, TooLarge
 from mldropd.pages import schedule
 from mldropd.pages.context import dry_run_chart
 from mldropd.pages.web import is_htmx
 from mldropd.records import User
-from mldropd.registry import count_models, get_model
+from mldropd.services import ModelService
 from mldropd.uploads import receive_upload
 
 FORM_FIELDS = ("email", "schedule", "name")  # shown next to their input; the rest by the file
@@ -40,13 +38,13 @@ def _split(errors: list[FieldError]) -> tuple[list[dict[str, str]], dict[str, li
 
 def _deploy_context(
     daemon: Daemon,
+    models: ModelService,
     user: User,
     form: dict[str, str] | None = None,
     errors: list[FieldError] | None = None,
 ) -> dict[str, Any]:
     form = {"email": user.email, "schedule": "daily", "name": "", **(form or {})}
-    with Session(daemon.engine) as s:
-        count = count_models(s, user)
+    count = models.count(user)
     other, by_field = _split(errors or [])
     return {
         "user": user,
@@ -63,15 +61,14 @@ def _deploy_context(
 
 
 @get("/", sync_to_thread=True)
-def deploy_page(state: State, user: NamedDependency[User]) -> Template:
-    return Template("deploy.html", context=_deploy_context(state.daemon, user))
+def deploy_page(
+    state: State, user: NamedDependency[User], models: NamedDependency[ModelService]
+) -> Template:
+    return Template("deploy.html", context=_deploy_context(state.daemon, models, user))
 
 
-def _card_context(daemon: Daemon, user: User, model_id: int) -> dict[str, Any]:
-    with Session(daemon.engine) as s:
-        model = model_json(
-            s, get_model(s, user, model_id), daemon.settings, daemon.now(), detail=True
-        )
+def _card_context(models: ModelService, user: User, model_id: int) -> dict[str, Any]:
+    model = models.get(user, model_id)
     current = next(v for v in model["versions"] if v["version"] == model["version"])
     return {
         "model": model,
@@ -82,7 +79,10 @@ def _card_context(daemon: Daemon, user: User, model_id: int) -> dict[str, Any]:
 
 @post("/upload")
 async def upload_page(
-    request: Request[Any, Any, Any], state: State, user: NamedDependency[User]
+    request: Request[Any, Any, Any],
+    state: State,
+    user: NamedDependency[User],
+    models: NamedDependency[ModelService],
 ) -> Template | Redirect:
     """Drop zone (HTMX): the model card or the errors partial; plain form: redirect or page."""
     daemon: Daemon = state.daemon
@@ -100,11 +100,13 @@ async def upload_page(
         if not isinstance(exc, TooLarge):  # a too-large body is refused unread
             data = await request.form()
             form = {k: v for k in FORM_FIELDS if isinstance(v := data.get(k), str) and v}
-        context = await anyio.to_thread.run_sync(_deploy_context, daemon, user, form, exc.errors)
+        context = await anyio.to_thread.run_sync(
+            _deploy_context, daemon, models, user, form, exc.errors
+        )
         return Template("deploy.html", context=context, status_code=exc.status_code)
     if not is_htmx(request):
         return Redirect(f"/models/{model.id}", status_code=303)
-    context = await anyio.to_thread.run_sync(_card_context, daemon, user, model.id or 0)
+    context = await anyio.to_thread.run_sync(_card_context, models, user, model.id or 0)
     return Template("_model_card.html", context=context, status_code=201)
 
 

@@ -12,28 +12,25 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Template
-from sqlmodel import Session
 
-from mldropd.api.routes import request_run
-from mldropd.batch.gate import discard_held, publish_held
-from mldropd.daemon import Daemon
 from mldropd.errors import FieldError, MldropdError, NotFound, ValidationFailed
 from mldropd.pages.context import detail_context, model_rows, page_number
 from mldropd.pages.web import after_action, error_response, page_or_partial
-from mldropd.records import ModelRun, User
-from mldropd.registry import MAX_ID, delete_model, update_model
+from mldropd.records import User
+from mldropd.services import ModelService, RunService
+
+Models = NamedDependency[ModelService]
+Runs = NamedDependency[RunService]
 
 
 @get("/models", sync_to_thread=True)
 def models_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    models: Models,
     page: FromQuery[str | None] = None,
 ) -> Template:
-    daemon: Daemon = state.daemon
-    with Session(daemon.engine) as s:
-        rows, pager = model_rows(s, user, daemon.settings, daemon.now(), page_number(page))
+    rows, pager = model_rows(models, user, page_number(page))
     context = {
         "user": user,
         "page": "models",
@@ -47,14 +44,13 @@ def models_page(
 @get("/models/{model_id:int}", sync_to_thread=True)
 def model_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    state: State,
+    models: Models,
     model_id: FromPath[int],
 ) -> Template:
-    daemon: Daemon = state.daemon
     try:
-        with Session(daemon.engine) as s:
-            context = detail_context(s, user, model_id, daemon.settings, daemon.now())
+        context = detail_context(models, user, model_id, state.settings)
     except NotFound as exc:
         return error_response(request, user, exc, "Model not found", "/models")
     context.update(user=user, page="models")
@@ -81,37 +77,25 @@ def _act(
 @post("/models/{model_id:int}/run", sync_to_thread=True)
 def run_now_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    runs: Runs,
     model_id: FromPath[int],
     data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
-    return _act(
-        request,
-        user,
-        model_id,
-        data.get("next"),
-        lambda: request_run(state.daemon, user, model_id, None),
-    )
+    return _act(request, user, model_id, data.get("next"), lambda: runs.request(user, [model_id]))
 
 
 @post("/models/{model_id:int}/status", sync_to_thread=True)
 def status_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    models: Models,
     model_id: FromPath[int],
     data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
-    daemon: Daemon = state.daemon
+    change = {"status": data.get("status", "")}
     return _act(
-        request,
-        user,
-        model_id,
-        data.get("next"),
-        lambda: update_model(
-            daemon.engine, daemon.settings, user, model_id, {"status": data.get("status", "")}
-        ),
+        request, user, model_id, data.get("next"), lambda: models.update(user, model_id, change)
     )
 
 
@@ -125,75 +109,50 @@ def _version(data: dict[str, str]) -> int:
 @post("/models/{model_id:int}/version", sync_to_thread=True)
 def version_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    models: Models,
     model_id: FromPath[int],
     data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
-    """Roll back (or forward) to a stored version: the registry's update_model({"version"})."""
-    daemon: Daemon = state.daemon
+    """Roll back (or forward) to a stored version: ModelService.update({"version"})."""
     return _act(
         request,
         user,
         model_id,
         data.get("next"),
-        lambda: update_model(
-            daemon.engine, daemon.settings, user, model_id, {"version": _version(data)}
-        ),
+        lambda: models.update(user, model_id, {"version": _version(data)}),
     )
 
 
 @post("/models/{model_id:int}/delete", sync_to_thread=True)
 def delete_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    models: Models,
     model_id: FromPath[int],
     data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
-    daemon: Daemon = state.daemon
     return _act(
-        request,
-        user,
-        model_id,
-        data.get("next"),
-        lambda: delete_model(daemon.engine, daemon.store, user, model_id),
-        "/models",
+        request, user, model_id, data.get("next"), lambda: models.delete(user, model_id), "/models"
     )
-
-
-def _gate(state: State, user: User, model_id: int, run_id: int, action: Any) -> None:
-    """Publish or discard a held run of this model (404 when the run is not this model's)."""
-    daemon: Daemon = state.daemon
-    with Session(daemon.engine) as s:
-        run = s.get(ModelRun, run_id) if 0 < run_id <= MAX_ID else None
-        if run is None or run.model_id != model_id:
-            raise NotFound(f"run {run_id} not found")
-    action(daemon.engine, daemon.settings, user, run_id)
-
-
-_GATE_ACTIONS = {"publish": publish_held, "discard": discard_held}
 
 
 @post("/models/{model_id:int}/runs/{run_id:int}/{action:str}", sync_to_thread=True)
 def gate_page(
     request: Request[Any, Any, Any],
-    state: State,
     user: NamedDependency[User],
+    runs: Runs,
     model_id: FromPath[int],
     run_id: FromPath[int],
     action: FromPath[str],
     data: URLEncodedBody[dict[str, str]],
 ) -> Response[Any] | Template:
     """Publish anyway or discard the scores of a run held back by the DQ gate."""
-    if action not in _GATE_ACTIONS:
+    gate = {"publish": runs.publish, "discard": runs.discard}.get(action)
+    if gate is None:
         raise NotFound(f"no action {action!r} on runs")
     return _act(
-        request,
-        user,
-        model_id,
-        data.get("next"),
-        lambda: _gate(state, user, model_id, run_id, _GATE_ACTIONS[action]),
+        request, user, model_id, data.get("next"), lambda: gate(user, run_id, model_id=model_id)
     )
 
 

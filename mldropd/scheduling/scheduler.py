@@ -75,7 +75,7 @@ def add_retry(
     if scheduler.get_job(job_id) is None:
         scheduler.add_job(
             "mldropd.scheduling.jobs:retry",
-            trigger=DateTrigger(when.replace(tzinfo=dt.UTC)),
+            trigger=DateTrigger(when),
             args=[day.isoformat(), ids],
             id=job_id,
             name=f"retry {day} models {ids}",
@@ -86,7 +86,7 @@ def add_retry(
 def add_resume(scheduler: BackgroundScheduler, batch_id: int, when: dt.datetime) -> None:
     """A persisted one-off job running a batch that waits for late data again."""
     job_id = f"resume-{batch_id}"
-    trigger = DateTrigger(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    trigger = DateTrigger(when)
     if scheduler.get_job(job_id) is None:
         scheduler.add_job(
             "mldropd.scheduling.jobs:resume",

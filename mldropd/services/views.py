@@ -1,4 +1,5 @@
-"""JSON shapes of models, runs and DQ results: one place, used by the API and the pages."""
+"""JSON shapes of models, runs and DQ results (mldropd.services.schemas), built from the records
+in one place: the services answer the API, the pages and the CLI with them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, TypedDict
+from typing import Any, cast
 
 from sqlalchemy import bindparam, text
 from sqlalchemy import select as sa_select
@@ -20,58 +21,33 @@ from sqlmodel import Session, col, select
 
 from mldropd.inspect import scan_notes
 from mldropd.records import DQResult, Model, ModelRun, ModelVersion, User
-from mldropd.registry import versions, visible_models
+from mldropd.registry import versions
 from mldropd.scheduling.scheduler import sweep_fire_time
 from mldropd.scheduling.schedules import Schedule, parse_schedule
+from mldropd.services.access import Caller, visible
+from mldropd.services.schemas import (
+    DQOut,
+    LastDQOut,
+    ModelDetailOut,
+    ModelFields,
+    ModelOut,
+    ProgressOut,
+    RunOut,
+    RunSummaryOut,
+    VersionOut,
+)
 from mldropd.settings import Settings
-from mldropd.states import ModelRunStatus, Phase
+from mldropd.states import ModelRunStatus, ModelStatus, Phase
 
 
 def next_run_date(model: Model, settings: Settings, now: dt.datetime) -> dt.date | None:
     """The date of the next sweep that will score the model (None when paused)."""
-    if model.status != "active":
+    if model.status != ModelStatus.ACTIVE:
         return None
     fire = sweep_fire_time(settings, now)
     if fire is None:
         return None
     return parse_schedule(model.schedule).next_due(fire.date())
-
-
-class ProgressOut(TypedDict):
-    """A run's progress (mldropd.batch.progress): the batch job's own counts, never the model's."""
-
-    phase: Phase | None  # while it runs, or waits for its data
-    rows_done: int | None  # rows written so far
-    rows_total: int | None  # rows of the slice it scores
-    rows_per_s: float | None  # the batch's scoring rate
-    eta_s: float | None  # seconds left of the phase, as estimated at progress_at
-    progress_at: str | None
-    dates_done: int | None  # a backfill: dates of its job finished before this one
-    dates_total: int | None  # ... of the dates the job was asked for
-
-
-class RunOut(ProgressOut):
-    """A model run as the API shows it (GET /api/v1/runs, /runs/{id})."""
-
-    id: int
-    model_id: int
-    batch_id: int
-    model_version: int
-    date: str
-    status: str  # pending, running, succeeded, failed, skipped
-    attempt: int
-    trigger: str
-    rows: int | None
-    seconds: float | None
-    error: str | None
-    slice_date: str | None
-    warning: str | None
-    quarantined: bool
-    stale_slice: str | None
-    key_check: dict[str, Any] | None
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
 
 
 def progress_json(run: Any) -> ProgressOut:
@@ -130,7 +106,7 @@ def run_json(run: ModelRun) -> RunOut:
     }
 
 
-def dq_json(dq: DQResult) -> dict[str, Any]:
+def dq_json(dq: DQResult) -> DQOut:
     return {
         "model_id": dq.model_id,
         "model_run_id": dq.model_run_id,
@@ -146,7 +122,7 @@ def dq_json(dq: DQResult) -> dict[str, Any]:
     }
 
 
-def version_json(v: ModelVersion) -> dict[str, Any]:
+def version_json(v: ModelVersion) -> VersionOut:
     return {
         "version": v.version,
         "sha256": v.sha256,
@@ -191,10 +167,9 @@ def last_dq(session: Session, model_id: int) -> DQResult | None:
     ).first()
 
 
-def model_json(
-    session: Session, model: Model, settings: Settings, now: dt.datetime, *, detail: bool = False
-) -> dict[str, Any]:
-    """A model as the API shows it; detail adds every version."""
+def _model_fields(
+    session: Session, model: Model, settings: Settings, now: dt.datetime
+) -> tuple[ModelFields, ModelVersion | None]:
     assert model.id is not None
     owner = session.get(User, model.owner_id)
     current = session.exec(
@@ -212,11 +187,25 @@ def model_json(
         next_run_date(model, settings, now),
         parse_schedule(model.schedule),
     )
-    if detail:
-        data["versions"] = [version_json(v) for v in versions(session, model.id)]
-    elif current is not None:
-        data["dry_run"] = current.dry_run
-    return data
+    return data, current
+
+
+def model_json(session: Session, model: Model, settings: Settings, now: dt.datetime) -> ModelOut:
+    """A model as a list shows it (model_list, in one query for many, agrees with it)."""
+    data, current = _model_fields(session, model, settings, now)
+    out = cast(ModelOut, data)
+    if current is not None:
+        out["dry_run"] = current.dry_run
+    return out
+
+
+def model_detail_json(
+    session: Session, model: Model, settings: Settings, now: dt.datetime
+) -> ModelDetailOut:
+    """A model with every kept version, newest first."""
+    data, _ = _model_fields(session, model, settings, now)
+    assert model.id is not None
+    return {**data, "versions": [version_json(v) for v in versions(session, model.id)]}
 
 
 def _model_data(
@@ -228,10 +217,21 @@ def _model_data(
     dq: Any,
     nxt: dt.date | None,
     schedule: Schedule,
-) -> dict[str, Any]:
+) -> ModelFields:
     """The list/detail shape; current, run and dq are records or rows of their columns."""
+    last_dq: LastDQOut | None = (
+        None
+        if dq is None
+        else {
+            "date": dq.date.isoformat(),
+            "status": dq.status,
+            "psi": dq.psi,
+            "auc": dq.auc,
+            "reason": dq.reason,
+        }
+    )
     return {
-        "id": model.id,
+        "id": model.id or 0,
         "name": model.name,
         "owner": owner,
         "email": model.email,
@@ -245,21 +245,13 @@ def _model_data(
         "last_run": _run_summary(run),
         # The run in progress, which in a backfill is not the newest date's: null when idle.
         "active_run": _run_summary(active),
-        "last_dq": None
-        if dq is None
-        else {
-            "date": dq.date.isoformat(),
-            "status": dq.status,
-            "psi": dq.psi,
-            "auc": dq.auc,
-            "reason": dq.reason,
-        },
+        "last_dq": last_dq,
         "created_at": _iso(model.created_at),
         "updated_at": _iso(model.updated_at),
     }
 
 
-def _run_summary(run: Any) -> dict[str, Any] | None:
+def _run_summary(run: Any) -> RunSummaryOut | None:
     """What a model shows of one of its runs (a record, or a row of its columns)."""
     if run is None:
         return None
@@ -382,7 +374,7 @@ class _RegistryCache:
             else sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         )
         self._lock = threading.Lock()
-        self._lists: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._lists: OrderedDict[tuple[Any, ...], list[ModelOut]] = OrderedDict()
         self._versions: dict[tuple[int, dt.datetime], _VersionInfo] = {}
 
     def data_version(self) -> int | None:
@@ -391,14 +383,14 @@ class _RegistryCache:
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def get_list(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+    def get_list(self, key: tuple[Any, ...]) -> list[ModelOut] | None:
         with self._lock:
             rows = self._lists.get(key)
             if rows is not None:
                 self._lists.move_to_end(key)
             return rows
 
-    def keep_list(self, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
+    def keep_list(self, key: tuple[Any, ...], rows: list[ModelOut]) -> None:
         with self._lock:
             self._lists[key] = rows
             while len(self._lists) > self.LISTS_KEPT:
@@ -453,16 +445,16 @@ def _has_own_writes(session: Session) -> bool:
 
 def model_list(
     session: Session,
-    user: User,
+    caller: Caller,
     settings: Settings,
     now: dt.datetime,
     *,
     owner: str | None = None,
     limit: int | None = None,
     offset: int = 0,
-) -> list[dict[str, Any]]:
-    """The user's models (an admin: all, or one owner's) by name, as model_json shows each
-    without detail, optionally one page of them: one query in all (and one more for versions
+) -> list[ModelOut]:
+    """The caller's models (an admin: all, or one owner's) by name, as model_json shows each,
+    optionally one page of them: one query in all (and one more for versions
     this process has not parsed yet), however many models; the same list again while the
     database has not changed (callers may change the rows they get, not what is inside)."""
     cache = _cache_of(session)
@@ -471,31 +463,28 @@ def model_list(
     key = (
         None
         if data_version is None
-        else (data_version, user.id, user.is_admin, (owner or "").lower(), limit, offset, fire)
+        else (data_version, caller.id, caller.is_admin, (owner or "").lower(), limit, offset, fire)
     )
     rows = None if key is None else cache.get_list(key)
     if rows is None:
-        rows = _read_model_list(session, cache, user, fire, owner=owner, limit=limit, offset=offset)
+        rows = _read_model_list(session, cache, caller, fire, owner, limit, offset)
         if key is not None:
             cache.keep_list(key, rows)
-    return [dict(row) for row in rows]
+    return [cast(ModelOut, dict(row)) for row in rows]
 
 
 def _read_model_list(
     session: Session,
     cache: _RegistryCache,
-    user: User,
+    caller: Caller,
     fire: dt.datetime | None,
-    *,
     owner: str | None,
     limit: int | None,
     offset: int,
-) -> list[dict[str, Any]]:
-    query = visible_models(_list_query(), user, owner)
+) -> list[ModelOut]:
+    query = visible(_list_query(), caller, owner)
     if limit is not None:  # pick the page's models first: SQLite would join all, then sort
-        page = visible_models(
-            select(Model.id).order_by(col(Model.name), col(Model.id)), user, owner
-        )
+        page = visible(select(Model.id).order_by(col(Model.name), col(Model.id)), caller, owner)
         query = query.where(col(Model.id).in_(page.limit(limit).offset(offset).scalar_subquery()))
     found = list(session.exec(query))
     keys = {f.id: (f.version_id, f.uploaded_at) for f in found if f.version_id}
@@ -505,7 +494,7 @@ def _read_model_list(
     for f in found:
         schedule = schedules.get(f.schedule) or parse_schedule(f.schedule)
         schedules[f.schedule] = schedule
-        nxt = schedule.next_due(fire.date()) if fire and f.status == "active" else None
+        nxt = schedule.next_due(fire.date()) if fire and f.status == ModelStatus.ACTIVE else None
         version = versions.get(keys[f.id]) if f.id in keys else None
         dq = (
             None
@@ -514,8 +503,11 @@ def _read_model_list(
                 date=f.dq_date, status=f.dq_status, psi=f.psi, auc=f.auc, reason=f.reason
             )
         )
-        data = _model_data(
-            f, f.owner, version, _run_of(f, "run"), _run_of(f, "active"), dq, nxt, schedule
+        data = cast(
+            ModelOut,
+            _model_data(
+                f, f.owner, version, _run_of(f, "run"), _run_of(f, "active"), dq, nxt, schedule
+            ),
         )
         if version is not None:
             data["dry_run"] = version.dry_run
@@ -583,6 +575,4 @@ def psi_histories(
 def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
     return value.isoformat()
