@@ -41,11 +41,11 @@ browser:
 	  else echo "install Debian's chromium (apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
 
 # Everything: unit tests, real daemons, the browser, Spark.
-# Two workers (pytest-xdist): most tests wait on a daemon, a sandbox or Spark; see the groups in
-# tests/conftest.py. TEST_WORKERS=0 runs in this process.
+# Two workers (pytest-xdist), a module's tests on one of them: most tests wait on a daemon, a
+# sandbox, Spark or podman; see LONGEST_MODULES in tests/conftest.py. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install browser
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast tier (under a minute): lint, format, types, and the unit tests.
 check: install

@@ -36,40 +36,36 @@ TIER_OF_FIXTURE = {
 }
 
 
-# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) each group runs on one worker:
-# a module's tests together (its module fixtures are built once), the container modules together
-# (one image build). Groups are handed out in this order, the longest first, so that no worker
-# is left with a long module at the end; the others follow in collection order.
-LONGEST_GROUPS = [
-    "container",
-    "test_bench_smoke",
-    "test_spark",
-    "test_keys",
-    "test_daemon",
-    "test_intake",
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadfile`) a module's tests run on one
+# worker, so its module fixtures are built once. Modules are handed out in this order, the
+# longest first, so that no worker is left with a long one at the end; the others follow in
+# collection order. (Not --dist loadgroup: pytest-xdist 3.8 cannot set the group of a test on
+# pytest 9.2, whose node ids are no longer the attribute xdist rewrites.)
+LONGEST_MODULES = [
+    "test_container",
     "test_spark_cluster",
-    "test_cli",
+    "test_spark",
+    "test_bench_smoke",
+    "test_container_spark",
+    "test_daemon",
     "test_dq_agreement",
-    "test_accounts",
     "test_demo",
+    "test_s3_e2e",
+    "test_intake",
+    "test_progress_e2e",
+    "test_browser_progress",
+    "test_redteam_e2e",
 ]
 
 
-def _group_of(item: pytest.Item) -> str:
-    if item.get_closest_marker("container"):
-        return "container"
-    return Path(str(item.fspath)).stem
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in TIER_OF_FIXTURE:
                 item.add_marker(TIER_OF_FIXTURE[fixture])
-        item.add_marker(pytest.mark.xdist_group(_group_of(item)))
-    rank = {group: n for n, group in enumerate(LONGEST_GROUPS)}
-    items.sort(key=lambda item: rank.get(_group_of(item), len(rank)))
+    rank = {module: n for n, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
 
 
 @pytest.fixture(scope="session")
