@@ -472,3 +472,36 @@ def test_sandboxes_of_two_fork_servers_never_share_a_uid(sandboxes: Any, tmp_pat
             host.close()
         other.stop()
     assert len(set(uids)) == 4 and all(uid >= 900000 for uid in uids), uids
+
+
+def test_a_read_path_under_tmp_is_seen_through_the_private_tmp(
+    sandboxes: Any, tmp_path: Path
+) -> None:
+    """Python installed under /tmp (a CI clone's /tmp/ci/.venv) stays readable to the host:
+    the private /tmp is mounted first and the read paths inside it, not hidden under it."""
+    from mldropd.sandbox.hosts import ModelHost
+    from mldropd.sandbox.policy import Policy, python_read_paths
+
+    shared = tmp_path / "site"
+    shared.mkdir()
+    (shared / "data.txt").write_text("a library file\n")
+    for folder in (tmp_path, shared):
+        folder.chmod(0o755)
+    assert str(shared).startswith("/tmp/")
+    policy = Policy(
+        layers=sandboxes.layers,
+        limits=Limits(memory_mb=2048, cpu_s=60),
+        read=[*python_read_paths(), str(shared)],
+    )
+    assert "mountns" in policy.layers
+    host = ModelHost(sandboxes.server, policy, "tmp-read")
+    host.start()
+    try:
+        pipeline = rt.read_file(str(shared / "data.txt"))
+        assert host.load(0, rt.SPEC, rt.model_bytes(pipeline), 60).kind == "loaded"
+        batch = pa.record_batch({"x": pa.array([0.0])})
+        assert host.schema(batch.schema) is None and host.send_batch([0], batch) is None
+        assert rt.succeeded(host.reply(0, 1, time.monotonic(), 60))
+    finally:
+        host.kill()
+        host.close()

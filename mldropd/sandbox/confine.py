@@ -126,10 +126,8 @@ def _build_root(policy: Policy, mnt: str, root: bool) -> None:
     os.umask(0o022)  # the skeleton's folders must be traversable by the sandbox's own uid
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", mnt, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=4m")
-    for src in sorted(set(policy.read) | set(SYSTEM_READ), key=len):
-        _bind(src, mnt, read_only=True)
-    for dev in DEVICES:
-        _bind(dev, mnt, read_only=False)
+    # The private /tmp first: a read path under /tmp (a virtualenv in /tmp/ci/.venv) is then
+    # bound inside it, where the model sees it, instead of being hidden by it.
     os.makedirs(mnt + SANDBOX_TMP, exist_ok=True)
     owner = f",uid={policy.uid},gid={policy.gid}" if root and policy.uid is not None else ""
     sc.mount(
@@ -139,6 +137,10 @@ def _build_root(policy: Policy, mnt: str, root: bool) -> None:
         sc.MS_NOSUID | sc.MS_NODEV,
         f"mode=0700,size={policy.limits.tmp_mb}m{owner}",
     )
+    for src in sorted(set(policy.read) | set(SYSTEM_READ), key=len):
+        _bind(src, mnt, read_only=True)
+    for dev in DEVICES:
+        _bind(dev, mnt, read_only=False)
     if "pidns" in policy.layers:
         os.makedirs(mnt + "/proc", exist_ok=True)
         sc.mount("proc", mnt + "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
