@@ -52,7 +52,7 @@ check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -m "$(UNIT)"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "$(UNIT)"
 
 lint: install
 	$(VENV)/bin/ruff check .
