@@ -129,7 +129,8 @@ class Daemon:
         cfg = self.settings.scheduler
         with self._sweep_lock:
             with session_scope(self.engine) as s:
-                last = s.exec(select(SweepLog.date).order_by(col(SweepLog.date).desc())).first()
+                day_col = col(SweepLog.date)
+                last = s.exec(select(day_col).order_by(day_col.desc())).first()
             window_start = now.date() - dt.timedelta(days=cfg.catchup_days)
             first = last + dt.timedelta(days=1) if last else now.date()
             batch_ids = []
