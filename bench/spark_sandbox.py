@@ -50,6 +50,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+# The report rows and the score files are the product worker's own (unchanged since 3aff624):
+# only what happens between reading a batch and writing its scores differs.
+from mldropd.engines.spark_worker import REPORT_DDL, _Output, _report
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "spark_sandbox.json"
 DAY = dt.date(2026, 1, 15)
@@ -119,54 +123,6 @@ def _b_load(spec: BaselineModel, blobs: Any) -> Any:
     return _B_MODELS[spec.model_run_id]
 
 
-_B_REPORT_SCHEMA = pa.schema(
-    [
-        ("model_run_id", pa.int64()),
-        ("path", pa.string()),
-        ("rows", pa.int64()),
-        ("error", pa.string()),
-        ("seconds", pa.float64()),
-    ]
-)
-
-
-def _b_report(run_id: int, path: str | None, rows: int, error: str | None, seconds: float) -> Any:
-    return pa.RecordBatch.from_pylist(
-        [{"model_run_id": run_id, "path": path, "rows": rows, "error": error, "seconds": seconds}],
-        schema=_B_REPORT_SCHEMA,
-    )
-
-
-class _BOutput:
-    """One model's Parquet file for this task (3aff624's _Output, the same writer as today)."""
-
-    def __init__(self, spec: BaselineModel, path: str, stamp: int) -> None:
-        self.spec, self.path, self.rows = spec, path, 0
-        self.writer: Any = None
-        self.constants = [spec.model_id, spec.model_version, spec.model_run_id, stamp]
-
-    def write(self, keys: pa.Array, scores: np.ndarray) -> None:
-        from mldropd.engines.local_io import open_scores_file
-
-        if self.writer is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.writer = open_scores_file(Path(self.path), keys.type, self.spec.entity_key)
-        n = len(keys)
-        arrays = [pa.array(np.full(n, v, dtype=np.int64)) for v in self.constants]
-        arrays[-1] = arrays[-1].cast(pa.timestamp("us", tz="UTC"))
-        columns = [keys, pa.array(scores, pa.float64()), *arrays]
-        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.writer.schema))
-        self.rows += n
-
-    def close(self, keep: bool) -> str | None:
-        if self.writer is not None:
-            self.writer.close()
-        if not keep or self.writer is None:
-            Path(self.path).unlink(missing_ok=True)
-            return None
-        return self.path
-
-
 def baseline_partition(
     batches: Iterator[pa.RecordBatch],
     *,
@@ -189,7 +145,7 @@ def baseline_partition(
     partition = context.partitionId() if context is not None else 0
     attempt = context.attemptNumber() if context is not None else 0
     outputs = {
-        s.model_run_id: _BOutput(
+        s.model_run_id: _Output(
             s,
             f"{scratch}/model_run_id={s.model_run_id}/part-{partition:05d}-{attempt}.parquet",
             stamp,
@@ -234,7 +190,7 @@ def baseline_partition(
                 outputs[run_id].write(batch.column(spec.entity_key), scores)
     for run_id, output in outputs.items():
         path = output.close(keep=run_id not in errors)
-        yield _b_report(run_id, path, output.rows, errors.get(run_id), spent[run_id])
+        yield _report(run_id, path, output.rows, errors.get(run_id), spent[run_id])
 
 
 def baseline_score(spark: Any, request: Any) -> dict[int, Any]:
@@ -243,7 +199,6 @@ def baseline_score(spark: Any, request: Any) -> dict[int, Any]:
 
     from mldropd.engines.base import Outcome
     from mldropd.engines.spark import _move_files, _run_watched, read_slice
-    from mldropd.engines.spark_worker import REPORT_DDL
 
     tasks = list(request.tasks)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(request.batch_rows))
