@@ -218,31 +218,25 @@ class RunService:
     # -- the DQ gate ---------------------------------------------------------------------------
     def publish(self, caller: Caller, run_id: int, *, model_id: int | None = None) -> RunOut:
         """Publish the scores the DQ gate held back (of `model_id`'s run, when given)."""
-        with session_scope(self.engine) as s:
-            run = run_of(s, caller, run_id, model_id)
-            gate.publish_held(self.settings, run, caller.email)
-            audit.record(
-                s,
-                caller.email,
-                "run.publish",
-                f"run:{run_id}",
-                model_id=run.model_id,
-                date=run.date,
-            )
-        return views.run_json(run)
+        return self._settle_held(caller, run_id, model_id, gate.publish_held, "run.publish")
 
     def discard(self, caller: Caller, run_id: int, *, model_id: int | None = None) -> RunOut:
         """Discard the held scores; the run counts as failed, so the date can be scored again."""
+        return self._settle_held(caller, run_id, model_id, gate.discard_held, "run.discard")
+
+    def _settle_held(
+        self,
+        caller: Caller,
+        run_id: int,
+        model_id: int | None,
+        settle: Callable[[Settings, ModelRun, str], object],
+        action: str,
+    ) -> RunOut:
         with session_scope(self.engine) as s:
             run = run_of(s, caller, run_id, model_id)
-            gate.discard_held(self.settings, run, caller.email)
+            settle(self.settings, run, caller.email)
             audit.record(
-                s,
-                caller.email,
-                "run.discard",
-                f"run:{run_id}",
-                model_id=run.model_id,
-                date=run.date,
+                s, caller.email, action, f"run:{run_id}", model_id=run.model_id, date=run.date
             )
         return views.run_json(run)
 
