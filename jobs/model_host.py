@@ -28,6 +28,7 @@ from mldropd.modelcall import (
     to_input,
 )
 from mldropd.sandbox import protocol as p
+from mldropd.sandbox import shm
 from mldropd.text import with_article
 
 _MAX_TEXT = 4000
@@ -160,23 +161,22 @@ def _send_json(sock: socket.socket, kind: int, slot: int, value: dict[str, Any])
 def serve(sock: socket.socket) -> int:
     """Answer frames until the trusted side closes the channel."""
     models: dict[int, _Model] = {}
-    schema: pa.Schema | None = None
+    buffers = shm.HostBuffers()
     inputs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mldropd-input")
     try:
         while True:
             try:
-                kind, slot, length = p.recv_header(sock)
+                kind, slot, length, fds = p.recv_header_fds(sock)
                 body = p.recv_body(sock, length)
             except p.HostGone:
                 return 0
             if kind == p.LOAD:
                 _load(sock, slot, body, models)
-            elif kind == p.SCHEMA:
-                schema = pa.ipc.read_schema(pa.py_buffer(body))
             elif kind == p.BATCH:
-                slots, data = p.split_batch(body)
-                batch = pa.ipc.read_record_batch(pa.py_buffer(data), schema)
-                _score(sock, batch, slots, models, inputs)
+                slots, index, size = p.split_batch(body)
+                if fds:
+                    buffers.adopt(index, fds[0])
+                _score(sock, buffers.batch(index, size), slots, models, inputs)
             else:
                 raise ValueError(f"unexpected frame kind {kind}")
     except BrokenPipeError:

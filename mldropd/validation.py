@@ -139,7 +139,6 @@ def _dry_run(
     if batch is None:
         result.errors.append(FieldError("features", f"the slice {day} has no rows to dry-run"))
         return
-    host.schema(batch.schema)
     sent = time.monotonic()
     broken = host.send_batch([0], batch)
     reply = broken or host.reply(0, batch.num_rows, sent, remaining)

@@ -152,3 +152,50 @@ def test_full_batches_across_row_groups_and_files(tmp_path: Path, sandboxes: Any
     assert outcomes[1].rows == 2200
     got = pq.read_table(Path(task.out_dir, PART_FILE)).column("score").to_numpy()
     assert got.tolist() == [1000.0] * 2000 + [200.0] * 200
+
+
+def test_pipelined_batches_survive_failures_and_a_host_crash(
+    tmp_path: Path, sandboxes: Any
+) -> None:
+    """The host holds its next batch while it scores one; a model that raises on batch 1 and a
+    model that kills the host on batch 3 fail alone, and every batch in flight at the crash is
+    scored again by the new host for the others: their scores are whole and in order."""
+    parts = [_slice(0, 2500)]
+    settings = _features(tmp_path / "features", parts, row_group_size=500)
+
+    def first(frame: Any) -> Any:
+        return frame["x"].to_numpy() * 2 + frame["y"].to_numpy()
+
+    def raises_on_batch_1(frame: Any) -> Any:
+        if int(frame["entity_id"].iloc[0]) == 500:
+            raise RuntimeError("late upstream value")
+        return np.zeros(len(frame))
+
+    def crashes_on_batch_3(frame: Any) -> Any:
+        import os
+
+        if int(frame["entity_id"].iloc[0]) == 1500:
+            os._exit(3)
+        return np.ones(len(frame))
+
+    def last(frame: Any) -> Any:
+        return frame["y"].to_numpy() - frame["x"].to_numpy()
+
+    features = ["entity_id", "x", "y"]
+    tasks = [
+        _task(tmp_path, 1, first, features),
+        _task(tmp_path, 2, raises_on_batch_1, features),
+        _task(tmp_path, 3, crashes_on_batch_3, features),
+        _task(tmp_path, 4, last, features),
+    ]
+    outcomes = _run(sandboxes, settings, tasks, batch_rows=500)
+    day = parts[0].to_pandas()
+    for task, expected in ((tasks[0], day["x"] * 2 + day["y"]), (tasks[3], day["y"] - day["x"])):
+        got = pq.read_table(Path(task.out_dir, PART_FILE)).to_pandas()
+        assert np.array_equal(got["entity_id"], day["entity_id"])
+        assert np.array_equal(got["score"], expected.to_numpy())
+    assert {k: o.rows for k, o in outcomes.items() if o.ok} == {1: 2500, 4: 2500}
+    assert "scoring batch 1 (500 rows) failed: RuntimeError: late upstream value" in str(
+        outcomes[2].error
+    )
+    assert "crashed its sandbox on batch 3" in str(outcomes[3].error)

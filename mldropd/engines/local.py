@@ -2,9 +2,11 @@
 
 The reader streams the union of the due models' columns as Arrow record batches (a reader
 thread, mldropd.engines.local_io); each owner's models run in their own sandboxed model host
-(mldropd.engines.owner), fed only that owner's columns; the owners' hosts score a batch in
-parallel while the next one is read; the scores come back as checked float64 arrays and the
-trusted writer thread appends them, with the entity keys it kept, to each model's Parquet file.
+(mldropd.engines.owner), fed only that owner's columns through shared memory
+(mldropd.sandbox.shm); the owners' hosts score a batch in parallel, each with its next batch
+already waiting in it, while the one after is read; the scores come back as checked float64
+arrays and the trusted writer thread appends them, with the entity keys it kept, to each
+model's Parquet file.
 Memory is bounded by the batch size, not by the table. No host ever opens the feature store,
 the scores table or anything else of mldropd's.
 """
@@ -16,8 +18,9 @@ import logging
 import resource
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 
 from mldropd.batch.keys import KeyFilters
@@ -104,22 +107,26 @@ class LocalEngine:
                 for key in {t.entity_key for t in request.tasks}:
                     key_types.setdefault(key, read.schema.field(key).type)
                 views = keys.views(read)  # the rows each key's models score (one per entity)
-                futures = {}
+                steps = {}
                 for o in owners:
                     view = views.get(o.entity_key, read)
-                    if o.live and view.num_rows:
-                        futures[o] = (view, pool.submit(o.score, view, index))
-                if observe is not None:  # while the hosts score this batch
+                    batch = view if o.live and view.num_rows else None
+                    if batch is not None or o.inflight:
+                        steps[o] = pool.submit(_step, o, batch, index)
+                if observe is not None:  # while the hosts score
                     observe(read)
-                for owner, (view, future) in futures.items():
-                    for slot, scores in future.result().items():
-                        task = owner.models[slot].task
-                        writer.write(outputs[task.model_run_id], _keys(view, task), scores)
+                _write_scores(steps, outputs, writer)
                 _discard_failed(owners, outputs, writer)
                 writer.check()
                 heartbeat()
                 if progress is not None:
                     progress("scoring", {i: o.rows for i, o in outputs.items() if not o.failed})
+            # the batches still in the hosts
+            _write_scores(
+                {o: pool.submit(_step, o, None, -1) for o in owners if o.inflight}, outputs, writer
+            )
+            _discard_failed(owners, outputs, writer)
+            writer.check()
             keys.finish()
             if progress is not None:
                 progress("writing", {i: o.rows for i, o in outputs.items() if not o.failed})
@@ -159,6 +166,32 @@ class LocalEngine:
             max(self.host_peaks_mb.values(), default=0.0),
         )
         return outcomes
+
+
+def _step(
+    owner: OwnerScorer, batch: pa.RecordBatch | None, index: int
+) -> list[tuple[pa.RecordBatch, dict[int, np.ndarray]]]:
+    """Send the owner's host its next batch, then take the answers to the one before: the
+    host scores batch n while batch n+1 waits for it. No batch: take every answer due."""
+    if batch is not None:
+        owner.send(batch, index)
+    waiting = 1 if batch is not None else 0
+    collected = []
+    while len(owner.inflight) > waiting and (got := owner.collect()) is not None:
+        collected.append(got)
+    return collected
+
+
+def _write_scores(
+    steps: dict[OwnerScorer, Future[list[tuple[pa.RecordBatch, dict[int, np.ndarray]]]]],
+    outputs: dict[int, Output],
+    writer: ScoreWriter,
+) -> None:
+    for owner, step in steps.items():
+        for view, results in step.result():
+            for slot, scores in results.items():
+                task = owner.models[slot].task
+                writer.write(outputs[task.model_run_id], _keys(view, task), scores)
 
 
 def _start_all(pool: ThreadPoolExecutor, owners: list[OwnerScorer]) -> None:

@@ -9,6 +9,7 @@ for the models that had not answered it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,16 @@ def timeout_text(limit: float) -> str:
         f"the model did not finish within its time limit of {limit:.0f} s and was stopped "
         "(set params.timeout_s or [engine] model_timeout_s; [engine] max_model_timeout_s caps both)"
     )
+
+
+@dataclass
+class _Sent:
+    """A batch handed to the host, and the models asked to answer it, in order."""
+
+    index: int
+    batch: pa.RecordBatch  # every column the engine has (the keys are read from it)
+    slots: list[int]
+    at: float = 0.0  # when it was sent
 
 
 @dataclass
@@ -62,8 +73,9 @@ class OwnerScorer:
         self.memory_mb = memory_mb
         self.blob_of = blob_of or (lambda task: task.path.read_bytes())
         self.host: ModelHost | None = None
-        self.schema: pa.Schema | None = None
         self.columns: list[str] = []
+        self.inflight: collections.deque[_Sent] = collections.deque()
+        self.answered_at = 0.0  # when the host last answered (it starts the next model then)
         self.peak_mb = 0.0  # the largest peak RSS of its hosts
 
     # -- the host ------------------------------------------------------------------------------
@@ -83,7 +95,6 @@ class OwnerScorer:
                 self.columns = list(
                     dict.fromkeys(f for s in self.live for f in self.models[s].task.features)
                 )
-                self.schema = None
                 return
 
     def _load_all(self) -> bool:
@@ -103,11 +114,19 @@ class OwnerScorer:
         return True
 
     def _close_host(self) -> None:
+        """End the host at once (the batches in flight stay, for the next host)."""
         if self.host is not None:
             self.host.kill()
-            self.close()
+            self._end_host()
 
     def close(self) -> None:
+        """End the host; batches still in it when the pass broke off are not waited for."""
+        if self.host is not None and self.inflight:
+            self.host.kill()
+        self.inflight.clear()
+        self._end_host()
+
+    def _end_host(self) -> None:
         if self.host is not None:
             how = self.host.close()
             self.peak_mb = max(self.peak_mb, self.host.peak_mb)
@@ -115,41 +134,68 @@ class OwnerScorer:
             self.host = None
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, batch: pa.RecordBatch, index: int) -> dict[int, np.ndarray]:
-        """Scores of every live model on this batch (failed models are in self.errors)."""
+    def send(self, batch: pa.RecordBatch, index: int) -> None:
+        """Hand the host the next batch (its owner's columns); the answers are read by
+        collect(), oldest batch first. With one batch waiting in the host while it scores the
+        one before, the host never idles while a batch is being prepared here."""
+        if not self.live or self.host is None:
+            return
+        sent = _Sent(index, batch, list(self.live))
+        self.inflight.append(sent)
+        self._transmit(sent)
+
+    def collect(self) -> tuple[pa.RecordBatch, dict[int, np.ndarray]] | None:
+        """The oldest batch sent and the scores of its live models (failed ones are in
+        self.errors); None when nothing is in flight."""
+        if not self.inflight:
+            return None
+        sent = self.inflight.popleft()
         results: dict[int, np.ndarray] = {}
-        todo = list(self.live)
+        todo = list(sent.slots)
+        since = max(sent.at, self.answered_at)
         while todo and self.host is not None:
-            sub = batch.select(self.columns)
-            if self.schema is None or not sub.schema.equals(self.schema):
-                self.schema = sub.schema
-                broken = self.host.schema(sub.schema)
+            slot = todo.pop(0)
+            model = self.models[slot]
+            reply = self.host.reply(slot, sent.batch.num_rows, since, model.remaining)
+            model.used += reply.seconds
+            since = self.answered_at = time.monotonic()
+            if slot not in self.live:  # it failed on a later batch's turn: nothing it says counts
+                pass
+            elif reply.kind == "scores":
+                results[slot] = reply.value
             else:
-                broken = None
-            broken = broken or self.host.send_batch(todo, sub)
-            if broken is not None:  # the host is gone while no model code was running
-                for slot in todo:
-                    self._fail(
-                        slot, f"the sandbox stopped outside any model's code: {broken.value}"
-                    )
-                self._close_host()
-                return results
+                self._fail(slot, _score_failure(reply, sent.index, sent.batch.num_rows, model.task))
+            if reply.kind in ("scores", "error"):
+                continue
+            # the host is dead or stopped: a new one for the rest, which is sent again this
+            # batch (the models that had not answered it) and the batches queued behind it
+            self.start()
+            todo = [s for s in todo if s in self.live]
+            if self.host is None:
+                break
+            if todo:
+                self._transmit(_Sent(sent.index, sent.batch, todo))
+            for later in self.inflight:
+                later.slots = [s for s in later.slots if s in self.live]
+                self._transmit(later)
             since = time.monotonic()
-            for slot in list(todo):
-                model = self.models[slot]
-                reply = self.host.reply(slot, batch.num_rows, since, model.remaining)
-                model.used += reply.seconds
-                since = time.monotonic()
-                todo.remove(slot)
-                if reply.kind == "scores":
-                    results[slot] = reply.value
-                    continue
-                self._fail(slot, _score_failure(reply, index, batch.num_rows, model.task))
-                if reply.kind != "error":  # the host is dead or stopped: a new one for the rest
-                    self.start()
-                    todo = [s for s in todo if s in self.live]
-                    break
-        return results
+        return sent.batch, results
+
+    def score(self, batch: pa.RecordBatch, index: int) -> dict[int, np.ndarray]:
+        """Scores of every live model on this one batch, not pipelined (failed models are in
+        self.errors)."""
+        assert not self.inflight, "score() after send() without collect()"
+        self.send(batch, index)
+        collected = self.collect()
+        return collected[1] if collected is not None else {}
+
+    def _transmit(self, sent: _Sent) -> None:
+        """Send a batch to the host. A host that cannot take it is dead: collect() finds
+        that out at the next answer due and blames the model whose turn it is."""
+        assert self.host is not None
+        if sent.slots:
+            self.host.send_batch(sent.slots, sent.batch.select(self.columns))
+        sent.at = time.monotonic()
 
     def _fail(self, slot: int, message: str) -> None:
         self.errors[slot] = message
@@ -164,7 +210,7 @@ class OwnerScorer:
     @property
     def healthy(self) -> bool:
         """Its host runs and every model of it is loaded (it can serve another date)."""
-        return self.host is not None and not self.errors
+        return self.host is not None and not self.errors and not self.inflight
 
     def rebind(self, tasks: list[ModelTask]) -> bool:
         """Serve another request's runs of the same models with the host as it is (no model is

@@ -179,15 +179,26 @@ def score_partition(
         for owner in owners.values()
         for slot in owner.models
     }
+
+    def write(owner: Any, collected: tuple[pa.RecordBatch, dict[int, Any]] | None) -> None:
+        if collected is not None:
+            view, results = collected
+            keys = view.column(view.schema.get_field_index(owner.entity_key))
+            for slot, scores in results.items():
+                outputs[owner.models[slot].task.model_run_id].write(keys, scores)
+
+    # Each host gets batch n+1 before its answers to batch n are read (as in the local engine).
     for index, batch in enumerate(batches):
         if batch.num_rows == 0:  # models need not cope with empty input (local never sends it)
             continue
-        for (_, key), owner in owners.items():
-            if not owner.live:
-                continue
-            keys = batch.column(batch.schema.get_field_index(key))
-            for slot, scores in owner.score(batch, index).items():
-                outputs[owner.models[slot].task.model_run_id].write(keys, scores)
+        for owner in owners.values():
+            if owner.live:
+                owner.send(batch, index)
+            while len(owner.inflight) > 1:
+                write(owner, owner.collect())
+    for owner in owners.values():
+        while owner.inflight:
+            write(owner, owner.collect())
     for owner in owners.values():
         for slot, model in owner.models.items():
             run_id = model.task.model_run_id

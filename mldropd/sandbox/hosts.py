@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from mldropd.sandbox import protocol as p
+from mldropd.sandbox import shm
 from mldropd.sandbox.forkserver import Forked, ForkServer, describe_status
 from mldropd.sandbox.policy import Policy
 
@@ -53,6 +54,9 @@ class ModelHost:
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self.peak_mb = 0.0  # the host's peak RSS, known once it has ended
         self._drain: threading.Thread | None = None
+        self.ring = shm.BatchRing(label)
+        # the batches sent and not fully answered, oldest first: [buffer, answers still due]
+        self._unanswered: collections.deque[list[int]] = collections.deque()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,6 +96,7 @@ class ModelHost:
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.sock = None
+        self.ring.close()
         if self.proc is None:
             return "not started"
         status = self.proc.wait(timeout=10)
@@ -114,24 +119,35 @@ class ModelHost:
             return sent
         return self._reply(slot, None, started, limit_s)
 
-    def schema(self, schema: pa.Schema) -> Reply | None:
-        """The schema of the batches that follow (None when sent)."""
-        return self._send(p.SCHEMA, 0, schema.serialize())
-
     def send_batch(self, slots: list[int], batch: pa.RecordBatch) -> Reply | None:
-        """One record batch for the given models (None when sent)."""
-        return self._send(p.BATCH, 0, p.batch_head(slots), batch.serialize())
+        """One record batch for the given models (None when sent). It goes through a shared
+        buffer; it may be sent before the answers to the batches before it are read."""
+        buffer, length, fd = self.ring.put(batch)
+        self._unanswered.append([buffer, len(slots)])
+        return self._send(p.BATCH, 0, p.batch_body(slots, buffer, length), fd=fd)
 
     def reply(self, slot: int, rows: int, since: float, limit_s: float) -> Reply:
-        """The scores of `slot` for the batch just sent (the clock started at `since`)."""
-        return self._reply(slot, rows, since, limit_s)
+        """The scores of `slot` for the oldest batch not fully answered (the clock started at
+        `since`)."""
+        reply = self._reply(slot, rows, since, limit_s)
+        if self._unanswered:
+            oldest = self._unanswered[0]
+            oldest[1] -= 1
+            if oldest[1] <= 0:  # every model has answered: its buffer may be written again
+                self.ring.release(oldest[0])
+                self._unanswered.popleft()
+        return reply
 
-    def _send(self, kind: int, slot: int, *parts: Any) -> Reply | None:
+    def _send(self, kind: int, slot: int, *parts: Any, fd: int | None = None) -> Reply | None:
         assert self.sock is not None
         self.sock.settimeout(_IO_TIMEOUT_S)
         try:
-            p.send_frame(self.sock, kind, slot, *parts)
-        except TimeoutError:
+            if kind == p.BATCH:
+                p.send_small_frame(self.sock, kind, slot, parts[0], fd)
+            else:
+                p.send_frame(self.sock, kind, slot, *parts)
+        except TimeoutError:  # a frame may be half sent: the channel is of no use any more
+            self.kill()
             return Reply("timeout", f"did not read its input within {_IO_TIMEOUT_S:.0f} s")
         except OSError:
             return Reply("crashed", self._crash_text())

@@ -1,9 +1,12 @@
 """Frames between the trusted side and a sandboxed model host, on a connected socket pair.
 
 A frame is a 13-byte header (kind, slot, length) and `length` bytes. The trusted side sends
-LOAD (a model's spec and dill bytes), SCHEMA (the Arrow schema of the columns it will send)
-and BATCH (the slots to score and one Arrow record batch); the host answers every LOAD with
-LOADED or ERROR and every slot of a BATCH, in order, with SCORES or ERROR.
+LOAD (a model's spec and dill bytes) and BATCH (the slots to score and where the record batch
+is: a shared buffer's index and the batch's length, mldropd.sandbox.shm; a frame that brings a
+new buffer carries its file descriptor); the host answers every LOAD with LOADED or ERROR and
+every slot of a BATCH, in order, with SCORES or ERROR. The trusted side may send the next BATCH
+before the answers to the last one are in: the host reads frames in order, so it finds its
+next batch waiting when it is done with one.
 
 The host is untrusted: the trusted side reads a header first and refuses a kind it did not
 expect, a slot it did not ask for, or a length above what that kind may carry (scores: exactly
@@ -12,7 +15,9 @@ expect, a slot it did not ask for, or a length above what that kind may carry (s
 
 from __future__ import annotations
 
+import array
 import json
+import os
 import socket
 import struct
 from typing import Any
@@ -21,12 +26,11 @@ import numpy as np
 
 HEADER = struct.Struct("!BIQ")
 # trusted -> host
-LOAD, SCHEMA, BATCH = 1, 2, 3
+LOAD, BATCH = 1, 3
 # host -> trusted
 LOADED, SCORES, ERROR = 17, 18, 19
 KIND_NAMES = {
     LOAD: "LOAD",
-    SCHEMA: "SCHEMA",
     BATCH: "BATCH",
     LOADED: "LOADED",
     SCORES: "SCORES",
@@ -54,6 +58,19 @@ def send_frame(sock: socket.socket, kind: int, slot: int, *parts: bytes | memory
         sock.sendall(part)
 
 
+def send_small_frame(
+    sock: socket.socket, kind: int, slot: int, body: bytes, fd: int | None
+) -> None:
+    """A short frame in one message, with a file descriptor attached to its first byte."""
+    data = HEADER.pack(kind, slot, len(body)) + body
+    if fd is None:
+        sock.sendall(data)
+        return
+    sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 def recv_exact(sock: socket.socket, view: memoryview) -> None:
     """Fill view from the socket (raises HostGone at end of stream)."""
     got = 0
@@ -69,6 +86,26 @@ def recv_header(sock: socket.socket) -> tuple[int, int, int]:
     recv_exact(sock, memoryview(buf))
     kind, slot, length = HEADER.unpack(buf)
     return int(kind), int(slot), int(length)
+
+
+def recv_header_fds(sock: socket.socket) -> tuple[int, int, int, list[int]]:
+    """A header and the file descriptors that came with it (the host's side)."""
+    fds = array.array("i")
+    msg, ancillary, _flags, _addr = sock.recvmsg(HEADER.size, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        raise HostGone("the other side closed the channel")
+    buf = bytearray(msg)
+    if len(buf) < HEADER.size:
+        rest = bytearray(HEADER.size - len(buf))
+        recv_exact(sock, memoryview(rest))
+        buf += rest
+    kind, slot, length = HEADER.unpack(buf)
+    return int(kind), int(slot), int(length), list(fds)
 
 
 def recv_body(sock: socket.socket, length: int) -> bytearray:
@@ -124,11 +161,16 @@ def split_load(body: bytearray) -> tuple[dict[str, Any], memoryview]:
     return json.loads(bytes(view[4 : 4 + n])), view[4 + n :]
 
 
-def batch_head(slots: list[int]) -> bytes:
-    return struct.pack(f"!I{len(slots)}I", len(slots), *slots)
+_WHERE = struct.Struct("!IQ")  # a shared buffer's index, the batch's length in it
 
 
-def split_batch(body: bytearray) -> tuple[list[int], memoryview]:
+def batch_body(slots: list[int], buffer: int, length: int) -> bytes:
+    return struct.pack(f"!I{len(slots)}I", len(slots), *slots) + _WHERE.pack(buffer, length)
+
+
+def split_batch(body: bytearray) -> tuple[list[int], int, int]:
+    """The slots to score, the buffer holding the batch and its length."""
     (n,) = struct.unpack_from("!I", body)
     slots = list(struct.unpack_from(f"!{n}I", body, 4))
-    return slots, memoryview(body)[4 + 4 * n :]
+    buffer, length = _WHERE.unpack_from(body, 4 + 4 * n)
+    return slots, int(buffer), int(length)

@@ -1,0 +1,69 @@
+"""Shared batch buffers between the trusted side and a model host (mldropd.sandbox.shm)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mldropd.sandbox.shm import BatchRing, HostBuffers
+
+
+def _batch(rows: int, seed: int = 0) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    return pa.record_batch({"x": rng.standard_normal(rows), "k": np.arange(rows)})
+
+
+def test_the_host_reads_what_was_put_and_buffers_are_reused() -> None:
+    ring, host = BatchRing("test"), HostBuffers()
+    try:
+        sent = []
+        for seed in range(4):  # two in flight at a time, as the engine sends them
+            index, length, fd = ring.put(_batch(1000, seed))
+            if fd is not None:
+                host.adopt(index, os.dup(fd))
+            sent.append((index, length, seed))
+            if len(sent) == 2:
+                first, length0, seed0 = sent.pop(0)
+                assert host.batch(first, length0).equals(_batch(1000, seed0))
+                ring.release(first)
+        assert len(ring.buffers) == 2  # the two buffers served all four batches
+    finally:
+        ring.close()
+
+
+def test_a_buffer_grows_for_a_larger_batch_and_is_shared_again() -> None:
+    ring, host = BatchRing("test"), HostBuffers()
+    try:
+        index, length, fd = ring.put(_batch(10))
+        assert fd is not None
+        host.adopt(index, os.dup(fd))
+        ring.release(index)
+        again, length, fd = ring.put(_batch(5000, 1))
+        assert again == index and fd is not None  # grew: the host must map it anew
+        host.adopt(again, os.dup(fd))
+        assert host.batch(again, length).equals(_batch(5000, 1))
+    finally:
+        ring.close()
+
+
+def test_the_host_cannot_resize_a_buffer_under_the_trusted_mapping() -> None:
+    """Attack: shrink the shared file so that the trusted side's next write faults (SIGBUS
+    would end the batch job), or grow it to take memory. The size is sealed."""
+    ring = BatchRing("test")
+    try:
+        index, _length, fd = ring.put(_batch(1000))
+        assert fd is not None
+        theirs = os.dup(fd)  # what the host receives
+        try:
+            for size in (0, 1 << 30):
+                with pytest.raises(PermissionError):
+                    os.ftruncate(theirs, size)
+        finally:
+            os.close(theirs)
+        ring.release(index)
+        ring.put(_batch(1000, 1))  # the trusted side writes again, unharmed
+    finally:
+        ring.close()
