@@ -303,18 +303,13 @@ class Runner:
         if driver is not None and not driver.alive():
             self._close_driver()
             driver = None
-        if driver is None:
-            read_fd, write_fd = os.pipe()
-            try:
-                driver = SparkDriver(self.sandboxes.server, self._job_env(), os.getcwd(), write_fd)
-            finally:
-                os.close(write_fd)
-            held = driver
-            threading.Thread(
-                target=_relay, args=(read_fd, lambda: held.run_id), daemon=True
-            ).start()  # the driver's log, for its whole life
-            self._driver = driver
-        driver.send(argv, batch_ids[0])
+        try:
+            driver = driver or self._start_driver()
+            driver.send(argv, batch_ids[0])
+        except OSError:  # it ended between the check and the request: once more, on a new one
+            self._close_driver()
+            driver = self._start_driver()
+            driver.send(argv, batch_ids[0])
         self._current = driver
         stalled = self._watch(driver.wait, driver.kill, batch_ids)
         self._current = None
@@ -323,6 +318,21 @@ class Runner:
             self._close_driver()
         how = f"it exited with code {code}" if answered else _describe(driver.job.status)
         return code, how, stalled
+
+    def _start_driver(self) -> SparkDriver:
+        read_fd, write_fd = os.pipe()
+        try:
+            driver = SparkDriver(self.sandboxes.server, self._job_env(), os.getcwd(), write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        threading.Thread(
+            target=_relay, args=(read_fd, lambda: driver.run_id), daemon=True
+        ).start()  # the driver's log, for its whole life
+        self._driver = driver
+        return driver
 
     def _job_env(self) -> dict[str, str]:
         from mldropd.engines import FORKSERVER_ENV
