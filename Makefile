@@ -68,7 +68,7 @@ constraints:
 	rm -rf .constraints-venv
 	$(PYTHON) -m venv .constraints-venv
 	.constraints-venv/bin/python -m pip install --quiet --upgrade pip
-	.constraints-venv/bin/python -m pip install --quiet ".[dev,bench]"
+	.constraints-venv/bin/python -m pip install --quiet ".[dev,bench,mlflow]"
 	{ echo "# Pinned versions of every package mldropd and its extras install (pip install -c constraints.txt)."; \
 	  echo "# CI, \`make\` and the Containerfile install with it, so every build gets the same set."; \
 	  echo "# Refresh: make constraints (a fresh venv with every extra, then pip freeze)."; \

@@ -176,6 +176,12 @@ class EngineSettings:
         "Python that Spark's executors run (PYSPARK_PYTHON) for every master; empty: "
         "$PYSPARK_PYTHON if set, else this interpreter. It must have mldropd installed.",
     )
+    spark_keep_s: int = _opt(
+        2400,
+        "Seconds the daemon keeps its Spark batch driver (one Spark session for its batches, "
+        "retries included) after its last Spark batch; above [scheduler] retry_delay, a retry "
+        "finds the session running. 0: each Spark batch starts its own session.",
+    )
 
 
 @dataclass
@@ -548,6 +554,8 @@ def validate(settings: Settings) -> None:
         )
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")
+    if settings.engine.spark_keep_s < 0:
+        raise ConfigError("[engine] spark_keep_s must not be negative (0 turns the driver off)")
 
 
 def _check_engine_and_store(settings: Settings) -> None:

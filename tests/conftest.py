@@ -45,6 +45,7 @@ LONGEST_MODULES = [
     "test_container",
     "test_spark_cluster",
     "test_spark",
+    "test_spark_driver",
     "test_bench_smoke",
     "test_container_spark",
     "test_daemon",

@@ -119,6 +119,39 @@ def test_spark_sandbox_bench_compares_scores() -> None:
         check_same({7: table}, {7: changed}, "changed")
 
 
+def test_spark_vs_mlflow_bench_compares_scores(tmp_path: Path) -> None:
+    """The score check of the Spark-vs-MLflow benchmark fails on one changed score or a missing
+    key. (No smoke run: its three Spark sessions take minutes here; MLflow is an optional extra.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.perf_common import fit_model, linear_specs, write_features
+    from bench.spark_vs_mlflow import compare
+
+    slice_dir = write_features(tmp_path / "features", 200, 4).parent
+    spec = linear_specs(4, 1)[0]
+    fitted = fit_model(spec, 4, rows=500)
+    frame = pq.read_table(slice_dir).to_pandas()
+    truth = fitted.predict_proba(frame[list(spec.features)])[:, 1]
+    changed_one = truth.copy()
+    changed_one[0] += 1e-6
+    sides = {}
+    for name, scores, keys in (
+        ("right", truth, frame["entity_id"]),
+        ("changed", changed_one, frame["entity_id"]),
+        ("short", truth[1:], frame["entity_id"][1:]),
+    ):
+        sides[name] = tmp_path / name
+        sides[name].mkdir()
+        pq.write_table(pa.table({"entity_id": keys, "score": scores}), sides[name] / "p.parquet")
+    [same] = compare(slice_dir, [fitted], [spec], [sides["right"]], [sides["right"]])
+    assert same["within_tolerance"] and same["a_bit_identical"] == 200
+    [changed] = compare(slice_dir, [fitted], [spec], [sides["right"]], [sides["changed"]])
+    assert not changed["within_tolerance"] and changed["b_max_abs_diff"] > 1e-7
+    [short] = compare(slice_dir, [fitted], [spec], [sides["short"]], [sides["right"]])
+    assert not short["within_tolerance"] and short["a_same_keys"] is False
+
+
 # -- local engine, memory, API and page benchmarks (issue 9): tiny sizes, no timing checks ----
 
 

@@ -35,7 +35,7 @@ from mldropd.errors import ConfigError
 from mldropd.intake import UploadForm, register_file
 from mldropd.records import DQResult, Model, ModelRun, User
 from mldropd.settings import Settings, load_settings
-from mldropd.states import Trigger
+from mldropd.states import RunStatus, Trigger
 from mldropd.store import make_store
 from tests.support.home import N_ENTITIES, N_FEATURES, today
 
@@ -94,18 +94,26 @@ class Lab:
 
     def run(self, day: dt.date, names: list[str], engine: str = "spark", **cfg: Any) -> int:
         """Plan one forced batch of the named models and run it here; return the batch id."""
+        batch_id = self.plan(day, names)
+        BatchJob(self.with_engine(engine, **cfg), batch_id, engine=self.db, retries=False).execute()
+        return batch_id
+
+    def with_engine(self, engine: str, **cfg: Any) -> Settings:
+        """A copy of the settings with [engine] default = engine and section__key = value."""
         settings = Settings.from_dict(self.settings.to_dict())
         settings.engine.default = engine
         for key, value in cfg.items():
             section, _, name = key.partition("__")
             setattr(getattr(settings, section), name, value)
+        return settings
+
+    def plan(self, day: dt.date, names: list[str]) -> int:
+        """Plan one forced batch of the named models; its id."""
         with session_scope(self.db) as s:
             models = [s.get(Model, self.ids[n]) for n in names]
             batch, _ = plan_batch(s, day, Trigger.MANUAL, models, force=True)  # type: ignore[arg-type]
             assert batch is not None and batch.id is not None
-            batch_id = batch.id
-        BatchJob(settings, batch_id, engine=self.db, retries=False).execute()
-        return batch_id
+            return batch.id
 
     def runs(self, batch_id: int) -> dict[str, ModelRun]:
         names = {v: k for k, v in self.ids.items()}
@@ -226,6 +234,22 @@ def test_rerun_replaces_and_auto_picks_spark_above_min_rows(
     )
     lab.run(day, ["logreg"], "auto", engine__spark_min_rows=N_ENTITIES + 1)
     assert "scoring with the local engine (auto: 3000 rows < " in caplog.text
+
+
+def test_a_backfills_dates_share_one_session(
+    lab: Lab, spark: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`mldropd run --from/--to` is one batch job (run_batches) for all its dates: their Spark
+    batches get one session (the module's here, found once; in the job, started once)."""
+    from mldropd.jobs.score_batch import run_batches
+
+    caplog.set_level(logging.INFO, logger="mldropd.engines.spark")
+    batch_ids = [lab.plan(day, ["logreg"]) for day in lab.days[:2]]
+    statuses = run_batches(lab.with_engine("spark"), batch_ids, retries=False, engine=lab.db)
+    assert set(statuses.values()) == {RunStatus.SUCCEEDED}
+    sessions = [r for r in caplog.records if r.getMessage().startswith("spark session ")]
+    assert len(sessions) == 1 and "found" in sessions[0].getMessage()
+    assert len([r for r in caplog.records if r.getMessage().startswith("spark job:")]) == 2
 
 
 def test_missing_pyspark_fails_the_model_runs_clearly(

@@ -266,7 +266,8 @@ class BatchJob:
                 t.model_run_id: Outcome(error=_engine_error(name, why, exc)) for t in tasks
             }, None
         got = {t.model_run_id: outcomes.get(t.model_run_id) or missing for t in tasks}
-        # The sample is the slice's only if the engine read all of it here (Spark reads elsewhere).
+        # The sample is the slice's only if the engine read all of it (an engine that does not
+        # observe leaves DQ to read the slice itself).
         current = {k: s.table() for k, s in samples.items()} if seen["batches"] else None
         return got, current
 

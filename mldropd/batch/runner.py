@@ -5,7 +5,9 @@ Two modes, like rq's Worker and SimpleWorker: the daemon forks each job from its
 server (a pre-imported process: no interpreter start or import per batch), in its own process
 group, relaying its log and watching its heartbeat; `mldropd run` and tests run the job in this
 process (inline). Either way the job holds the batch's lock file while it runs, which is how a
-restarted daemon tells a batch still being run from one whose job died.
+restarted daemon tells a batch still being run from one whose job died. The daemon's Spark
+batches go to its Spark batch driver instead (mldropd.batch.driver: a forked job that stays for
+the next one, so they share one Spark session), watched and settled the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlmodel import col, select
 
 from mldropd import logs
 from mldropd.batch import ledger, write
+from mldropd.batch.driver import SparkDriver, uses_spark
 from mldropd.batch.plan import REFUSED_EXIT, retry_at
 from mldropd.batch.report import report_batches
 from mldropd.db import session_scope
@@ -115,6 +118,7 @@ class Runner:
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._current: Any = None
+        self._driver: SparkDriver | None = None  # the Spark batch driver, while it is kept
         self._stopping = False
         # One file per runner process: a CLI run and the daemon may use different overrides.
         self.settings_file = Path(settings.server.work_dir) / f"batch-settings-{os.getpid()}.json"
@@ -141,6 +145,7 @@ class Runner:
             self._current.kill()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._close_driver()
         self.settings_file.unlink(missing_ok=True)
 
     def submit(self, batch_id: int) -> None:
@@ -185,7 +190,11 @@ class Runner:
 
     def _loop(self) -> None:
         while not self._stopping:
-            batch_id = self._queue.get()
+            try:
+                batch_id = self._queue.get(timeout=self._driver_idle_left())
+            except queue.Empty:
+                self._close_driver()  # idle for [engine] spark_keep_s
+                continue
             if batch_id is None or self._stopping:
                 break
             try:
@@ -227,30 +236,23 @@ class Runner:
         )
 
     def _run_forked(self, batch_ids: list[int], retries: bool) -> None:
-        from mldropd.engines import FORKSERVER_ENV
-
         self._write_settings()
         argv = [str(self.settings_file), *map(str, batch_ids)] + (
             [] if retries else ["--no-retries"]
         )
-        env = {**os.environ, FORKSERVER_ENV: self.sandboxes.server.socket_path}
-        read_fd, write_fd = os.pipe()
-        try:
-            job = self.sandboxes.server.batch(argv, env, write_fd, os.getcwd())
-        finally:
-            os.close(write_fd)
-        self._current = job
-        stalled = self._watch(job, read_fd, batch_ids)
-        self._current = None
-        status = job.status
-        job.close()
-        if self._stopping and status != 0:
+        if self.settings.engine.spark_keep_s > 0 and uses_spark(
+            self.engine, self.settings, batch_ids
+        ):
+            code, how, stalled = self._run_on_driver(argv, batch_ids)
+        else:
+            code, how, stalled = self._fork_job(argv, batch_ids)
+        if self._stopping and code != 0:
             return  # recover() resumes it at the next start
-        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == REFUSED_EXIT:
+        if code == REFUSED_EXIT:
             return  # another process took the batch: not ours to close
         for batch_id in batch_ids:
             state, not_before, reported = ledger.status(self.engine, batch_id)
-            if state == RunStatus.PENDING and not_before is not None and status == 0:
+            if state == RunStatus.PENDING and not_before is not None and code == 0:
                 if self.on_wait is not None:  # the sensor: the feature slice is late
                     self.on_wait(batch_id, not_before)
                 continue
@@ -260,7 +262,7 @@ class Runner:
                     f"the batch job sent no heartbeat for "
                     f"{self.settings.scheduler.heartbeat_timeout_s} s and was stopped"
                     if stalled
-                    else f"the batch job died ({_describe(status)})"
+                    else f"the batch job died ({how})"
                 )
                 ledger.close(self.engine, batch_id, f"{why}; see the daemon log")
                 if not reported:  # the owners still hear what became of their models
@@ -273,13 +275,89 @@ class Runner:
         os.chmod(tmp, 0o600)
         tmp.replace(self.settings_file)
 
-    def _watch(self, job: Any, read_fd: int, batch_ids: list[int]) -> bool:
-        """Relay the job's log and wait for it; stop it if its heartbeat stops. True if stalled."""
-        pump = threading.Thread(target=_relay, args=(read_fd, batch_ids[0]), daemon=True)
+    def _fork_job(self, argv: list[str], batch_ids: list[int]) -> tuple[int | None, str, bool]:
+        """One batch job forked for these batches: (exit code or None, how it ended, stalled)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            job = self.sandboxes.server.batch(argv, self._job_env(), write_fd, os.getcwd())
+        finally:
+            os.close(write_fd)
+        pump = threading.Thread(target=_relay, args=(read_fd, lambda: batch_ids[0]), daemon=True)
         pump.start()
+        self._current = job
+        stalled = self._watch(lambda t: job.wait(timeout=t) is not None, job.kill, batch_ids)
+        self._current = None
+        pump.join(timeout=5)
+        status = job.status
+        job.close()
+        code = (
+            os.WEXITSTATUS(status)
+            if status is not None and status != -1 and os.WIFEXITED(status)
+            else None
+        )
+        return code, _describe(status), stalled
+
+    def _run_on_driver(self, argv: list[str], batch_ids: list[int]) -> tuple[int | None, str, bool]:
+        """The batches as one job of the Spark batch driver (started if none is kept)."""
+        driver = self._driver
+        if driver is not None and not driver.alive():
+            self._close_driver()
+            driver = None
+        try:
+            driver = driver or self._start_driver()
+            driver.send(argv, batch_ids[0])
+        except OSError:  # it ended between the check and the request: once more, on a new one
+            self._close_driver()
+            driver = self._start_driver()
+            driver.send(argv, batch_ids[0])
+        self._current = driver
+        stalled = self._watch(driver.wait, driver.kill, batch_ids)
+        self._current = None
+        code, answered = driver.exit_code(), driver.answered
+        if code not in (0, REFUSED_EXIT):  # it died, or a job raised: the next gets a new one
+            self._close_driver()
+        how = f"it exited with code {code}" if answered else _describe(driver.job.status)
+        return code, how, stalled
+
+    def _start_driver(self) -> SparkDriver:
+        read_fd, write_fd = os.pipe()
+        try:
+            driver = SparkDriver(self.sandboxes.server, self._job_env(), os.getcwd(), write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        threading.Thread(
+            target=_relay, args=(read_fd, lambda: driver.run_id), daemon=True
+        ).start()  # the driver's log, for its whole life
+        self._driver = driver
+        return driver
+
+    def _job_env(self) -> dict[str, str]:
+        from mldropd.engines import FORKSERVER_ENV
+
+        return {**os.environ, FORKSERVER_ENV: self.sandboxes.server.socket_path}
+
+    def _driver_idle_left(self) -> float | None:
+        """Seconds until the kept driver has idled [engine] spark_keep_s (None: no driver)."""
+        if self._driver is None:
+            return None
+        idle = time.monotonic() - self._driver.idle_since
+        return max(0.5, self.settings.engine.spark_keep_s - idle)
+
+    def _close_driver(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            driver.close()
+
+    def _watch(
+        self, ended: Callable[[float], bool], kill: Callable[[], None], batch_ids: list[int]
+    ) -> bool:
+        """Wait for the job; stop it if its heartbeat stops. True if it was stalled."""
         limit = dt.timedelta(seconds=self.settings.scheduler.heartbeat_timeout_s)
         stalled = False
-        while job.wait(timeout=5) is None:
+        while not ended(5):
             with session_scope(self.engine) as s:
                 beats = [
                     b.heartbeat_at
@@ -289,8 +367,7 @@ class Runner:
             if beats and utcnow() - max(beats) > limit:
                 log.error("batch job stalled; stopping it", extra={"run_id": batch_ids[0]})
                 stalled = True
-                job.kill()
-        pump.join(timeout=5)
+                kill()
         return stalled
 
     def _after(self, batch_id: int, retries: bool) -> None:
@@ -318,11 +395,12 @@ class Runner:
             self.on_retry(day, model_ids, when)
 
 
-def _relay(fd: int, batch_id: int) -> None:
-    """The batch job's log lines join the daemon's log (as JSON events when it logs JSON)."""
+def _relay(fd: int, batch_id: Callable[[], int | None]) -> None:
+    """The batch job's log lines join the daemon's log (as JSON events when it logs JSON);
+    batch_id: the run id of lines that have none (the batch the job runs at the time)."""
     with open(fd, "rb") as stream:
         for line in iter(stream.readline, b""):
-            logs.relay_line(line.decode("utf-8", "replace"), batch_id)
+            logs.relay_line(line.decode("utf-8", "replace"), batch_id())
 
 
 def _wait_unlocked(settings: Settings, batch_id: int, timeout: float = 10.0) -> None:

@@ -145,10 +145,15 @@ class Engines:
             self._spark = SparkEngine(self.settings.engine, self.settings.sandbox)
         return self._spark
 
-    def close(self) -> None:
+    def close(self, *, keep_spark: bool = False) -> None:
+        """End what the job started; keep_spark: the Spark session stays for the next job (the
+        daemon's Spark batch driver, mldropd.batch.driver)."""
         if self._local is not None:
             self._local.close()  # type: ignore[attr-defined]
             self._local = None
+        if self._spark is not None and not keep_spark:
+            self._spark.close()  # type: ignore[attr-defined]
+            self._spark = None
         if self._owned_sandboxes and self._sandboxes is not None:
             # No wait: it ends its forks itself (and its lifeline ends it with us).
             self._sandboxes.stop(wait=False)  # type: ignore[attr-defined]

@@ -59,6 +59,13 @@ class SparkEngine:
         self.engine = engine
         self.sandbox = sandbox
         self.session: SparkSession | None = None
+        self._owned = False  # we started it (not spark-submit's, not a test's)
+
+    def close(self) -> None:
+        """Stop the session if this engine started it (the JVM's temp files go with it)."""
+        if self.session is not None and self._owned:
+            self.session.stop()
+        self.session = None
 
     def score(
         self,
@@ -66,10 +73,22 @@ class SparkEngine:
         *,
         heartbeat: Callable[[], None],
         progress: Progress | None = None,
-        observe: Callable[[Any], None] | None = None,  # no read here: DQ samples on its own
+        observe: Callable[[Any], None] | None = None,
     ) -> dict[int, Outcome]:
+        """The batch's one Spark job; meanwhile a thread here reads the slice for `observe` (the
+        DQ sample, drawn during scoring as with the local engine, so DQ need not read it)."""
         if self.session is None:
+            from pyspark import SparkContext
+
+            started, fresh = time.monotonic(), SparkContext._active_spark_context is None
             self.session = get_session(self.engine)
+            self._owned = fresh
+            log.info(  # counted by the tests and bench.spark_vs_mlflow: one per session started
+                "spark session %s in %.1f s (master %s)",
+                "started" if fresh else "found",
+                time.monotonic() - started,
+                self.session.sparkContext.master,
+            )
         if progress is not None:  # Spark reads and scores in one job: rows come at its end
             progress("scoring", {})
         legacy = {
@@ -96,15 +115,44 @@ class SparkEngine:
             "key_filters": list(request.key_filters),
         }
         timeouts = {t.model_run_id: t.timeout_s for t in request.tasks}
-        return score_with_spark(
-            legacy,
-            self.engine,
-            timeouts=timeouts,
-            spark=self.session,
-            heartbeat=heartbeat,
-            sandbox=dataclasses.asdict(self.sandbox)
-            | {"preload": preload_for([t.pipeline_type for t in request.tasks])},
-        )
+        sampler = _Sampler(request, observe) if observe is not None else None
+        try:
+            outcomes = score_with_spark(
+                legacy,
+                self.engine,
+                timeouts=timeouts,
+                spark=self.session,
+                heartbeat=heartbeat,
+                sandbox=dataclasses.asdict(self.sandbox)
+                | {"preload": preload_for([t.pipeline_type for t in request.tasks])},
+            )
+        finally:
+            if sampler is not None:
+                sampler.join()
+        if sampler is not None and sampler.error is not None:
+            raise sampler.error  # a partial sample would be a wrong one
+        return outcomes
+
+
+class _Sampler(threading.Thread):
+    """Reads the slice (the local engine's reader, the same batches) and hands each batch to
+    observe, in the batch job while Spark's executors score it."""
+
+    def __init__(self, request: ScoringRequest, observe: Callable[[Any], None]) -> None:
+        super().__init__(name="spark-dq-sample", daemon=True)
+        self.request, self.observe = request, observe
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        from mldropd.engines.local_io import read_batches
+
+        r = self.request
+        try:
+            for batch in read_batches(r.features, r.slice_date, r.columns, r.batch_rows):
+                self.observe(batch)
+        except BaseException as exc:
+            self.error = exc
 
 
 def executor_python(engine: EngineSettings) -> str:

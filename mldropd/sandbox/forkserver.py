@@ -256,10 +256,10 @@ class Server:
         raise OSError(f"all {MAX_UID_SLOTS} sandbox uids from {base} are in use on this host")
 
     def _fork_batch(self, request: dict[str, Any], fds: list[int]) -> _Child:
-        log_fd = fds[0]
+        log_fd, channel = fds[0], (fds[1] if len(fds) > 1 else None)
         pid = os.fork()
         if pid == 0:
-            _run_child(lambda: _batch_main(request, log_fd))
+            _run_child(lambda: _batch_main(request, log_fd, channel))
         return _Child(pid)
 
     def _reap(self, block_s: float = 0.0) -> None:
@@ -358,8 +358,9 @@ def _sandbox_main(policy: Policy, root_mount: str, channel: int, stderr: int) ->
     return model_host.serve(socket.socket(fileno=channel))
 
 
-def _batch_main(request: dict[str, Any], log_fd: int) -> int:
-    """A trusted batch job: its own environment (it may hold credentials) and log pipe."""
+def _batch_main(request: dict[str, Any], log_fd: int, channel: int | None) -> int:
+    """A trusted batch job: its own environment (it may hold credentials) and log pipe; the
+    Spark batch driver also gets its request channel, as descriptor 3."""
     from mldropd.sandbox import syscalls
 
     os.setpgid(0, 0)
@@ -367,7 +368,9 @@ def _batch_main(request: dict[str, Any], log_fd: int) -> int:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     _stdin_from_devnull()
-    os.closerange(3, 1 << 16)  # the server's listener and other clients' connections
+    if channel is not None:
+        os.dup2(channel, 3, inheritable=False)  # the JVM it starts does not get it
+    os.closerange(4 if channel is not None else 3, 1 << 16)  # the listener, other clients
     os.environ.clear()
     os.environ.update(request.get("env") or {})
     with contextlib.suppress(OSError):
@@ -516,9 +519,18 @@ class ForkServer:
             {"kind": "sandbox", "policy": policy.as_dict()}, [channel_fd, stderr_fd]
         )
 
-    def batch(self, argv: list[str], env: dict[str, str], log_fd: int, cwd: str) -> Forked:
-        """A trusted batch job (mldropd.jobs.score_batch main(argv)) in its own process group."""
-        return self._request({"kind": "batch", "argv": argv, "env": env, "cwd": cwd}, [log_fd])
+    def batch(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log_fd: int,
+        cwd: str,
+        channel_fd: int | None = None,
+    ) -> Forked:
+        """A trusted batch job (mldropd.jobs.score_batch main(argv)) in its own process group;
+        channel_fd: a socket it gets as descriptor 3 (the Spark batch driver's requests)."""
+        fds = [log_fd] if channel_fd is None else [log_fd, channel_fd]
+        return self._request({"kind": "batch", "argv": argv, "env": env, "cwd": cwd}, fds)
 
     def ping(self) -> dict[str, Any]:
         """The server's pid and what it preloaded (a health check)."""
