@@ -123,7 +123,7 @@ def with_scores(sample: pa.Table, scores: pa.Table, key: str, features: list[str
     score_keys, score_values = score_keys.filter(wanted), scores.column("score").filter(wanted)
     index = pc.index_in(keys, value_set=score_keys)
     present = index.is_valid()
-    frame = sample.filter(present).select(features).to_pandas()
+    frame = sample.select(features).filter(present).to_pandas()
     frame["score"] = score_values.take(index.filter(present)).to_numpy(zero_copy_only=False)
     return frame
 
