@@ -343,9 +343,10 @@ def check_batch(
             done = [one(m) for m in models]
     out.results = {m.model_run_id: r for m, r in zip(models, done, strict=True)}
     log.info(
-        "DQ of %d model(s): samples of %d slice read(s) in %.2f s",
+        "DQ of %d model(s): samples of %d slice read(s) and %d kept one(s) in %.2f s",
         len(models),
         len(out.slices_read),
+        len(out.slices_stored),
         out.sample_seconds,
         extra={"date": day.isoformat()},
     )
