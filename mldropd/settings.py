@@ -241,6 +241,16 @@ class DQSettings:
         "DQ status of a run scored from an older slice (max_staleness_days): ok (only stated), "
         "warn or alert.",
     )
+    samples_path: str = _opt(
+        "dq-samples",
+        "Where the DQ sample of each scored slice is kept for the next day's comparison.",
+        path=True,
+    )
+    samples_days: int = _opt(
+        7,
+        "Keep DQ samples of slices this many days older than the newest (about 20 MB a slice at "
+        "50,000 rows x 50 features); an older reference slice is read again; 0: none kept.",
+    )
 
 
 @dataclass
@@ -552,6 +562,8 @@ def validate(settings: Settings) -> None:
             f"[sandbox] require names {', '.join(unknown)}, which is not a sandbox layer; "
             f"layers: {', '.join(LAYERS)}"
         )
+    if settings.dq.samples_days < 0:
+        raise ConfigError("[dq] samples_days must be 0 (keep no DQ samples) or more")
     if settings.scheduler.catchup_days < 0 or settings.scheduler.retry_delay < 0:
         raise ConfigError("[scheduler] catchup_days and retry_delay must not be negative")
     if settings.engine.spark_keep_s < 0:

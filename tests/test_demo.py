@@ -148,6 +148,15 @@ def test_the_drifting_model_goes_from_ok_to_warn_to_alert(api: Any) -> None:
     assert 0.1 <= warn["psi"] < 0.25 and alert["psi"] >= 0.25
     assert "days_since_login" in alert["reason"] and "sessions_per_week" in alert["reason"]
     assert [d["reference_date"] for d in dq[1:]] == [d["date"] for d in dq[:-1]]
+    # Each day's reference rows are the sample kept when the day before was scored: the batch
+    # job read no slice a second time for DQ.
+    assert [d["details"]["samples"] for d in dq[1:]] == [
+        {
+            "current": "drawn during the scoring read",
+            "reference": f"kept when the {d['date']} slice was scored",
+        }
+        for d in dq[:-1]
+    ]
 
 
 @pytest.mark.slow

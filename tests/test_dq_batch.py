@@ -23,6 +23,7 @@ from mldropd.batch.quality import (
 )
 from mldropd.batch.write import partition_dir
 from mldropd.dq.evaluate import FIRST_DATE
+from mldropd.dq.sample import SampleStore, sample_slice
 from mldropd.engines.local_io import read_batches
 from mldropd.features import FeatureSource
 from mldropd.settings import DQSettings, FeatureSettings
@@ -133,7 +134,13 @@ def test_the_scoring_reads_sample_leaves_only_the_reference_slice(
     for i in range(101, 105):
         mine, theirs = out.results[i], again.results[i]
         assert isinstance(mine, QualityResult) and isinstance(theirs, QualityResult)
+        origins = (
+            mine.report.details.pop("samples", None),
+            theirs.report.details.pop("samples", None),
+        )
         assert mine.report == theirs.report
+        if i < 104:  # a first date has no sample
+            assert origins[0] == origins[1] | {"current": "drawn during the scoring read"}
 
 
 def test_a_reference_day_without_features_compares_scores_alone(
@@ -163,6 +170,92 @@ def test_a_failed_sample_fails_the_dq_of_its_models_only(
     assert isinstance(out.results[104], QualityResult)  # first date: needs no sample
 
 
+def score_reference_day(batch: dict[str, Any], store: SampleStore) -> None:
+    """The previous day's batch: its scoring read collects the sample, check_batch keeps it."""
+    collectors = current_samples(batch["models"], 1_000)
+    for record_batch in read_batches(
+        batch["source"].settings, REF_DAY, ["entity_id", *FEATURES], 999
+    ):
+        for collector in collectors.values():
+            collector.add(record_batch)
+    check_batch(
+        batch["source"],
+        batch["scores"],
+        day=REF_DAY,
+        slice_date=REF_DAY,
+        models=[],  # its models' DQ is not what this test looks at
+        settings=DQSettings(av_max_rows=1_000),
+        current={k: c.table() for k, c in collectors.items()},
+        store=store,
+    )
+
+
+def test_the_reference_sample_kept_at_its_scoring_spares_a_read(
+    batch: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SampleStore(tmp_path / "dq-samples", keep_days=7)
+    score_reference_day(batch, store)
+    kept = store.load(REF_DAY, "entity_id", FEATURES, 1_000)
+    assert kept is not None
+    assert kept.equals(sample_slice(batch["source"], REF_DAY, "entity_id", FEATURES, 1_000))
+    reads = count_reads(monkeypatch)
+    out = run(batch, store=store)
+    assert reads == {DAY: 1}  # the reference slice is not read again
+    assert out.slices_stored == [REF_DAY] and out.slices_read == [DAY]
+    assert store.load(DAY, "entity_id", FEATURES, 1_000) is not None  # kept for tomorrow
+    without = run(batch)  # the same samples drawn by reading both slices: the same figures
+    for i in range(101, 105):
+        mine, theirs = out.results[i], without.results[i]
+        assert isinstance(mine, QualityResult) and isinstance(theirs, QualityResult)
+        assert mine.report.auc == theirs.report.auc and mine.report.psi == theirs.report.psi
+        assert mine.report.reason == theirs.report.reason
+        if i < 104:  # the record says where each side's rows came from
+            assert mine.report.details["samples"] == {
+                "current": f"drawn by reading the {DAY} slice",
+                "reference": f"kept when the {REF_DAY} slice was scored",
+            }
+            assert theirs.report.details["samples"]["reference"] == (
+                f"drawn by reading the {REF_DAY} slice"
+            )
+
+
+@pytest.mark.parametrize("mismatch", ["columns", "max_rows", "damaged"])
+def test_a_kept_sample_that_does_not_fit_is_drawn_again(
+    batch: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mismatch: str
+) -> None:
+    store = SampleStore(tmp_path / "dq-samples", keep_days=7)
+    columns = FEATURES[:2] if mismatch == "columns" else FEATURES  # models use f0-f5
+    rows = 500 if mismatch == "max_rows" else 1_000
+    store.save(
+        REF_DAY,
+        "entity_id",
+        sample_slice(batch["source"], REF_DAY, "entity_id", columns, rows),
+        rows,
+    )
+    if mismatch == "damaged":
+        store.path(REF_DAY, "entity_id").write_bytes(b"not arrow")
+    reads = count_reads(monkeypatch)
+    out = run(batch, store=store)
+    assert reads == {DAY: 1, REF_DAY: 1}
+    assert out.slices_stored == []
+    assert all(isinstance(out.results[i], QualityResult) for i in range(101, 105))
+
+
+def test_samples_of_old_slices_are_removed(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path, keep_days=2)
+    sample = pa.table({"entity_id": [1, 2], "f0": [0.5, 0.25]})
+    for day in (dt.date(2026, 3, d) for d in (1, 2, 3, 4)):
+        store.save(day, "entity_id", sample, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dt=2026-03-02",
+        "dt=2026-03-03",
+        "dt=2026-03-04",
+    ]
+    assert store.load(dt.date(2026, 3, 4), "entity_id", ["f0"], 2) == sample
+    assert store.load(dt.date(2026, 3, 4), "other_key", ["f0"], 2) is None
+    assert "entity_id" not in str(store.path(dt.date(2026, 3, 4), "entity_id"))  # no user text
+
+
 @pytest.mark.slow  # a benchmark run, as in tests/test_bench_smoke.py (tens of seconds)
 def test_dq_bench_tiny(tmp_path: Path) -> None:
     from bench import dq as bench_dq
@@ -173,5 +266,7 @@ def test_dq_bench_tiny(tmp_path: Path) -> None:
         + ["--batch-rows", "1000", "--max-rows", "1000", "--repeat", "1", "--out", str(out)]
     )
     assert out.exists() and result["batch_before_s"] > 0 and result["raw_sum_s"] > 0
-    assert all(auc is not None for auc in result["auc_before"] + result["after"]["1"]["auc"])
-    assert result["after"]["2"]["auc"] == result["after"]["1"]["auc"]  # threads change nothing
+    after = result["after"]
+    assert all(auc is not None for auc in result["auc_before"] + after["batch-1"]["auc"])
+    # Neither threads nor where the samples come from change an AUC.
+    assert after["batch-2"]["auc"] == after["read-2"]["auc"] == after["batch-1"]["auc"]

@@ -55,6 +55,7 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
         ("[scheduler]\nsweep = '0 25 * * *'\n", {}, "[scheduler] sweep"),
         ("[scheduler]\ntimezone = 'Mars/Olympus'\n", {}, "not a known time zone"),
         ("[storage]\nkind = 's3'\n", {}, "[storage] bucket must be set"),
+        ("[dq]\nsamples_days = -1\n", {}, "[dq] samples_days must be 0"),
     ],
 )
 def test_wrong_config_names_the_key(

@@ -4,8 +4,9 @@ The DQ of a batch reads each feature slice at most once. The adversarial classif
 (features, score) rows of both days; those rows come from one hash-chosen sample per slice and
 entity key (mldropd.dq.sample), shared by every model of the batch: the current slice's sample
 is drawn during the batch job's scoring read when the reader collects it (`current=`), else by
-one read here; each reference slice's sample by one read, for all the models that compare with
-it. Each model then reads only its own two score partitions.
+one read here; each reference slice's sample comes from the sample store (`store=`: kept when
+that slice was scored), else by one read, for all the models that compare with it. Each model
+then reads only its own two score partitions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mldropd.batch.table import PreparedModel
 from mldropd.batch.write import previous_partition
 from mldropd.dq.evaluate import DQReport, Thresholds, evaluate
 from mldropd.dq.psi import psi
-from mldropd.dq.sample import KeySample, sample_slice
+from mldropd.dq.sample import KeySample, SampleStore, sample_slice
 from mldropd.features import FeatureSource
 from mldropd.settings import DQSettings
 
@@ -71,6 +72,7 @@ class BatchQuality:
     results: dict[int, QualityResult | Exception] = field(default_factory=dict)
     sample_seconds: float = 0.0
     slices_read: list[dt.date] = field(default_factory=list)
+    slices_stored: list[dt.date] = field(default_factory=list)  # samples taken from the store
 
 
 def model_scores(p: PreparedModel, staged: Path, slice_rows: int | None) -> ModelScores:
@@ -121,7 +123,7 @@ def with_scores(sample: pa.Table, scores: pa.Table, key: str, features: list[str
     score_keys, score_values = score_keys.filter(wanted), scores.column("score").filter(wanted)
     index = pc.index_in(keys, value_set=score_keys)
     present = index.is_valid()
-    frame = sample.filter(present).select(features).to_pandas()
+    frame = sample.select(features).filter(present).to_pandas()
     frame["score"] = score_values.take(index.filter(present)).to_numpy(zero_copy_only=False)
     return frame
 
@@ -169,11 +171,13 @@ def check_model(
     reference: tuple[dt.date, Path, pa.Table | None] | None,
     settings: DQSettings,
     method: str = "holdout",
+    origins: dict[str, str] | None = None,
 ) -> QualityResult:
     """DQ of one model from the batch's samples: (reference date, partition, sample) or None.
 
     A reference sample of None means the reference day has no feature slice: the classifier
-    then sees the score alone, on both sides.
+    then sees the score alone, on both sides. origins: where each side's sample came from, in
+    words, for the record.
     """
     started = time.perf_counter()
     key = m.entity_key
@@ -220,9 +224,10 @@ def check_model(
     if moved:
         listed = ", ".join(f"{d['feature']} (PSI {d['psi']:.2f})" for d in moved[:5])
         reason = f"{reason}; feature drift: {listed}"
-    report = dataclasses.replace(
-        report, reason=reason, details={**report.details, "feature_psi": drift}
-    )
+    details = {**report.details, "feature_psi": drift}
+    if origins and reference is not None:
+        details["samples"] = origins
+    report = dataclasses.replace(report, reason=reason, details=details)
     return QualityResult(report, ref_date, time.perf_counter() - started)
 
 
@@ -238,11 +243,14 @@ def check_batch(
     method: str = "holdout",
     sampler: Sampler = sample_slice,
     workers: int | None = None,
+    store: SampleStore | None = None,
 ) -> BatchQuality:
     """DQ of every model of a batch, reading each feature slice at most once.
 
     current: the current slice's samples by entity key, as collected during the scoring read
     (see current_samples); a key missing there is sampled here by one read of the slice.
+    store: where reference samples are looked up before a slice is read, and where the current
+    slice's samples are kept for the next day's DQ.
     workers: models evaluated at once (default [dq] threads).
     """
     out = BatchQuality()
@@ -265,20 +273,32 @@ def check_batch(
         if ref_slice is not None:
             wanted[(ref_slice, m.entity_key)].extend(m.features)
     samples: dict[tuple[dt.date, str], pa.Table | Exception] = {}
+    origin: dict[tuple[dt.date, str], str] = {}
     for key, table in (current or {}).items():  # drawn during the scoring read
         if set(wanted.get((slice_date, key), [])) <= set(table.column_names):
             samples[(slice_date, key)] = table
+            origin[(slice_date, key)] = "drawn during the scoring read"
             wanted.pop((slice_date, key), None)
     started = time.perf_counter()
     for (when, key), columns in wanted.items():
+        columns = list(dict.fromkeys(columns))
+        stored = None
+        if store is not None and when != slice_date:
+            stored = store.load(when, key, columns, settings.av_max_rows)
+        if stored is not None:
+            samples[(when, key)] = stored
+            origin[(when, key)] = f"kept when the {when} slice was scored"
+            out.slices_stored.append(when)
+            continue
         try:
-            samples[(when, key)] = sampler(
-                source, when, key, list(dict.fromkeys(columns)), settings.av_max_rows
-            )
+            samples[(when, key)] = sampler(source, when, key, columns, settings.av_max_rows)
         except Exception as exc:  # every model that needs this sample fails its DQ alone
             log.exception("DQ sample of the %s slice failed", when, extra={"date": str(when)})
             samples[(when, key)] = exc
+        origin[(when, key)] = f"drawn by reading the {when} slice"
         out.slices_read.append(when)
+    if store is not None:
+        _keep(store, slice_date, samples, current or {}, settings.av_max_rows)
     out.sample_seconds = time.perf_counter() - started
 
     def one(m: ModelScores) -> QualityResult | Exception:
@@ -287,12 +307,15 @@ def check_batch(
             ref = references[m.model_run_id]
             reference = None
             current_sample = pa.table({})
+            origins: dict[str, str] = {}
             if ref is not None:
                 current_sample = _ready(samples[(slice_date, m.entity_key)])
+                origins["current"] = origin[(slice_date, m.entity_key)]
                 ref_slice = ref_slices[ref[0]]
-                ref_sample = (
-                    _ready(samples[(ref_slice, m.entity_key)]) if ref_slice is not None else None
-                )
+                ref_sample = None
+                if ref_slice is not None:
+                    ref_sample = _ready(samples[(ref_slice, m.entity_key)])
+                    origins["reference"] = origin[(ref_slice, m.entity_key)]
                 reference = (ref[0], ref[1], ref_sample)
             result = check_model(
                 m,
@@ -300,6 +323,7 @@ def check_batch(
                 reference=reference,
                 settings=settings,
                 method=method,
+                origins=origins,
             )
             log.info("DQ %s in %.2f s", result.report.status, result.seconds, extra=extra)
             return result
@@ -319,13 +343,32 @@ def check_batch(
             done = [one(m) for m in models]
     out.results = {m.model_run_id: r for m, r in zip(models, done, strict=True)}
     log.info(
-        "DQ of %d model(s): samples of %d slice read(s) in %.2f s",
+        "DQ of %d model(s): samples of %d slice read(s) and %d kept one(s) in %.2f s",
         len(models),
         len(out.slices_read),
+        len(out.slices_stored),
         out.sample_seconds,
         extra={"date": day.isoformat()},
     )
     return out
+
+
+def _keep(
+    store: SampleStore,
+    slice_date: dt.date,
+    samples: dict[tuple[dt.date, str], pa.Table | Exception],
+    current: dict[str, pa.Table],
+    max_rows: int,
+) -> None:
+    """Store the current slice's samples for the next day's DQ (a failure costs only a read)."""
+    kept = {key: t for (when, key), t in samples.items() if when == slice_date} | current
+    for key, table in kept.items():
+        if isinstance(table, Exception):
+            continue
+        try:
+            store.save(slice_date, key, table, max_rows)
+        except Exception:
+            log.warning("DQ sample of the %s slice not kept", slice_date, exc_info=True)
 
 
 def _ready(sample: pa.Table | Exception) -> pa.Table:

@@ -280,10 +280,13 @@ class BatchJob:
         current: dict[str, Any] | None,
     ) -> dict[int, Any]:
         """DQ of the whole batch at once: each feature slice is read at most once (the current
-        one not at all when its sample was drawn during scoring)."""
+        one not at all when its sample was drawn during scoring, a reference one not at all when
+        its sample was kept when it was scored)."""
         from mldropd.batch.quality import check_batch, model_scores
+        from mldropd.dq.sample import SampleStore
 
         assert table.slice is not None
+        cfg = self.settings.dq
         scored = [p for p in table.models if p.run.id is not None and outcomes[p.run.id].ok]
         return check_batch(
             self.source,
@@ -298,8 +301,9 @@ class BatchJob:
                 )
                 for p in scored
             ],
-            settings=self.settings.dq,
+            settings=cfg,
             current=current,
+            store=SampleStore(cfg.samples_path, cfg.samples_days) if cfg.samples_days else None,
         ).results
 
     def _task(self, p: PreparedModel) -> ModelTask:

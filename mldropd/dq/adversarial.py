@@ -19,11 +19,15 @@ from threadpoolctl import threadpool_limits
 #   pooled out-of-fold AUC, sklearn's permutation importance on fold 1. At 50,000 rows a side x
 #   41 columns it cost 9.7-12.2 s per model with one OpenMP thread at load ~2-3.
 # - "holdout" (the default): one classifier fit on a stratified 80 % of the rows, AUC on the
-#   held-out 20 %; 50 iterations at learning rate 0.2. 5-7x less CPU, and within 0.01 of
-#   "kfold5" on every case of tests/test_dq_agreement.py (the test allows 0.02). Measured before
-#   choosing: 30 iterations at 0.3, or training on half the rows (2-fold), lost 0.015-0.06 on
-#   interaction-only and many-small drifts; early stopping (patience 5-10) stopped the
-#   interaction-only drift before it showed (the loss is flat for the first trees), -0.14. A
+#   held-out 20 %; 40 iterations at learning rate 0.25 of trees of at most 15 leaves, features
+#   binned in at most 63 bins. 7-10x less CPU, and within 0.01 of "kfold5" on every case of
+#   tests/test_dq_agreement.py (the test allows 0.02). Measured before choosing (CPU of the 11
+#   reference cases, largest difference from "kfold5"): 50 iterations at 0.2, 31 leaves, 255
+#   bins (the first holdout classifier): 4.3 s, 0.009; 15 leaves: 3.8 s, 0.010; 63 bins:
+#   4.0 s, 0.010; both: 3.3 s, 0.010; both and 40 iterations at 0.25: 2.8 s, 0.006. Fewer trees
+#   or rows lose: 30 iterations at 0.3 (31 leaves), or training on half the rows (2-fold), lost
+#   0.015-0.06 on interaction-only and many-small drifts; early stopping (patience 5-10) stopped
+#   the interaction-only drift before it showed (the loss is flat for the first trees), -0.14. A
 #   held-out fifth of a small sample is too few rows for a steady AUC (its standard error is
 #   about 0.004 at 10,000 held-out rows a side), so below HOLDOUT_MIN_ROWS a side "holdout"
 #   pools 5 folds as "kfold5" does, with its own classifier.
@@ -41,13 +45,15 @@ MAX_CATEGORIES = 255  # HistGradientBoosting's limit on categories of a native c
 
 @dataclass(frozen=True)
 class Boosting:
-    """The classifier's size: boosting iterations and learning rate."""
+    """The classifier's size: boosting iterations, learning rate, leaves per tree, bins."""
 
     max_iter: int
     learning_rate: float
+    max_leaf_nodes: int = 31
+    max_bins: int = 255
 
 
-BOOSTING = {"kfold5": Boosting(100, 0.1), "holdout": Boosting(50, 0.2)}
+BOOSTING = {"kfold5": Boosting(100, 0.1), "holdout": Boosting(40, 0.25, 15, 63)}
 
 
 @dataclass(frozen=True)
@@ -160,8 +166,9 @@ def adversarial_auc(
             where += f"; not computed, AUC below {importance_from:g}"
     notes.append(
         f"{scheme} on {len(columns)} columns, {boosting.max_iter} boosting iterations at "
-        f"learning rate {boosting.learning_rate:g}; importance = drop in held-out AUC when the "
-        f"column is permuted ({where})"
+        f"learning rate {boosting.learning_rate:g} (at most {boosting.max_leaf_nodes} leaves, "
+        f"{boosting.max_bins} bins); importance = drop in held-out AUC when the column is "
+        f"permuted ({where})"
     )
     return AVResult(auc, n_ref, n_cur, top, "; ".join(notes))
 
@@ -175,6 +182,8 @@ def _classifier(
     return HistGradientBoostingClassifier(
         max_iter=boosting.max_iter,
         learning_rate=boosting.learning_rate,
+        max_leaf_nodes=boosting.max_leaf_nodes,
+        max_bins=boosting.max_bins,
         early_stopping=False,
         categorical_features=categorical if categorical.any() else None,
         random_state=seed,

@@ -5,12 +5,20 @@ current slice serves all the batch's models, and the reference sample holds (mos
 entities as the current one. The rule depends only on the key values, never on how the rows were
 split into batches or in which order the batches came, so the batch job's one streaming read of
 the slice (`KeySample.add` on each record batch) draws the same sample as `sample_slice`.
+
+`SampleStore` keeps the sample a batch drew of its slice, so the next day's DQ, whose reference
+that slice is, does not read it again: each slice is then read once, by its scoring.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
+import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -19,6 +27,8 @@ from numpy.typing import NDArray
 
 from mldropd.engines.local_io import read_batches  # the scoring engine's reader
 from mldropd.features import FeatureSource
+
+log = logging.getLogger(__name__)
 
 HASH_SEED = 0
 READ_BATCH_ROWS = 131_072  # rows per record batch when this module reads a slice itself
@@ -126,3 +136,71 @@ def sample_slice(
     for batch in read_batches(source.settings, day, sample.columns, READ_BATCH_ROWS):
         sample.add(batch)
     return sample.table()
+
+
+class SampleStore:
+    """The DQ samples of recent slices, one Arrow file per slice date and entity key.
+
+    A sample is stored as the batch drew it (during its scoring read, or by reading the slice),
+    over the union of that batch's model features, and serves as the reference sample of a later
+    batch when it has every column that batch needs and was drawn with the same max_rows. The
+    features are then those the reference scores were computed from, even if the slice was
+    rewritten since. Writes are atomic (a temporary file renamed), so a crash leaves the old file
+    or the new one; a sample that cannot be read is sampled again from its slice. Samples of
+    slices more than keep_days older than the newest one written are removed.
+    """
+
+    def __init__(self, root: str | Path, keep_days: int) -> None:
+        self.root = Path(root)
+        self.keep_days = keep_days
+
+    def path(self, day: dt.date, key: str) -> Path:
+        """The file of a slice date and key (the key's name hashed: no user text in paths)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.root / f"dt={day.isoformat()}" / f"key-{digest}.arrow"
+
+    def save(self, day: dt.date, key: str, sample: pa.Table, max_rows: int) -> None:
+        """Keep the sample of the slice of `day` (drawn with max_rows); prune old slices."""
+        target = self.path(day, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        meta = {b"mldropd.key": key.encode(), b"mldropd.max_rows": str(max_rows).encode()}
+        table = sample.replace_schema_metadata({**(sample.schema.metadata or {}), **meta})
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        os.replace(partial, target)
+        self._prune(day)
+
+    def load(
+        self, day: dt.date, key: str, columns: Sequence[str], max_rows: int
+    ) -> pa.Table | None:
+        """The stored sample of the slice of `day` with these columns, else None."""
+        path = self.path(day, key)
+        try:
+            with pa.memory_map(str(path)) as source:
+                table = pa.ipc.open_file(source).read_all()
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowException):  # damaged: sampled again from the slice
+            log.warning("DQ sample %s unreadable; the slice is read instead", path, exc_info=True)
+            return None
+        meta = table.schema.metadata or {}
+        wanted = list(dict.fromkeys([key, *columns]))
+        if (
+            meta.get(b"mldropd.key") != key.encode()
+            or meta.get(b"mldropd.max_rows") != str(max_rows).encode()
+            or not set(wanted) <= set(table.column_names)
+        ):
+            return None
+        return table.select(wanted).replace_schema_metadata(None)
+
+    def _prune(self, newest: dt.date) -> None:
+        """Remove the samples of slices more than keep_days older than `newest`."""
+        oldest = newest - dt.timedelta(days=self.keep_days)
+        for folder in self.root.glob("dt=*"):
+            try:
+                day = dt.date.fromisoformat(folder.name[3:])
+            except ValueError:
+                continue
+            if day < oldest:
+                shutil.rmtree(folder, ignore_errors=True)
