@@ -9,7 +9,6 @@ test-artifacts/screenshots/; with MLDROPD_DOCS_SCREENSHOTS=1 the screenshots of 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -19,33 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import RUN_TIMEOUT_MS, SHOTS, WIDE, api_upload, shot
+from tests.support.browser import RUN_TIMEOUT_MS, SHOTS, WIDE, api_upload, drop, shot
 from tests.support.home import today
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.browser
 
 NARROW = {"width": 390, "height": 844}
-
-# Build a File from base64 bytes and dispatch the drag events a real drop produces.
-DROP_JS = """
-async ({b64, name, selector}) => {
-  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-  const file = new File([bytes], name, {type: "application/octet-stream"});
-  const data = new DataTransfer();
-  data.items.add(file);
-  const zone = document.querySelector(selector);
-  for (const type of ["dragenter", "dragover", "drop"]) {
-    zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
-  }
-}
-"""
-
-
-def drop(page: Any, content: bytes, name: str) -> None:
-    page.evaluate(
-        DROP_JS, {"b64": base64.b64encode(content).decode(), "name": name, "selector": "#dropzone"}
-    )
 
 
 def api_run(url: str, token: str, model_id: int, day: dt.date) -> None:

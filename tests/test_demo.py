@@ -6,7 +6,6 @@ test refreshes the screenshots of README.md and docs/web-ui.md (docs/screenshots
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import email
 import email.policy
@@ -34,7 +33,7 @@ from mldropd.demo_story import (
     swing,
     write_story_features,
 )
-from tests.support.browser import DOCS, SHOTS, WIDE
+from tests.support.browser import DOCS, SHOTS, WIDE, drop
 from tests.support.wait import free_port, wait_for
 
 DOCS_SHOTS = os.environ.get("MLDROPD_DOCS_SCREENSHOTS") == "1"
@@ -314,22 +313,8 @@ def test_the_demo_in_a_browser(
     # The owner retrains the drifting model and drops the new version on the deploy page.
     page.click("nav >> text=Deploy")
     content = (home / "models" / f"{DRIFTING}.dill").read_bytes()
-    page.evaluate(DROP_JS, {"b64": base64.b64encode(content).decode(), "name": f"{DRIFTING}.dill"})
+    drop(page, content, f"{DRIFTING}.dill")
     card = page.locator("#model-card")
     expect(card).to_contain_text(DRIFTING, timeout=120_000)
     expect(card).to_contain_text("v2")
     shot(page, "deploy")
-
-
-# A real drop: a File from base64 bytes and the drag events a browser sends with it.
-DROP_JS = """
-async ({b64, name}) => {
-  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-  const data = new DataTransfer();
-  data.items.add(new File([bytes], name, {type: "application/octet-stream"}));
-  const zone = document.querySelector("#dropzone");
-  for (const type of ["dragenter", "dragover", "drop"]) {
-    zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
-  }
-}
-"""

@@ -3,6 +3,7 @@ its pages, and the API calls the browser tests make beside it."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,3 +73,27 @@ def api_upload(url: str, token: str, path: Path) -> int:
         )
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
+
+
+# Build a File from base64 bytes and dispatch the drag events a real drop produces.
+_DROP_JS = """
+async ({b64, name, selector}) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const file = new File([bytes], name, {type: "application/octet-stream"});
+  const data = new DataTransfer();
+  data.items.add(file);
+  const zone = document.querySelector(selector);
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
+  }
+}
+"""
+
+
+def drop(page: Any, content: bytes, name: str) -> None:
+    """Drop a file on the deploy page's zone, once the page's script listens (a drop dispatched
+    before the load event is lost: seen on a loaded machine)."""
+    page.wait_for_load_state("load")
+    page.evaluate(
+        _DROP_JS, {"b64": base64.b64encode(content).decode(), "name": name, "selector": "#dropzone"}
+    )
