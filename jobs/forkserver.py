@@ -6,34 +6,14 @@ python -m mldropd.jobs.forkserver SOCKET_PATH CONFIG_JSON
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
-import warnings
 
 from mldropd.sandbox import probe, syscalls
-from mldropd.sandbox.forkserver import Server
+from mldropd.sandbox.forkserver import Server, import_modules
 
 # Always: what a model host and the trusted side of a batch run import.
 _HOST_MODULES = ("mldropd.jobs.model_host", "mldropd.sandbox.confine", "mldropd.sandbox.seccomp")
-
-
-def preload(names: list[str]) -> list[str]:
-    """Import what is installed of names; return what was imported."""
-    done = []
-    for name in names:
-        try:
-            if importlib.util.find_spec(name.split(".")[0]) is None:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importlib.import_module(name)
-        except Exception as exc:  # a broken optional library must not stop the server
-            print(f"fork server: preloading {name} failed: {exc}", file=sys.stderr)
-            continue
-        done.append(name)
-    return done
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +27,7 @@ def main(argv: list[str]) -> int:
     config["probe"] = probe.as_json(probe.probe(uid if uid is not None else None))
     sys.stdout.write("probe " + json.dumps(config["probe"]) + "\n")
     sys.stdout.flush()
-    config["preloaded"] = preload([*_HOST_MODULES, *config.get("preload", [])])
+    config["preloaded"] = import_modules([*_HOST_MODULES, *config.get("preload", [])])
     Server(socket_path, config).serve()
     return 0
 

@@ -7,9 +7,11 @@ the job's next batches (a backfill's dates, a sweep's retries) instead of starti
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Callable
 
 from mldropd.engines.base import (
@@ -103,16 +105,22 @@ class Engines:
         return self._sandboxes
 
     def prepare(self, pipeline_types: list[str]) -> None:
-        """Start the fork server in the background (it imports while the batch is prepared):
-        a job's own server imports only what its models are made of, not every library
-        [sandbox] preload names (the daemon's long-lived server does that)."""
-        if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
-            from mldropd.sandbox.setup import Sandboxes
+        """Have the fork server import what the models are made of while the batch is prepared:
+        a job's own server is started with just that; the server that forked this job (one
+        `mldropd run` started) is asked for it, in the background (the daemon's long-lived
+        server has [sandbox] preload and imports nothing on request)."""
+        from mldropd.sandbox.setup import Sandboxes
 
-            self._sandboxes = Sandboxes.start(
-                self.settings, wait=False, preload=preload_for(pipeline_types)
-            )
+        modules = preload_for(pipeline_types)
+        if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
+            self._sandboxes = Sandboxes.start(self.settings, wait=False, preload=modules)
             self._owned_sandboxes = True
+            return
+        sandboxes = self.sandboxes()
+        assert isinstance(sandboxes, Sandboxes)
+        threading.Thread(
+            target=_preload, args=(sandboxes, modules), name="preload", daemon=True
+        ).start()
 
     def local(self) -> ScoringEngine:
         from mldropd.engines.local import LocalEngine
@@ -158,3 +166,8 @@ class Engines:
             # No wait: it ends its forks itself (and its lifeline ends it with us).
             self._sandboxes.stop(wait=False)  # type: ignore[attr-defined]
             self._sandboxes = None
+
+
+def _preload(sandboxes: object, modules: list[str]) -> None:
+    with contextlib.suppress(Exception):  # a server gone or failing: the first fork says so
+        sandboxes.server.preload(modules)  # type: ignore[attr-defined]
