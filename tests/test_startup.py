@@ -38,6 +38,7 @@ def test_the_cli_imports_no_database_or_data_library() -> None:
     assert json.loads(_python(code)) == []
 
 
+@pytest.mark.slow  # imports the data libraries: seconds
 def test_the_batch_job_preload_is_complete_and_starts_no_thread() -> None:
     """In a fork server's environment: the batch job's and the DQ's modules start no thread
     of their own (a fork copies only the forking thread; Polars' pool would hang), and what

@@ -60,11 +60,14 @@ class ForkServerError(Exception):
     """The fork server could not be started or reached; the message says what to do."""
 
 
-def import_modules(names: list[str]) -> list[str]:
+def import_modules(names: list[str], between: Callable[[], None] | None = None) -> list[str]:
     """Import what is installed of names (in the fork server: what its children inherit);
-    return what was imported. A broken optional library must not stop the server."""
+    return what was imported. A broken optional library must not stop the server. `between`
+    is called after each module (the server reports its probe as soon as it is done)."""
     done = []
     for name in names:
+        if between is not None:
+            between()
         if not _MODULE_NAME.fullmatch(name):
             print(f"fork server: {name!r} is not a module name", file=sys.stderr)
             continue
