@@ -4,6 +4,7 @@ Polars' (which cannot be preloaded: see BATCH_JOB_MODULES)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -119,3 +120,36 @@ main(["run", "--model", "{model.id}", "--quiet", "--config", "{home / "config.to
     assert (code_, loaded) == (0, []), done.stdout + done.stderr[-3000:]
     assert f"churn_logreg (id {model.id})" in done.stdout
     assert "succeeded, 3000 rows" in done.stdout
+
+
+def test_e2e_phases_add_up_to_the_wall_time() -> None:
+    """Every second of a run is in one phase; a phase whose end is not logged passes its time
+    on to the next one."""
+    from bench.e2e import PHASES, phases
+
+    def event(text: str, at: float) -> dict[str, str]:
+        stamp = dt.datetime.fromtimestamp(at, dt.UTC).isoformat().replace("+00:00", "Z")
+        return {"ts": stamp, "event": text}
+
+    t0 = 1_800_000_000.0
+    log = [
+        event("audit: cli:root run.request model:1", t0 + 0.5),
+        event("batch started with 1 model(s)", t0 + 1.5),
+        event("scoring with the local engine (auto)", t0 + 1.75),
+        event("local engine: 100000 rows", t0 + 2.5),
+        event("model run succeeded rows=100000", t0 + 2.75),
+        event("daemon stopped", t0 + 3.0),
+    ]
+    got = phases(log, t0, t0 + 3.25, PHASES)
+    assert got == {
+        "start_s": 0.5,
+        "fork_s": 1.0,
+        "prepare_s": 0.25,
+        "scoring_s": 0.75,
+        "dq_s": 0.25,
+        "report_s": 0.25,
+        "exit_s": 0.25,
+    }
+    without_scoring = phases([e for e in log if "scoring" not in e["event"]], t0, t0 + 3.25, PHASES)
+    assert without_scoring["prepare_s"] is None and without_scoring["scoring_s"] == 1.0
+    assert sum(v or 0.0 for v in without_scoring.values()) == 3.25
