@@ -40,7 +40,12 @@ def main(argv: list[str]) -> int:
     config["preloaded"] = import_modules(modules, between=report_probe)
     report_probe(wait=True)
     Server(socket_path, config).serve()
-    return 0
+    # Leave at once: serve() has ended every child and removed its files; the interpreter's
+    # tear-down of the data libraries (seconds) would only keep our stderr, which we share
+    # with whoever started us (a script reading `mldropd run`'s output), open.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class _Probe:
