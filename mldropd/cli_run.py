@@ -174,9 +174,9 @@ _OPTIONS = {"date": "--date", "from": "--from", "to": "--to"}  # the service's f
 
 def _start_sandboxes(settings: Any) -> Any:
     """The command's fork server, started before anything else: it probes the sandbox and
-    imports the batch job's libraries while this process plans. The batch job is forked from
-    it (as the daemon's are), then asks it for its models' libraries (Engines.prepare) and
-    imports the DQ's itself meanwhile: the two cores share the imports."""
+    imports the batch job's libraries (the DQ's among them) while this process plans. The
+    batch job is forked from it (as the daemon's are), then asks it for its models' libraries
+    (Engines.prepare), which it imports while the job prepares the batch."""
     from mldropd.engines import preload_for
     from mldropd.sandbox.setup import Sandboxes
 

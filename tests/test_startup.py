@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mldropd.sandbox.environment import clean_environment
-from mldropd.sandbox.setup import BATCH_JOB_MODULES, DQ_MODULES, Sandboxes
+from mldropd.sandbox.setup import BATCH_JOB_MODULES, Sandboxes
 from mldropd.settings import Settings
 
 DATA = ("numpy", "pandas", "pyarrow", "duckdb", "polars", "sklearn", "scipy", "lightgbm")
@@ -41,7 +41,7 @@ def test_the_cli_imports_no_database_or_data_library() -> None:
 
 @pytest.mark.slow  # imports the data libraries: seconds
 def test_the_batch_job_preload_is_complete_and_starts_no_thread() -> None:
-    """In a fork server's environment: the batch job's and the DQ's modules start no thread
+    """In a fork server's environment: the batch job's modules (the DQ's among them) start no thread
     of their own (a fork copies only the forking thread; Polars' pool would hang), and what
     the job imports after its fork brings no library but Polars."""
     code = f"""
@@ -50,7 +50,7 @@ def threads(): return len(os.listdir("/proc/self/task"))
 import numpy, pandas, pyarrow, dill  # the basics every fork server preloads
 import scipy.linalg  # and SciPy's OpenBLAS (its pool is fork-safe), in [sandbox] preload
 before = threads()
-for name in {BATCH_JOB_MODULES + DQ_MODULES!r}:
+for name in {BATCH_JOB_MODULES!r}:
     __import__(name)
 after = threads()
 had = set(sys.modules)
