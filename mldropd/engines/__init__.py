@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mldropd.engines.base import (
     ModelTask,
@@ -24,6 +25,9 @@ from mldropd.engines.base import (
     timeout_of,
 )
 from mldropd.settings import Settings
+
+if TYPE_CHECKING:
+    from mldropd.sandbox.forkserver import ForkServer
 
 __all__ = [
     "EngineUnavailable",
@@ -109,17 +113,21 @@ class Engines:
         a job's own server is started with just that; the server that forked this job (one
         `mldropd run` started) is asked for it, in the background (the daemon's long-lived
         server has [sandbox] preload and imports nothing on request)."""
+        from mldropd.sandbox.forkserver import ForkServer
         from mldropd.sandbox.setup import Sandboxes
 
         modules = preload_for(pipeline_types)
-        if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
+        path = os.environ.get(FORKSERVER_ENV)
+        if self._sandboxes is None and not path:
             self._sandboxes = Sandboxes.start(self.settings, wait=False, preload=modules)
             self._owned_sandboxes = True
             return
-        sandboxes = self.sandboxes()
-        assert isinstance(sandboxes, Sandboxes)
+        # Not connected here: a Spark batch never needs the server, and one that is gone
+        # fails the models that need it, when they do (Engines.local).
+        given = self._sandboxes
+        server = given.server if isinstance(given, Sandboxes) else ForkServer(path or "")
         threading.Thread(
-            target=_preload, args=(sandboxes, modules), name="preload", daemon=True
+            target=_preload, args=(server, modules), name="preload", daemon=True
         ).start()
 
     def local(self) -> ScoringEngine:
@@ -168,6 +176,6 @@ class Engines:
             self._sandboxes = None
 
 
-def _preload(sandboxes: object, modules: list[str]) -> None:
+def _preload(server: ForkServer, modules: list[str]) -> None:
     with contextlib.suppress(Exception):  # a server gone or failing: the first fork says so
-        sandboxes.server.preload(modules)  # type: ignore[attr-defined]
+        server.preload(modules)
