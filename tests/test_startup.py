@@ -117,7 +117,9 @@ main(["run", "--model", "{model.id}", "--quiet", "--config", "{home / "config.to
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=home
     )
     code_, loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (code_, loaded) == (0, []), done.stdout + done.stderr[-3000:]
+    # DuckDB only: the runner counts the slice's rows to know whether the batch goes to the
+    # Spark batch driver (mldropd.batch.driver.uses_spark), before it forks the job.
+    assert (code_, [m for m in loaded if m != "duckdb"]) == (0, []), done.stdout + done.stderr
     assert f"churn_logreg (id {model.id})" in done.stdout
     assert "succeeded, 3000 rows" in done.stdout
 
