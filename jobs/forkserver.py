@@ -6,34 +6,17 @@ python -m mldropd.jobs.forkserver SOCKET_PATH CONFIG_JSON
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
+import os
+import select
 import sys
-import warnings
+import traceback
 
 from mldropd.sandbox import probe, syscalls
-from mldropd.sandbox.forkserver import Server
+from mldropd.sandbox.forkserver import Server, import_modules
 
 # Always: what a model host and the trusted side of a batch run import.
 _HOST_MODULES = ("mldropd.jobs.model_host", "mldropd.sandbox.confine", "mldropd.sandbox.seccomp")
-
-
-def preload(names: list[str]) -> list[str]:
-    """Import what is installed of names; return what was imported."""
-    done = []
-    for name in names:
-        try:
-            if importlib.util.find_spec(name.split(".")[0]) is None:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importlib.import_module(name)
-        except Exception as exc:  # a broken optional library must not stop the server
-            print(f"fork server: preloading {name} failed: {exc}", file=sys.stderr)
-            continue
-        done.append(name)
-    return done
 
 
 def main(argv: list[str]) -> int:
@@ -42,14 +25,79 @@ def main(argv: list[str]) -> int:
     # start us from a short-lived worker thread. Our stdin is a pipe from the process that
     # started us; its end of file (that process gone) stops the server (Server.serve).
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, to be killed
-    # What this kernel lets a sandbox apply, tried before the libraries load (faster forks).
+    # What this kernel lets a sandbox apply, tried in a child forked before the libraries load
+    # (faster forks) while this process imports them: the two share the cores.
     uid = config.get("user_uid", config.get("uid_base"))
-    config["probe"] = probe.as_json(probe.probe(uid if uid is not None else None))
-    sys.stdout.write("probe " + json.dumps(config["probe"]) + "\n")
-    sys.stdout.flush()
-    config["preloaded"] = preload([*_HOST_MODULES, *config.get("preload", [])])
+    found = _start_probe(uid if uid is not None else None)
+
+    def report_probe(wait: bool = False) -> None:
+        if "probe" not in config and (wait or found.poll()):
+            config["probe"] = json.loads(found.result())
+            sys.stdout.write("probe " + json.dumps(config["probe"]) + "\n")
+            sys.stdout.flush()
+
+    modules = [*_HOST_MODULES, *config.get("preload", [])]
+    config["preloaded"] = import_modules(modules, between=report_probe)
+    report_probe(wait=True)
     Server(socket_path, config).serve()
-    return 0
+    # Leave at once: serve() has ended every child and removed its files; the interpreter's
+    # tear-down of the data libraries (seconds) would only keep our stderr, which we share
+    # with whoever started us (a script reading `mldropd run`'s output), open.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+class _Probe:
+    """The probe running in a child process; its JSON comes back through a pipe."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.fd, self.data = pid, fd, b""
+
+    def poll(self) -> bool:
+        """True once the child has sent everything (never blocks)."""
+        ready, _, _ = select.select([self.fd], [], [], 0)
+        while ready:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return True
+            self.data += chunk
+            ready, _, _ = select.select([self.fd], [], [], 0)
+        return False
+
+    def result(self) -> bytes:
+        while True:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                break
+            self.data += chunk
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
+        return self.data or b"{}"
+
+
+def _start_probe(uid: int | None) -> _Probe:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # single-threaded, as the probe needs: nothing has been imported yet
+        code = 1
+        try:
+            os.close(read_fd)
+            _write_all(write_fd, json.dumps(probe.as_json(probe.probe(uid))).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # the server then reports no layer in force
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_fd)
+    return _Probe(pid, read_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.engine import Engine
 
 from mldropd import logs
 from mldropd.errors import MldropdError
 from mldropd.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the database's libraries load when a command needs them
+    from sqlalchemy.engine import Engine
 
 CONFIG_HELP = "Config file (default: $MLDROPD_CONFIG, else ./config.toml)."
 config_option = click.option("--config", type=click.Path(dir_okay=False), help=CONFIG_HELP)

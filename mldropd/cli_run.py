@@ -8,13 +8,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from mldropd import cli_progress as show
 from mldropd.cli_common import config_option, load_config
 from mldropd.errors import MldropdError, ValidationFailed
+
+if TYPE_CHECKING:
+    from mldropd.cli_progress import DatePlan
 
 
 def _parse_day(value: str, hint: str) -> dt.date:
@@ -75,9 +77,6 @@ def run(
     On a terminal a live display shows the dates done, the phase, rows, rate and time left,
     then a table of models x dates; elsewhere (or with --quiet) plain lines.
     """
-    from mldropd.daemon import Daemon
-    from mldropd.services import Services, cli
-
     settings = load_config(config)
     if day and (first or last):
         raise click.UsageError("use either --date or --from/--to")
@@ -88,8 +87,33 @@ def run(
         "first": _parse_day(first, "--from") if first else None,
         "last": _parse_day(last, "--to") if last else None,
     }
+    # First of all: the fork server imports the batch job's libraries while this process
+    # imports its own (the database's) and plans.
+    sandboxes = None if plan_only else _start_sandboxes(settings)
+    try:
+        _run(settings, dates, model_ids, sandboxes, plan_only, quiet, as_json, config)
+    finally:
+        if sandboxes is not None:
+            sandboxes.stop(wait=False)
+
+
+def _run(
+    settings: Any,
+    dates: dict[str, dt.date | None],
+    model_ids: tuple[int, ...],
+    sandboxes: Any,
+    plan_only: bool,
+    quiet: bool,
+    as_json: bool,
+    config: str | None,
+) -> None:
+    from mldropd import cli_progress as show
+    from mldropd.daemon import Daemon
+    from mldropd.sandbox.forkserver import ForkServerError
+    from mldropd.services import Services, cli
+
     daemon = Daemon(settings, with_scheduler=False)
-    services = Services.build(daemon.engine, settings)  # no runner: the batches run here
+    services = Services.build(daemon.engine, settings)  # no queue: the batches run from here
     caller = cli()
     try:  # the rules of a run request are the service's, as for the API and the pages
         planned = services.runs.request(caller, list(model_ids) or None, **dates, queue=False)
@@ -113,9 +137,7 @@ def run(
         for p in planned
     ]
     ours = [p.batch_id for p in plan if p.batch_id is not None]
-    asked = sorted({m for p in planned for m in p.runs})
-    sandboxes = _start_sandboxes(settings, services.models.pipeline_types(caller, asked))
-    daemon.runner.inline_sandboxes = sandboxes
+    daemon.runner.sandboxes = sandboxes  # the job is forked from it, as the daemon's jobs are
     if as_json:
         display = show.messages_only(err=True)
     elif quiet:
@@ -130,8 +152,11 @@ def run(
                 daemon.runner.run_job(ours, retries=False)
             for date_plan in plan:
                 _settle(daemon, services.runs, date_plan, say)
+    except ForkServerError as exc:  # the batch stays pending, for the daemon or a new run
+        daemon.stop()
+        raise click.ClickException(str(exc)) from None
     finally:
-        if sandboxes is not None:
+        if sandboxes is not None:  # it ends its forks itself; no need to wait
             sandboxes.stop(wait=False)
     outcome = show.results(services.runs, plan)
     if as_json:
@@ -147,15 +172,15 @@ def run(
 _OPTIONS = {"date": "--date", "from": "--from", "to": "--to"}  # the service's fields
 
 
-def _start_sandboxes(settings: Any, pipeline_types: list[str]) -> Any:
-    """The job's fork server, started now: it imports the models' libraries (and probes the
-    sandbox) while this process imports the batch job's own and prepares the batch."""
+def _start_sandboxes(settings: Any) -> Any:
+    """The command's fork server, started before anything else: it probes the sandbox and
+    imports the batch job's libraries (the DQ's among them) while this process plans. The
+    batch job is forked from it (as the daemon's are), then asks it for its models' libraries
+    (Engines.prepare), which it imports while the job prepares the batch."""
     from mldropd.engines import preload_for
     from mldropd.sandbox.setup import Sandboxes
 
-    if not pipeline_types:
-        return None
-    return Sandboxes.start(settings, wait=False, preload=preload_for(pipeline_types))
+    return Sandboxes.start(settings, wait=False, batch_jobs=True, preload=preload_for([]))
 
 
 def _exit(code: int) -> None:
@@ -194,7 +219,7 @@ def _print_planned(planned: Any, config: str | None) -> None:
     click.echo(str(planned.batch_id))
 
 
-def _settle(daemon: Any, runs: Any, plan: show.DatePlan, say: Callable[[str], None]) -> None:
+def _settle(daemon: Any, runs: Any, plan: DatePlan, say: Callable[[str], None]) -> None:
     """Score one planned date in the foreground (waiting for late data like the sensor, and for
     runs of the same models in progress elsewhere) until every model's run is over."""
     covering = [r.batch_id for r in runs.runs_by_id(plan.runs.values()).values()]

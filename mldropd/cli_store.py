@@ -11,14 +11,17 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
-from mldropd.records import ModelVersion
-from mldropd.services import ModelService, Services, cli
 from mldropd.store.base import ArtifactStore, manifest_key, sha256_file
+
+if TYPE_CHECKING:  # the database's libraries load when a command needs them
+    from mldropd.records import ModelVersion
+    from mldropd.services import ModelService
 
 # ---- store check ---------------------------------------------------------------------------
 
@@ -97,6 +100,8 @@ def _check_artifact(store: ArtifactStore, row: ModelVersion, scratch: Path) -> l
 
 def check_store(models: ModelService, store: ArtifactStore, work_dir: str) -> StoreReport:
     """Every database artifact exists with its sha256 and manifest; list objects no row uses."""
+    from mldropd.services import cli
+
     report = StoreReport(store=store.describe())
     rows = models.artifacts(cli())
     listed = set(store.list())
@@ -163,6 +168,7 @@ def store_group() -> None:
 def store_check(config: str | None, verbose: bool) -> None:
     """Verify every artifact's presence and sha256 (downloaded) and list orphans; exit 1 on
     problems."""
+    from mldropd.services import Services
     from mldropd.store import make_store
 
     settings = load_config(config)
@@ -199,6 +205,8 @@ def _parse_quota(value: str) -> int | None:
 @config_option
 def set_quota_command(email: str, n: str, config: str | None) -> None:
     """Set EMAIL's quota of active models to N ('default': back to [limits])."""
+    from mldropd.services import Services, cli
+
     settings = load_config(config)
     quota = _parse_quota(n)
     users = Services.build(open_registry(settings), settings).users

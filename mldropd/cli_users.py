@@ -16,7 +16,6 @@ import click
 
 from mldropd.cli_common import config_option, load_config, open_registry
 from mldropd.errors import MldropdError
-from mldropd.services import Services, cli
 from mldropd.settings import Settings
 
 
@@ -30,6 +29,8 @@ def _do(action: Callable[[], Any]) -> Any:
 
 def user_rows(settings: Settings) -> list[dict[str, Any]]:
     """Every user with rights, state, quota in force and active model count, oldest first."""
+    from mldropd.services import Services, cli
+
     users = Services.build(open_registry(settings), settings).users
     return [
         {
@@ -158,6 +159,8 @@ def audit_command(
     limit: int, actor: str | None, action: str | None, as_json: bool, config: str | None
 ) -> None:
     """Print the audit log, newest first: who did what to which object, and when."""
+    from mldropd.services import Services, cli
+
     settings = load_config(config)
     users = Services.build(open_registry(settings), settings).users
     rows = users.audit(cli(), limit=limit, actor=actor, action=action)

@@ -7,10 +7,13 @@ the job's next batches (a backfill's dates, a sweep's retries) instead of starti
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mldropd.engines.base import (
     ModelTask,
@@ -22,6 +25,9 @@ from mldropd.engines.base import (
     timeout_of,
 )
 from mldropd.settings import Settings
+
+if TYPE_CHECKING:
+    from mldropd.sandbox.forkserver import ForkServer
 
 __all__ = [
     "EngineUnavailable",
@@ -103,16 +109,26 @@ class Engines:
         return self._sandboxes
 
     def prepare(self, pipeline_types: list[str]) -> None:
-        """Start the fork server in the background (it imports while the batch is prepared):
-        a job's own server imports only what its models are made of, not every library
-        [sandbox] preload names (the daemon's long-lived server does that)."""
-        if self._sandboxes is None and not os.environ.get(FORKSERVER_ENV):
-            from mldropd.sandbox.setup import Sandboxes
+        """Have the fork server import what the models are made of while the batch is prepared:
+        a job's own server is started with just that; the server that forked this job (one
+        `mldropd run` started) is asked for it, in the background (the daemon's long-lived
+        server has [sandbox] preload and imports nothing on request)."""
+        from mldropd.sandbox.forkserver import ForkServer
+        from mldropd.sandbox.setup import Sandboxes
 
-            self._sandboxes = Sandboxes.start(
-                self.settings, wait=False, preload=preload_for(pipeline_types)
-            )
+        modules = preload_for(pipeline_types)
+        path = os.environ.get(FORKSERVER_ENV)
+        if self._sandboxes is None and not path:
+            self._sandboxes = Sandboxes.start(self.settings, wait=False, preload=modules)
             self._owned_sandboxes = True
+            return
+        # Not connected here: a Spark batch never needs the server, and one that is gone
+        # fails the models that need it, when they do (Engines.local).
+        given = self._sandboxes
+        server = given.server if isinstance(given, Sandboxes) else ForkServer(path or "")
+        threading.Thread(
+            target=_preload, args=(server, modules), name="preload", daemon=True
+        ).start()
 
     def local(self) -> ScoringEngine:
         from mldropd.engines.local import LocalEngine
@@ -158,3 +174,8 @@ class Engines:
             # No wait: it ends its forks itself (and its lifeline ends it with us).
             self._sandboxes.stop(wait=False)  # type: ignore[attr-defined]
             self._sandboxes = None
+
+
+def _preload(server: ForkServer, modules: list[str]) -> None:
+    with contextlib.suppress(Exception):  # a server gone or failing: the first fork says so
+        server.preload(modules)

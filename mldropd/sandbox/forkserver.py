@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
+import importlib.util
 import json
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -34,6 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +53,35 @@ MAX_UID_SLOTS = 65536
 _LEN = struct.Struct("!I")
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 4
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class ForkServerError(Exception):
     """The fork server could not be started or reached; the message says what to do."""
+
+
+def import_modules(names: list[str], between: Callable[[], None] | None = None) -> list[str]:
+    """Import what is installed of names (in the fork server: what its children inherit);
+    return what was imported. A broken optional library must not stop the server. `between`
+    is called after each module (the server reports its probe as soon as it is done)."""
+    done = []
+    for name in names:
+        if between is not None:
+            between()
+        if not _MODULE_NAME.fullmatch(name):
+            print(f"fork server: {name!r} is not a module name", file=sys.stderr)
+            continue
+        try:
+            if importlib.util.find_spec(name.split(".")[0]) is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
+        except Exception as exc:
+            print(f"fork server: importing {name} failed: {exc}", file=sys.stderr)
+            continue
+        done.append(name)
+    return done
 
 
 # -- messages (length-prefixed JSON, with descriptors on the first chunk) ----------------------
@@ -190,6 +219,15 @@ class Server:
         if kind == "ping":
             info = {k: self.config.get(k) for k in ("preloaded", "probe")}
             send_msg(conn, {"pong": os.getpid(), **info})
+            return
+        if kind == "import":  # a job's models need a library the server has not imported yet
+            # Only a server started for one command or job: a long-lived one keeps to its
+            # preload list (an unknown library might start threads and spoil later forks).
+            wanted = [str(m) for m in request.get("modules") or []]
+            done = import_modules(wanted) if self.config.get("import_on_request") else []
+            preloaded = self.config.setdefault("preloaded", [])
+            preloaded += [m for m in done if m not in preloaded]
+            send_msg(conn, {"imported": done})
             return
         if kind == "sandbox":
             child = self._fork_sandbox(Policy.from_dict(request["policy"]), fds)
@@ -531,6 +569,17 @@ class ForkServer:
         channel_fd: a socket it gets as descriptor 3 (the Spark batch driver's requests)."""
         fds = [log_fd] if channel_fd is None else [log_fd, channel_fd]
         return self._request({"kind": "batch", "argv": argv, "env": env, "cwd": cwd}, fds)
+
+    def preload(self, modules: list[str]) -> list[str]:
+        """Have the server import modules (those already imported cost nothing), so the
+        children it forks from now on inherit them; returns what it imported. Other requests
+        wait meanwhile: the server is single-threaded."""
+        self.wait_ready()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket_path)
+            send_msg(conn, {"kind": "import", "modules": list(modules)})
+            reply, _ = recv_msg(conn)
+        return [str(m) for m in reply.get("imported") or []]
 
     def ping(self) -> dict[str, Any]:
         """The server's pid and what it preloaded (a health check)."""

@@ -17,6 +17,17 @@ from mldropd.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# What a trusted batch job imports, preloaded by every fork server that forks batch jobs (the
+# daemon's, `mldropd run`'s), so a batch pays no library import: the job, the local engine,
+# DuckDB (the reader) and the DQ's libraries. Not Polars (the DQ's sampler): it starts its
+# thread pool at import, and the forked child of a process with that pool hangs in its first
+# parallel call; each job imports it itself (tests/test_startup.py keeps this list complete).
+BATCH_JOB_MODULES = [
+    "mldropd.jobs.score_batch", "mldropd.engines.local", "duckdb", "pandas", "scipy.stats",
+    "sklearn.ensemble", "sklearn.inspection", "sklearn.metrics", "sklearn.model_selection",
+]  # fmt: skip
+
+
 class SandboxUnavailable(ConfigError):
     """A required sandbox layer is missing here; the message says how to relax the setting."""
 
@@ -24,11 +35,16 @@ class SandboxUnavailable(ConfigError):
 def fork_server_config(
     settings: Settings, *, batch_jobs: bool = False, preload: list[str] | None = None
 ) -> dict[str, Any]:
-    """preload: the modules to import (default: [sandbox] preload)."""
+    """preload: the modules to import (default: [sandbox] preload). A server given its own
+    list (one command's, one job's) also imports, on request, the libraries of the models its
+    jobs are about to load (ForkServer.preload); the daemon's long-lived server keeps to its
+    list."""
     sb = settings.sandbox
     config: dict[str, Any] = {"uid_base": sb.uid_base, "threads": sb.threads}
     modules = list(sb.preload) if preload is None else list(preload)
-    config["preload"] = modules + (["mldropd.jobs.score_batch"] if batch_jobs else [])
+    if preload is not None:
+        config["import_on_request"] = True
+    config["preload"] = modules + (BATCH_JOB_MODULES if batch_jobs else [])
     if sb.user:
         try:
             entry = pwd.getpwnam(sb.user) if not sb.user.isdigit() else pwd.getpwuid(int(sb.user))
