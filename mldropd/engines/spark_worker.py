@@ -163,6 +163,9 @@ def score_partition(
     from pyspark import TaskContext
 
     owners = _owners(job, specs, blobs, sandbox, memory_mb)
+    for owner in owners.values():  # a task attempt of this job that broke off in this worker
+        while owner.inflight:  # left batches in its hosts: their answers are not this task's
+            owner.collect()
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
     attempt = context.attemptNumber() if context is not None else 0
