@@ -74,17 +74,33 @@ def _register(home: Path, paths: list[Path]) -> tuple[list[int], str]:
     return ids, token
 
 
-def _run(home: Path, args: list[str]) -> dict[str, Any]:
-    """One `mldropd run`: wall time and the phases from its JSON log."""
+def logged_run(
+    home: Path, args: list[str], timeout: float | None = None
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """One `mldropd run` in a fresh process: (start, end, the events of its JSON log)."""
     started = time.time()
     done = subprocess.run(
         [sys.executable, "-m", "mldropd", "run", *args, "--config", str(home / "config.toml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, timeout=timeout,
     )  # fmt: skip
     ended = time.time()
     if done.returncode != 0:
-        raise RuntimeError(f"mldropd run failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
-    events = _json_events(done.stderr + done.stdout)
+        raise RuntimeError(f"mldropd run failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
+    return started, ended, _json_events(done.stderr + done.stdout)
+
+
+def event_time(events: list[dict[str, Any]], fragment: str, last: bool = False) -> float | None:
+    """The time (epoch seconds) of the first (or last) event whose message has `fragment`."""
+    hits = [e for e in events if fragment in str(e.get("event", ""))]
+    if not hits:
+        return None
+    stamp = hits[-1 if last else 0]["ts"]
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _run(home: Path, args: list[str]) -> dict[str, Any]:
+    """One `mldropd run`: wall time and the phases from its JSON log."""
+    started, ended, events = logged_run(home, args)
     wall: dict[str, float | None] = {"wall_s": ended - started}
     return wall | phases(events, started, ended, PHASES)
 
@@ -110,18 +126,10 @@ def phases(
 ) -> dict[str, float | None]:
     """Seconds of each phase, "<phase>_s"; a phase whose end is not in the log is None and its
     time goes to the next phase, so that the phases always add up to ended - started."""
-
-    def at(fragment: str, last: bool) -> float | None:
-        hits = [e for e in events if fragment in str(e.get("event", ""))]
-        if not hits:
-            return None
-        stamp = hits[-1 if last else 0]["ts"]
-        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
     out: dict[str, float | None] = {}
     mark = started
     for name, fragment, last in marks:
-        end = at(fragment, last)
+        end = event_time(events, fragment, last)
         out[f"{name}_s"] = None if end is None else max(0.0, end - mark)
         mark = mark if end is None else max(mark, end)
     out["exit_s"] = max(0.0, ended - mark)

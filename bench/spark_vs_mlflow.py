@@ -119,39 +119,13 @@ def run_mlflow(request: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 # -- side A: mldropd run -------------------------------------------------------------------------
-def logged_run(home: Path, args: list[str]) -> tuple[float, float, list[dict[str, Any]]]:
-    """One `mldropd run` in a fresh process: (start, end, the events of its JSON log)."""
-    started = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "mldropd", "run", *args, "--config", str(home / "config.toml")],
-        capture_output=True, text=True, check=False, timeout=3600,
-    )  # fmt: skip
-    ended = time.time()
-    if done.returncode != 0:
-        raise RuntimeError(f"mldropd run failed: {done.stdout[-1500:]} {done.stderr[-3000:]}")
-    events = []
-    for line in (done.stderr + done.stdout).splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return started, ended, events
-
-
-def at(events: list[dict[str, Any]], fragment: str, last: bool = False) -> float | None:
-    """The time (epoch seconds) of the first (or last) event whose message has `fragment`."""
-    hits = [e for e in events if fragment in str(e.get("event", ""))]
-    if not hits:
-        return None
-    stamp = hits[-1 if last else 0]["ts"]
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def run_mldropd(home: Path, day: dt.date, ids: list[int]) -> dict[str, Any]:
     """Side A: `mldropd run --date D --model ...` in a fresh process; wall time and phases."""
+    from bench.e2e import event_time as at
+    from bench.e2e import logged_run
+
     args = ["--date", day.isoformat(), *[a for i in ids for a in ("--model", str(i))]]
-    started, ended, events = logged_run(home, args)
+    started, ended, events = logged_run(home, args, timeout=3600)
     batch, scoring = at(events, "batch started"), at(events, "scoring with")
     session = at(events, "spark session started")
     scored = at(events, "spark job:", last=True)
