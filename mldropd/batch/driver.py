@@ -33,12 +33,11 @@ import time
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
+from mldropd.batch import ledger
 from mldropd.db import session_scope
-from mldropd.records import BatchRun, ModelRun, ModelVersion
+from mldropd.records import BatchRun
 from mldropd.settings import Settings
-from mldropd.states import ModelRunStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +54,7 @@ def uses_spark(db: Engine, settings: Settings, batch_ids: list[int]) -> bool:
     with session_scope(db) as s:
         for batch_id in batch_ids:
             batch = s.get(BatchRun, batch_id)
-            versions = s.exec(
-                select(ModelVersion)
-                .join(
-                    ModelRun,
-                    (col(ModelRun.model_id) == ModelVersion.model_id)
-                    & (col(ModelRun.model_version) == ModelVersion.version),
-                )
-                .where(ModelRun.batch_id == batch_id, ModelRun.status == ModelRunStatus.PENDING)
-            ).all()
+            versions = [v for _, _, v in ledger.pending_runs(s, batch_id)]
             if batch is not None:
                 planned.append((batch.date, [v.contract.get("params") or {} for v in versions]))
     source = FeatureSource(settings.features)

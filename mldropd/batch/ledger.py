@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from mldropd.batch.plan import lock_for_planning, process_alive
 from mldropd.db import session_scope
@@ -55,6 +55,21 @@ def claim_runner(engine: Engine, batch_id: int, pid: int) -> bool:
         return True
 
 
+def pending_runs(s: Session, batch_id: int) -> list[tuple[ModelRun, Model, ModelVersion]]:
+    """The batch's pending model runs with their model and version."""
+    rows = s.exec(
+        select(ModelRun, Model, ModelVersion)
+        .join(Model, col(Model.id) == ModelRun.model_id)
+        .join(
+            ModelVersion,
+            (col(ModelVersion.model_id) == ModelRun.model_id)
+            & (col(ModelVersion.version) == ModelRun.model_version),
+        )
+        .where(ModelRun.batch_id == batch_id, ModelRun.status == ModelRunStatus.PENDING)
+    ).all()
+    return [(r, m, v) for r, m, v in rows]
+
+
 def claim(engine: Engine, batch_id: int) -> Claimed:
     """Start a pending batch in this process: it and its pending model runs become running.
     Anything else is refused in one sentence (NotRunnable)."""
@@ -67,20 +82,11 @@ def claim(engine: Engine, batch_id: int) -> Claimed:
         assert batch is not None
         batch.status = check_run_transition(batch.status, RunStatus.RUNNING)
         batch.pid, batch.started_at, batch.heartbeat_at = os.getpid(), utcnow(), utcnow()
-        rows = s.exec(
-            select(ModelRun, Model, ModelVersion)
-            .join(Model, col(Model.id) == ModelRun.model_id)
-            .join(
-                ModelVersion,
-                (col(ModelVersion.model_id) == ModelRun.model_id)
-                & (col(ModelVersion.version) == ModelRun.model_version),
-            )
-            .where(ModelRun.batch_id == batch_id, ModelRun.status == ModelRunStatus.PENDING)
-        ).all()
+        rows = pending_runs(s, batch_id)
         for run, _, _ in rows:
             run.status = check_model_run_transition(run.status, ModelRunStatus.RUNNING)
             run.started_at = utcnow()
-        return Claimed(batch.date, [(r, m, v) for r, m, v in rows])
+        return Claimed(batch.date, rows)
 
 
 def refusal(batch: BatchRun | None, batch_id: int) -> str | None:
