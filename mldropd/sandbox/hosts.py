@@ -142,10 +142,7 @@ class ModelHost:
         assert self.sock is not None
         self.sock.settimeout(_IO_TIMEOUT_S)
         try:
-            if kind == p.BATCH:
-                p.send_small_frame(self.sock, kind, slot, parts[0], fd)
-            else:
-                p.send_frame(self.sock, kind, slot, *parts)
+            p.send_frame(self.sock, kind, slot, *parts, fd=fd)
         except TimeoutError:  # a frame may be half sent: the channel is of no use any more
             self.kill()
             return Reply("timeout", f"did not read its input within {_IO_TIMEOUT_S:.0f} s")

@@ -50,25 +50,22 @@ class HostGone(Exception):
     """The host's end of the socket closed (it exited, crashed or was killed)."""
 
 
-def send_frame(sock: socket.socket, kind: int, slot: int, *parts: bytes | memoryview) -> None:
-    """One frame whose body is the parts, in order (no copy of large parts)."""
+def send_frame(
+    sock: socket.socket, kind: int, slot: int, *parts: bytes | memoryview, fd: int | None = None
+) -> None:
+    """One frame whose body is the parts, in order (no copy of large parts); a file
+    descriptor, if any, travels with the header's first byte (recv_header_fds)."""
     length = sum(len(memoryview(p).cast("B")) for p in parts)
-    sock.sendall(HEADER.pack(kind, slot, length))
+    header = HEADER.pack(kind, slot, length)
+    if fd is None:
+        sock.sendall(header)
+    else:
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        sent = sock.sendmsg([header], rights)
+        if sent < len(header):
+            sock.sendall(header[sent:])
     for part in parts:
         sock.sendall(part)
-
-
-def send_small_frame(
-    sock: socket.socket, kind: int, slot: int, body: bytes, fd: int | None
-) -> None:
-    """A short frame in one message, with a file descriptor attached to its first byte."""
-    data = HEADER.pack(kind, slot, len(body)) + body
-    if fd is None:
-        sock.sendall(data)
-        return
-    sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    if sent < len(data):
-        sock.sendall(data[sent:])
 
 
 def recv_exact(sock: socket.socket, view: memoryview) -> None:
