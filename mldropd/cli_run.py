@@ -92,7 +92,7 @@ def run(
     sandboxes = None if plan_only else _start_sandboxes(settings)
     try:
         _run(settings, dates, model_ids, sandboxes, plan_only, quiet, as_json, config)
-    finally:
+    finally:  # it ends its forks itself; no need to wait
         if sandboxes is not None:
             sandboxes.stop(wait=False)
 
@@ -155,9 +155,6 @@ def _run(
     except ForkServerError as exc:  # the batch stays pending, for the daemon or a new run
         daemon.stop()
         raise click.ClickException(str(exc)) from None
-    finally:
-        if sandboxes is not None:  # it ends its forks itself; no need to wait
-            sandboxes.stop(wait=False)
     outcome = show.results(services.runs, plan)
     if as_json:
         show.print_json(plan, outcome)
