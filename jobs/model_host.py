@@ -131,9 +131,13 @@ def _score(
             check_scores(scores, batch.num_rows)
         except ModelOutputError as exc:
             _error(sock, slot, str(exc))
+            del models[slot]
             continue
         except BaseException as exc:  # the model's own failure: it fails alone
             _error(sock, slot, describe_model_error(exc))
+            # A failed model is done for the run: the batches already queued here skip it at
+            # once (they answer "not loaded"), so it cannot hang its owner's other models there.
+            del models[slot]
             continue
         data = np.ascontiguousarray(scores, dtype=np.float64)  # a column of predict_proba
         p.send_frame(sock, p.SCORES, slot, data.data.cast("B"))

@@ -199,3 +199,36 @@ def test_pipelined_batches_survive_failures_and_a_host_crash(
         outcomes[2].error
     )
     assert "crashed its sandbox on batch 3" in str(outcomes[3].error)
+
+
+def test_a_failed_model_is_not_run_on_the_batches_already_queued(
+    tmp_path: Path, sandboxes: Any
+) -> None:
+    """A model that raises on batch 0 was also sent batch 1 (pipelined): the host skips it
+    there, so its hang on batch 1 never holds up its owner's other model."""
+    import time
+
+    parts = [_slice(0, 2000)]
+    settings = _features(tmp_path / "features", parts, row_group_size=500)
+
+    def raises_then_hangs(frame: Any) -> Any:
+        if int(frame["entity_id"].iloc[0]) == 0:
+            raise RuntimeError("late upstream value")
+        time.sleep(3600)
+        return np.zeros(len(frame))
+
+    def good(frame: Any) -> Any:
+        return frame["x"].to_numpy() * 2
+
+    features = ["entity_id", "x"]
+    tasks = [
+        _task(tmp_path, 1, raises_then_hangs, features, timeout_s=120),
+        _task(tmp_path, 2, good, features),
+    ]
+    started = time.monotonic()
+    outcomes = _run(sandboxes, settings, tasks, batch_rows=500)
+    assert time.monotonic() - started < 60, "the other model waited out the failed one's limit"
+    assert "scoring batch 0 (500 rows) failed: RuntimeError: late upstream value" in str(
+        outcomes[1].error
+    )
+    assert outcomes[2].ok and outcomes[2].rows == 2000

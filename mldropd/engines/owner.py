@@ -159,7 +159,7 @@ class OwnerScorer:
             reply = self.host.reply(slot, sent.batch.num_rows, since, model.remaining)
             model.used += reply.seconds
             since = self.answered_at = time.monotonic()
-            if slot not in self.live:  # it failed on a later batch's turn: nothing it says counts
+            if slot not in self.live:  # it failed on an earlier batch: nothing it says counts
                 pass
             elif reply.kind == "scores":
                 results[slot] = reply.value
