@@ -15,7 +15,6 @@ expect, a slot it did not ask for, or a length above what that kind may carry (s
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
@@ -57,13 +56,8 @@ def send_frame(
     descriptor, if any, travels with the header's first byte (recv_header_fds)."""
     length = sum(len(memoryview(p).cast("B")) for p in parts)
     header = HEADER.pack(kind, slot, length)
-    if fd is None:
-        sock.sendall(header)
-    else:
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-        sent = sock.sendmsg([header], rights)
-        if sent < len(header):
-            sock.sendall(header[sent:])
+    sent = socket.send_fds(sock, [header], [fd]) if fd is not None else 0
+    sock.sendall(header[sent:])
     for part in parts:
         sock.sendall(part)
 
@@ -87,11 +81,7 @@ def recv_header(sock: socket.socket) -> tuple[int, int, int]:
 
 def recv_header_fds(sock: socket.socket) -> tuple[int, int, int, list[int]]:
     """A header and the file descriptors that came with it (the host's side)."""
-    fds = array.array("i")
-    msg, ancillary, _flags, _addr = sock.recvmsg(HEADER.size, socket.CMSG_SPACE(4 * fds.itemsize))
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    msg, fds, _flags, _addr = socket.recv_fds(sock, HEADER.size, 4)
     if not msg:
         for fd in fds:
             os.close(fd)
