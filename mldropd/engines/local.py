@@ -20,13 +20,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import pyarrow as pa
 
 from mldropd.batch.keys import KeyFilters
 from mldropd.engines.base import ModelTask, Outcome, Progress, ScoringRequest
 from mldropd.engines.local_io import Output, Prefetch, ScoreWriter, read_batches
-from mldropd.engines.owner import OwnerScorer
+from mldropd.engines.owner import Collected, OwnerScorer
 from mldropd.sandbox.forkserver import ForkServerError
 from mldropd.sandbox.setup import Sandboxes
 
@@ -112,7 +111,7 @@ class LocalEngine:
                     view = views.get(o.entity_key, read)
                     batch = view if o.live and view.num_rows else None
                     if batch is not None or o.inflight:
-                        steps[o] = pool.submit(_step, o, batch, index)
+                        steps[o] = pool.submit(o.step, batch, index)
                 if observe is not None:  # while the hosts score
                     observe(read)
                 _write_scores(steps, outputs, writer)
@@ -123,7 +122,7 @@ class LocalEngine:
                     progress("scoring", {i: o.rows for i, o in outputs.items() if not o.failed})
             # the batches still in the hosts
             _write_scores(
-                {o: pool.submit(_step, o, None, -1) for o in owners if o.inflight}, outputs, writer
+                {o: pool.submit(o.step, None) for o in owners if o.inflight}, outputs, writer
             )
             _discard_failed(owners, outputs, writer)
             writer.check()
@@ -168,22 +167,8 @@ class LocalEngine:
         return outcomes
 
 
-def _step(
-    owner: OwnerScorer, batch: pa.RecordBatch | None, index: int
-) -> list[tuple[pa.RecordBatch, dict[int, np.ndarray]]]:
-    """Send the owner's host its next batch, then take the answers to the one before: the
-    host scores batch n while batch n+1 waits for it. No batch: take every answer due."""
-    if batch is not None:
-        owner.send(batch, index)
-    waiting = 1 if batch is not None else 0
-    collected = []
-    while len(owner.inflight) > waiting and (got := owner.collect()) is not None:
-        collected.append(got)
-    return collected
-
-
 def _write_scores(
-    steps: dict[OwnerScorer, Future[list[tuple[pa.RecordBatch, dict[int, np.ndarray]]]]],
+    steps: dict[OwnerScorer, Future[list[Collected]]],
     outputs: dict[int, Output],
     writer: ScoreWriter,
 ) -> None:

@@ -32,6 +32,10 @@ def timeout_text(limit: float) -> str:
     )
 
 
+# A batch sent to a host (every column the engine has) and the scores of its live models.
+Collected = tuple[pa.RecordBatch, dict[int, np.ndarray]]
+
+
 @dataclass
 class _Sent:
     """A batch handed to the host, and the models asked to answer it, in order."""
@@ -144,7 +148,7 @@ class OwnerScorer:
         self.inflight.append(sent)
         self._transmit(sent)
 
-    def collect(self) -> tuple[pa.RecordBatch, dict[int, np.ndarray]] | None:
+    def collect(self) -> Collected | None:
         """The oldest batch sent and the scores of its live models (failed ones are in
         self.errors); None when nothing is in flight."""
         if not self.inflight:
@@ -181,13 +185,16 @@ class OwnerScorer:
             since = time.monotonic()
         return sent.batch, results
 
-    def score(self, batch: pa.RecordBatch, index: int) -> dict[int, np.ndarray]:
-        """Scores of every live model on this one batch, not pipelined (failed models are in
-        self.errors)."""
-        assert not self.inflight, "score() after send() without collect()"
-        self.send(batch, index)
-        collected = self.collect()
-        return collected[1] if collected is not None else {}
+    def step(self, batch: pa.RecordBatch | None, index: int = -1) -> list[Collected]:
+        """Send the host its next batch, then take the answers to the one before: the host
+        scores batch n while batch n+1 waits in it. No batch: take every answer still due."""
+        if batch is not None:
+            self.send(batch, index)
+        waiting = 1 if batch is not None else 0
+        collected = []
+        while len(self.inflight) > waiting and (got := self.collect()) is not None:
+            collected.append(got)
+        return collected
 
     def _transmit(self, sent: _Sent) -> None:
         """Send a batch to the host. A host that cannot take it is dead: collect() finds

@@ -164,8 +164,7 @@ def score_partition(
 
     owners = _owners(job, specs, blobs, sandbox, memory_mb)
     for owner in owners.values():  # a task attempt of this job that broke off in this worker
-        while owner.inflight:  # left batches in its hosts: their answers are not this task's
-            owner.collect()
+        owner.step(None)  # left batches in its hosts: their answers are not this task's
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
     attempt = context.attemptNumber() if context is not None else 0
@@ -183,9 +182,8 @@ def score_partition(
         for slot in owner.models
     }
 
-    def write(owner: Any, collected: tuple[pa.RecordBatch, dict[int, Any]] | None) -> None:
-        if collected is not None:
-            view, results = collected
+    def write(owner: Any, collected: list[Any]) -> None:
+        for view, results in collected:
             keys = view.column(view.schema.get_field_index(owner.entity_key))
             for slot, scores in results.items():
                 outputs[owner.models[slot].task.model_run_id].write(keys, scores)
@@ -195,13 +193,9 @@ def score_partition(
         if batch.num_rows == 0:  # models need not cope with empty input (local never sends it)
             continue
         for owner in owners.values():
-            if owner.live:
-                owner.send(batch, index)
-            while len(owner.inflight) > 1:
-                write(owner, owner.collect())
+            write(owner, owner.step(batch, index))
     for owner in owners.values():
-        while owner.inflight:
-            write(owner, owner.collect())
+        write(owner, owner.step(None))
     for owner in owners.values():
         for slot, model in owner.models.items():
             run_id = model.task.model_run_id
