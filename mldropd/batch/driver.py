@@ -26,7 +26,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 import select as fd_select
 import socket
 import time
@@ -135,10 +134,7 @@ class SparkDriver:
         """The job's exit code: the driver's answer, or its own if it ended (None: killed)."""
         if self._answer is not None:
             return int(self._answer.get("exit", 1))
-        status = self.job.status
-        if status is not None and status != -1 and os.WIFEXITED(status):
-            return os.WEXITSTATUS(status)
-        return None
+        return self.job.exit_code
 
     def kill(self) -> None:
         self.job.kill()

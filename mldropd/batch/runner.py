@@ -288,14 +288,8 @@ class Runner:
         stalled = self._watch(lambda t: job.wait(timeout=t) is not None, job.kill, batch_ids)
         self._current = None
         pump.join(timeout=5)
-        status = job.status
         job.close()
-        code = (
-            os.WEXITSTATUS(status)
-            if status is not None and status != -1 and os.WIFEXITED(status)
-            else None
-        )
-        return code, _describe(status), stalled
+        return job.exit_code, _describe(job.status), stalled
 
     def _run_on_driver(self, argv: list[str], batch_ids: list[int]) -> tuple[int | None, str, bool]:
         """The batches as one job of the Spark batch driver (started if none is kept)."""

@@ -453,6 +453,13 @@ class Forked:
         self.maxrss_kb = int(message.get("maxrss_kb") or 0)
         return self.status
 
+    @property
+    def exit_code(self) -> int | None:
+        """Its exit code once it has exited (None: running, killed, or the server went away)."""
+        if self.status is None or self.status == -1 or not os.WIFEXITED(self.status):
+            return None
+        return os.WEXITSTATUS(self.status)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
