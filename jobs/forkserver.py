@@ -66,11 +66,8 @@ class _Probe:
         return False
 
     def result(self) -> bytes:
-        while True:
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                break
-            self.data += chunk
+        while not self.poll():
+            select.select([self.fd], [], [])
         os.close(self.fd)
         os.waitpid(self.pid, 0)
         return self.data or b"{}"
@@ -83,7 +80,8 @@ def _start_probe(uid: int | None) -> _Probe:
         code = 1
         try:
             os.close(read_fd)
-            _write_all(write_fd, json.dumps(probe.as_json(probe.probe(uid))).encode())
+            with open(write_fd, "wb") as pipe:
+                pipe.write(json.dumps(probe.as_json(probe.probe(uid))).encode())
             code = 0
         except BaseException:
             traceback.print_exc()  # the server then reports no layer in force
@@ -92,12 +90,6 @@ def _start_probe(uid: int | None) -> _Probe:
             os._exit(code)
     os.close(write_fd)
     return _Probe(pid, read_fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

@@ -125,10 +125,10 @@ def serve(channel: socket.socket) -> int:
             line, _, pending = pending.partition(b"\n")
             argv = list(json.loads(line)["argv"])
             settings = _settings(argv[0])
-            if json.dumps(settings.to_dict(), sort_keys=True) != key:  # a new config: anew
+            if (new_key := json.dumps(settings.to_dict(), sort_keys=True)) != key:  # new config
                 if engines is not None:
                     engines.close()
-                key = json.dumps(settings.to_dict(), sort_keys=True)
+                key = new_key
                 logs.configure(settings.server.log_format, settings.server.log_level)
                 engines, db = Engines(settings), make_engine(settings.database.path)
             code = _run(argv, settings, engines=engines, engine=db)
