@@ -21,14 +21,14 @@ def test_the_host_reads_what_was_put_and_buffers_are_reused() -> None:
     try:
         sent = []
         for seed in range(4):  # two in flight at a time, as the engine sends them
-            index, length, fd = ring.put(_batch(1000, seed))
+            index, length, fd = ring.put(_batch(1000, seed), answers=1)
             if fd is not None:
                 host.adopt(index, os.dup(fd))
             sent.append((index, length, seed))
             if len(sent) == 2:
                 first, length0, seed0 = sent.pop(0)
                 assert host.batch(first, length0).equals(_batch(1000, seed0))
-                ring.release(first)
+                ring.answered()
         assert len(ring.buffers) == 2  # the two buffers served all four batches
     finally:
         ring.close()
@@ -37,11 +37,11 @@ def test_the_host_reads_what_was_put_and_buffers_are_reused() -> None:
 def test_a_buffer_grows_for_a_larger_batch_and_is_shared_again() -> None:
     ring, host = BatchRing("test"), HostBuffers()
     try:
-        index, length, fd = ring.put(_batch(10))
+        index, length, fd = ring.put(_batch(10), answers=1)
         assert fd is not None
         host.adopt(index, os.dup(fd))
-        ring.release(index)
-        again, length, fd = ring.put(_batch(5000, 1))
+        ring.answered()
+        again, length, fd = ring.put(_batch(5000, 1), answers=1)
         assert again == index and fd is not None  # grew: the host must map it anew
         host.adopt(again, os.dup(fd))
         assert host.batch(again, length).equals(_batch(5000, 1))
@@ -54,7 +54,7 @@ def test_the_host_cannot_resize_a_buffer_under_the_trusted_mapping() -> None:
     would end the batch job), or grow it to take memory. The size is sealed."""
     ring = BatchRing("test")
     try:
-        index, _length, fd = ring.put(_batch(1000))
+        index, _length, fd = ring.put(_batch(1000), answers=1)
         assert fd is not None
         theirs = os.dup(fd)  # what the host receives
         try:
@@ -63,7 +63,7 @@ def test_the_host_cannot_resize_a_buffer_under_the_trusted_mapping() -> None:
                     os.ftruncate(theirs, size)
         finally:
             os.close(theirs)
-        ring.release(index)
-        ring.put(_batch(1000, 1))  # the trusted side writes again, unharmed
+        ring.answered()
+        ring.put(_batch(1000, 1), answers=1)  # the trusted side writes again, unharmed
     finally:
         ring.close()

@@ -55,8 +55,6 @@ class ModelHost:
         self.peak_mb = 0.0  # the host's peak RSS, known once it has ended
         self._drain: threading.Thread | None = None
         self.ring = shm.BatchRing(label)
-        # the batches sent and not fully answered, oldest first: [buffer, answers still due]
-        self._unanswered: collections.deque[list[int]] = collections.deque()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,20 +120,14 @@ class ModelHost:
     def send_batch(self, slots: list[int], batch: pa.RecordBatch) -> Reply | None:
         """One record batch for the given models (None when sent). It goes through a shared
         buffer; it may be sent before the answers to the batches before it are read."""
-        buffer, length, fd = self.ring.put(batch)
-        self._unanswered.append([buffer, len(slots)])
+        buffer, length, fd = self.ring.put(batch, answers=len(slots))
         return self._send(p.BATCH, 0, p.batch_body(slots, buffer, length), fd=fd)
 
     def reply(self, slot: int, rows: int, since: float, limit_s: float) -> Reply:
         """The scores of `slot` for the oldest batch not fully answered (the clock started at
         `since`)."""
         reply = self._reply(slot, rows, since, limit_s)
-        if self._unanswered:
-            oldest = self._unanswered[0]
-            oldest[1] -= 1
-            if oldest[1] <= 0:  # every model has answered: its buffer may be written again
-                self.ring.release(oldest[0])
-                self._unanswered.popleft()
+        self.ring.answered()
         return reply
 
     def _send(self, kind: int, slot: int, *parts: Any, fd: int | None = None) -> Reply | None:

@@ -16,6 +16,7 @@ buffer is written again only after the host has answered every model of the batc
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import mmap
@@ -50,17 +51,21 @@ class _Buffer:
 
 @dataclass
 class BatchRing:
-    """The trusted side's buffers for one host; `busy` ones hold batches not answered yet."""
+    """The trusted side's buffers for one host, and the answers still due to each batch in
+    them (oldest first: the host answers in order)."""
 
     name: str
     buffers: list[_Buffer] = field(default_factory=list)
-    busy: set[int] = field(default_factory=set)
+    # [buffer, answers still due] of the batches sent and not fully answered
+    due: collections.deque[list[int]] = field(default_factory=collections.deque)
 
-    def put(self, batch: pa.RecordBatch) -> tuple[int, int, int | None]:
-        """Write the batch into a free buffer: (its index, the length, the descriptor to send
-        along when the host does not have this buffer yet, else None)."""
+    def put(self, batch: pa.RecordBatch, answers: int) -> tuple[int, int, int | None]:
+        """Write the batch, which `answers` models will answer, into a free buffer: (its index,
+        the length, the descriptor to send along when the host does not have it yet, else
+        None)."""
         size = stream_size(batch)
-        index = next((i for i in range(len(self.buffers)) if i not in self.busy), None)
+        busy = {index for index, _ in self.due}
+        index = next((i for i in range(len(self.buffers)) if i not in busy), None)
         if index is None:
             index = len(self.buffers)
             self.buffers.append(self._new(size))
@@ -69,20 +74,24 @@ class BatchRing:
             self.buffers[index] = self._new(int(size * _GROWTH))
         buffer = self.buffers[index]
         _write(pa.FixedSizeBufferWriter(pa.py_buffer(buffer.view)), batch)
-        self.busy.add(index)
+        self.due.append([index, answers])
         fd = None if buffer.shared else buffer.fd
         buffer.shared = True
         return index, size, fd
 
-    def release(self, index: int) -> None:
-        """The host has answered every model of the batch in this buffer."""
-        self.busy.discard(index)
+    def answered(self) -> None:
+        """The host answered one model of the oldest batch; once every model has, its buffer
+        may be written again."""
+        if self.due:
+            self.due[0][1] -= 1
+            if self.due[0][1] <= 0:
+                self.due.popleft()
 
     def close(self) -> None:
         for buffer in self.buffers:
             self._drop(buffer)
         self.buffers.clear()
-        self.busy.clear()
+        self.due.clear()
 
     def _new(self, size: int) -> _Buffer:
         fd = os.memfd_create(f"mldropd-{self.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
