@@ -31,16 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bench.engine_limit import raw_predict, read_union
 from bench.perf_common import (
     KEY,
-    ROW_GROUP,
-    feature_names,
     feature_settings,
     median,
     mixed_specs,
@@ -49,32 +44,13 @@ from bench.perf_common import (
     start_sandboxes,
     target_row,
     task_dicts,
+    write_features,
     write_result,
 )
 
 REFERENCE_DAY = dt.date(2026, 1, 14)
 CURRENT_DAY = dt.date(2026, 1, 15)
 SHIFTED = {"f03": 0.05, "f17": 0.1}  # a mild drift on the current day: features moved by sd
-
-
-def write_day(root: Path, day: dt.date, rows: int, n_features: int, seed: int, drift: bool) -> None:
-    """One hive partition of entity_id + n_features doubles (the same entities every day)."""
-    folder = root / f"dt={day.isoformat()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = feature_names(n_features)
-    schema = pa.schema([(KEY, pa.int64())] + [(n, pa.float64()) for n in names])
-    rng = np.random.default_rng(seed)
-    with pq.ParquetWriter(folder / "part-0.parquet", schema) as writer:
-        for start in range(0, rows, ROW_GROUP):
-            n = min(ROW_GROUP, rows - start)
-            values = rng.standard_normal((n_features, n))
-            if drift:
-                for name, shift in SHIFTED.items():
-                    if name in names:
-                        values[names.index(name)] += shift
-            arrays = [pa.array(np.arange(start, start + n, dtype=np.int64))]
-            arrays += [pa.array(values[i]) for i in range(n_features)]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
 
 def score_day(root: Path, day: dt.date, tasks: list[Any], batch_rows: int, sandboxes: Any) -> float:
@@ -235,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [("batch", w) for w in sorted({1, args.workers})] + [("read", args.workers)]
     try:
         root, scores = tmp / "features", tmp / "scores"
-        write_day(root, REFERENCE_DAY, args.rows, args.features, seed=3, drift=False)
-        write_day(root, CURRENT_DAY, args.rows, args.features, seed=4, drift=True)
+        write_features(root, args.rows, args.features, day=REFERENCE_DAY, seed=3)
+        write_features(root, args.rows, args.features, day=CURRENT_DAY, seed=4, shift=SHIFTED)
         specs = mixed_specs(args.features, args.models, args.lgbm)
         paths = save_models(tmp / "models", specs, args.features, args.rows)
         cur_tasks = task_dicts(paths, specs, tmp / "staged")

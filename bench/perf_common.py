@@ -31,11 +31,17 @@ def feature_names(n: int) -> list[str]:
 
 
 def write_features(
-    root: Path, rows: int, n_features: int, *, day: dt.date = DAY, seed: int = 3
+    root: Path,
+    rows: int,
+    n_features: int,
+    *,
+    day: dt.date = DAY,
+    seed: int = 3,
+    shift: dict[str, float] | None = None,
 ) -> Path:
-    """One hive partition root/dt=DAY/part-0.parquet: entity_id + n_features doubles.
-
-    Written chunk by chunk, so 10M rows never sit in memory at once."""
+    """One hive partition root/dt=DAY/part-0.parquet: entity_id + n_features doubles (standard
+    normal, the named features moved by `shift` standard deviations; the same entities every
+    day). Written chunk by chunk, so 10M rows never sit in memory at once."""
     folder = root / f"dt={day.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "part-0.parquet"
@@ -46,6 +52,9 @@ def write_features(
         for start in range(0, rows, ROW_GROUP):
             n = min(ROW_GROUP, rows - start)
             values = rng.standard_normal((n_features, n))
+            for name, by in (shift or {}).items():
+                if name in names:
+                    values[names.index(name)] += by
             arrays = [pa.array(np.arange(start, start + n, dtype=np.int64))]
             arrays += [pa.array(values[i]) for i in range(n_features)]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
