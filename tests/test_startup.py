@@ -87,6 +87,45 @@ def test_a_fork_server_imports_on_request_only_when_started_for_one_command(
 
 
 @pytest.mark.slow
+def test_a_model_cannot_make_a_fork_server_import_a_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a model's load code (it runs in the sandbox) sets its class's `__module__` to
+    "venv.__main__", so the pipeline type it reports names a module that runs `python -m venv`
+    when imported: with the fork server's own arguments (it builds environments there) and
+    then SystemExit, which ends the server. A job's server imports the models' modules ahead
+    of loading them, outside any sandbox; only modules of the preloaded libraries are."""
+    from mldropd.engines import FORKSERVER_ENV, Engines, preload_for
+
+    monkeypatch.delenv(FORKSERVER_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # were the guard gone, what venv builds lands here
+    settings = Settings()
+    settings.server.work_dir = str(tmp_path)
+    settings.sandbox.preload = ["json"]  # the operator's libraries: json alone
+    hostile = ["venv.__main__.Model", "this.Model", "json.decoder.JSONDecoder"]
+    assert preload_for(hostile, settings.sandbox.preload)[-1] == "json.decoder"
+    # A job's own fork server, started with what its models are made of (mldropd run's job
+    # asks its command's server the same list, on request).
+    engines = Engines(settings)
+    engines.prepare(hostile)
+    try:
+        server = engines.sandboxes().server  # type: ignore[attr-defined]
+        preloaded = server.ping()["preloaded"]  # the server is alive, and says what it imported
+        assert "json.decoder" in preloaded
+        assert not {"venv.__main__", "this"} & set(preloaded)
+        own = Sandboxes.start(settings, preload=["json"])  # as `mldropd run` starts one
+        try:
+            asked = own.server.preload(preload_for(hostile, settings.sandbox.preload))
+            assert "json.decoder" in asked and "venv.__main__" not in asked
+            assert own.server.ping()["pong"]
+        finally:
+            own.stop()
+    finally:
+        engines.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mldropd")) == []
+
+
+@pytest.mark.slow
 def test_mldropd_run_forks_its_batch_job_and_loads_no_data_library(
     home: Path, settings: Settings, model_files: dict[str, Path]
 ) -> None:

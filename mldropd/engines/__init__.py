@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mldropd.engines.base import (
@@ -62,11 +62,19 @@ def under_spark_submit() -> bool:
 _BASE_PRELOAD = ["numpy", "pandas", "pyarrow", "dill"]
 
 
-def preload_for(pipeline_types: list[str]) -> list[str]:
+def preload_for(pipeline_types: list[str], libraries: Sequence[str] = ()) -> list[str]:
     """The modules a job's fork server imports: the basics, and the modules the models' classes
-    come from ("lightgbm.sklearn.LGBMClassifier" -> lightgbm.sklearn)."""
+    come from ("lightgbm.sklearn.LGBMClassifier" -> lightgbm.sklearn).
+
+    A pipeline type is the model's word (its class's `__module__` is whatever the model set), and
+    the fork server is trusted: it imports a model's module only inside a library the operator
+    preloads anyway (`libraries`: [sandbox] preload; their packages' top level) and never a
+    `__main__` (some run a program when imported: `venv.__main__` builds a virtual environment
+    from the server's own arguments). Anything else the host imports itself, in its sandbox."""
+    allowed = {name.split(".")[0] for name in libraries}
     modules = [t.rsplit(".", 1)[0] for t in pipeline_types if "." in t]
-    return list(dict.fromkeys(_BASE_PRELOAD + [m for m in modules if m != "builtins"]))
+    wanted = [m for m in modules if m.split(".")[0] in allowed and "__main__" not in m.split(".")]
+    return list(dict.fromkeys(_BASE_PRELOAD + wanted))
 
 
 class Engines:
@@ -116,7 +124,7 @@ class Engines:
         from mldropd.sandbox.forkserver import ForkServer
         from mldropd.sandbox.setup import Sandboxes
 
-        modules = preload_for(pipeline_types)
+        modules = preload_for(pipeline_types, self.settings.sandbox.preload)
         path = os.environ.get(FORKSERVER_ENV)
         if self._sandboxes is None and not path:
             self._sandboxes = Sandboxes.start(self.settings, wait=False, preload=modules)

@@ -115,6 +115,8 @@ class SparkEngine:
             "key_filters": list(request.key_filters),
         }
         timeouts = {t.model_run_id: t.timeout_s for t in request.tasks}
+        types = [t.pipeline_type for t in request.tasks]
+        preload = preload_for(types, self.sandbox.preload)  # the executors' fork servers'
         sampler = _Sampler(request, observe) if observe is not None else None
         try:
             outcomes = score_with_spark(
@@ -123,8 +125,7 @@ class SparkEngine:
                 timeouts=timeouts,
                 spark=self.session,
                 heartbeat=heartbeat,
-                sandbox=dataclasses.asdict(self.sandbox)
-                | {"preload": preload_for([t.pipeline_type for t in request.tasks])},
+                sandbox=dataclasses.asdict(self.sandbox) | {"preload": preload},
             )
         finally:
             if sampler is not None:
