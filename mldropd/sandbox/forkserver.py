@@ -172,15 +172,24 @@ class Server:
                 self._reap()
                 self._kill_orphans()
         finally:
-            for child in list(self.children.values()):
-                _kill(child.pid)
-            self._reap(block_s=5.0)
+            self._end_all(block_s=5.0)
             shutil.rmtree(self.root_mount, ignore_errors=True)
             with contextlib.suppress(OSError):
                 os.unlink(self.socket_path)
 
     def _stop(self, *_: object) -> None:
         self.running = False
+
+    def _end_all(self, block_s: float) -> None:
+        """Kill and reap every child, and every process that comes to us as they die (a
+        sandbox's inner process, which its death signal is still ending): whoever waits for
+        the server then finds nothing it started running."""
+        deadline = time.monotonic() + block_s
+        while (left := set(self.children) | set(_my_children())) and (time.monotonic() < deadline):
+            for pid in left:
+                _kill(pid)
+            self._reap()
+            time.sleep(0.01)
 
     def _on_conn(self, conn: socket.socket) -> None:
         child = self.by_conn.get(conn)
