@@ -203,7 +203,8 @@ class SandboxSettings:
         ["numpy", "pandas", "pyarrow", "scipy", "sklearn", "sklearn.pipeline",
          "sklearn.linear_model", "sklearn.ensemble", "sklearn.preprocessing", "sklearn.compose",
          "sklearn.impute", "dill", "lightgbm", "xgboost", "catboost"],
-        "Modules the fork server imports once, so model hosts start without importing them.",
+        "Modules the fork server imports once, so model hosts start without importing them; "
+        "a model's own module (its class's) is imported ahead only inside these libraries.",
     )  # fmt: skip
     max_processes: int = _opt(64, "RLIMIT_NPROC of a sandbox: processes and threads it may have.")
     max_file_mb: int = _opt(256, "RLIMIT_FSIZE of a sandbox: the largest file it may write.")
