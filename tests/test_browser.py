@@ -209,3 +209,40 @@ def journey(page: Any, url: str, token: str, model_files: dict[str, Path]) -> No
         f"{url}/api/v1/models/{model_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
     )
     assert gone.status_code == 404
+
+
+# A user's choice made before htmx has wired the page (a fast click, a slow machine): run just
+# before dropzone.js (its listeners not there yet) or just after it (htmx not yet ready).
+EARLY_CHOICE = """
+;(function () {
+  const kind = document.getElementById("schedule-kind");
+  if (!kind) return;
+  kind.value = "weekly";
+  kind.dispatchEvent(new Event("change"));
+})();
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_schedule_chosen_before_htmx_is_ready_is_still_previewed(
+    page: Any, daemon: Callable[..., Any], make_user: Callable[..., str], when: str
+) -> None:
+    from playwright.sync_api import expect
+
+    token = make_user("ann@example.com")
+    served = daemon()
+
+    def early_choice(route: Any) -> None:
+        original = route.fetch()
+        script = original.text()
+        body = EARLY_CHOICE + script if when == "before" else script + EARLY_CHOICE
+        route.fulfill(response=original, body=body)
+
+    page.route("**/static/dropzone.js", early_choice)
+    page.goto(f"{served.url}/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    expect(page.locator("#schedule-kind")).to_have_value("weekly")
+    expect(page.locator("#schedule-weekday")).to_be_visible()
+    expect(page.locator("#schedule-preview")).to_contain_text("every Monday")
+    assert page.locator("#schedule").input_value() == "weekly:mon"

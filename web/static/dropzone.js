@@ -36,6 +36,14 @@
     }
   }
   [kind, weekday, monthday].forEach(function (el) { el.addEventListener("change", composeSchedule); });
+  // A choice can come before this deferred script runs (or a browser restores one), and htmx
+  // wires hx-trigger only on DOMContentLoaded, after it: a change in between is not previewed.
+  // This listener runs after htmx's, so it composes once more and asks for the preview again.
+  const rendered = schedule.value;
+  document.addEventListener("DOMContentLoaded", function () {
+    composeSchedule();
+    if (schedule.value !== rendered && window.htmx) htmx.trigger(preview, "schedule-changed");
+  });
   cron.addEventListener("input", composeSchedule);
   kind.addEventListener("change", function () { if (kind.value === "cron") cron.focus(); });
 
