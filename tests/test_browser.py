@@ -124,6 +124,7 @@ def journey(page: Any, url: str, token: str, model_files: dict[str, Path]) -> No
 
     # Run now: the status badge changes to succeeded without reloading the page.
     page.click("nav >> text=My models")
+    page.wait_for_load_state()  # htmx wires the buttons on DOMContentLoaded; before, they post
     row = page.locator(f"#model-{model_id}")
     expect(row.locator("[data-role=run-status]")).to_have_text("succeeded")
     page.evaluate("window.__sameDocument = true")
