@@ -21,7 +21,6 @@ import pyarrow as pa
 from mldropd import libversions
 from mldropd.libversions import unpickling_warnings
 from mldropd.modelcall import (
-    ModelOutputError,
     check_scores,
     describe_model_error,
     predict,
@@ -129,11 +128,7 @@ def _score(
         try:
             scores = predict(model.pipeline, current.result(), model.call, model.output)
             check_scores(scores, batch.num_rows)
-        except ModelOutputError as exc:
-            _error(sock, slot, str(exc))
-            del models[slot]
-            continue
-        except BaseException as exc:  # the model's own failure: it fails alone
+        except BaseException as exc:  # the model's own failure, or a wrong answer: it fails alone
             _error(sock, slot, describe_model_error(exc))
             # A failed model is done for the run: the batches already queued here skip it at
             # once (they answer "not loaded"), so it cannot hang its owner's other models there.

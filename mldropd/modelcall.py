@@ -81,7 +81,10 @@ def check_scores(scores: np.ndarray, rows: int) -> None:
 def describe_model_error(exc: BaseException) -> str:
     """The model's exception in words, with a hint for the failure every notebook user meets:
     a NameError inside the model's code means a notebook global (`np`, `pd`, a helper) was not
-    saved with it, because the file was written without dill's recurse=True."""
+    saved with it, because the file was written without dill's recurse=True. A wrong answer
+    (ModelOutputError) is already in words."""
+    if isinstance(exc, ModelOutputError):
+        return str(exc)
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, NameError):
         text += (
