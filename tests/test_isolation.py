@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,38 +96,11 @@ def test_each_bad_model_fails_alone(
                 tmp_path / f"{name}.dill", pipeline=fn, features=FEATURES, name=name, params=params
             )
         )
-    ids = {}
-    for path in paths:
-        with open(path, "rb") as f:
-            response = live_client.post(
-                "/api/v1/models", headers=headers, files={"file": (path.name, f)}
-            )
-        assert response.status_code == 201, response.text
-        ids[response.json()["name"]] = response.json()["id"]
-
+    ids = dict(_upload(live_client, headers, p) for p in paths)
     day = today()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mldropd",
-            "run",
-            "--config",
-            str(home / "config.toml"),
-            "--date",
-            day.isoformat(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_day(home, day)
     assert result.returncode == 1, result.stdout + result.stderr
-    runs = {
-        r["model_id"]: r
-        for r in live_client.get(
-            "/api/v1/runs", headers=headers, params={"date": day.isoformat()}
-        ).json()
-    }
+    runs = _runs(live_client, headers, day)
     assert len(runs) == 7
     good = runs[ids["churn_lgbm"]]
     assert good["status"] == "succeeded" and good["rows"] == 3000, good
@@ -151,3 +125,80 @@ def test_each_bad_model_fails_alone(
     for name in expected:  # every owner is told, in plain words
         assert name in result.stdout
     assert dt.date.fromisoformat(good["date"]) == day
+
+
+def test_a_model_that_raises_then_hangs_does_not_hold_up_its_owners_other_model(
+    live_client: TestClient[Any],
+    home: Path,
+    make_user: Callable[..., str],
+    model_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """It raises on its first batch and would hang on the next, which is already waiting in the
+    owner's host (pipelined): the host skips it there, so the owner's other model is scored
+    without waiting out the failed model's time limit."""
+    token = make_user("ann@example.com")
+    headers = {"Authorization": f"Bearer {token}"}
+    bad = save_model(
+        tmp_path / "flaky.dill",
+        pipeline=_raises_then_hangs(),
+        features=FEATURES,
+        name="flaky",
+        params={"timeout_s": 200},
+    )
+    ids = dict(_upload(live_client, headers, p) for p in (model_files["lgbm"], bad))
+    day = today()
+    started = time.monotonic()
+    result = _run_day(home, day)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    runs = _runs(live_client, headers, day)
+    good, failed = runs[ids["churn_lgbm"]], runs[ids["flaky"]]
+    assert good["status"] == "succeeded" and good["rows"] == 3000, good
+    assert failed["status"] == "failed", failed
+    assert "RuntimeError: the first batch failed" in failed["error"], failed["error"]
+    assert took < 100, f"the run took {took:.0f} s: it waited out the failed model's 200 s"
+
+
+def _raises_then_hangs() -> Callable[[Any], Any]:
+    """Behaves in the 500-row dry run; in the scoring host it raises on its first batch and
+    hangs on every later one (the calls are counted in the host, which keeps the model)."""
+    calls: list[int] = []
+
+    def flaky(frame: Any) -> Any:
+        import time
+
+        if len(frame) <= 500:
+            return np.full(len(frame), 0.5)
+        calls.append(len(frame))
+        if len(calls) == 1:
+            raise RuntimeError("the first batch failed")
+        time.sleep(3600)
+        return np.full(len(frame), 0.5)
+
+    return flaky
+
+
+def _upload(client: TestClient[Any], headers: dict[str, str], path: Path) -> tuple[str, int]:
+    """Upload a model file through the API: (its name, its id)."""
+    with open(path, "rb") as f:
+        response = client.post("/api/v1/models", headers=headers, files={"file": (path.name, f)})
+    assert response.status_code == 201, response.text
+    return response.json()["name"], response.json()["id"]
+
+
+def _run_day(home: Path, day: dt.date) -> subprocess.CompletedProcess[str]:
+    """`mldropd run --date day` in its own process, as an operator runs it."""
+    config = str(home / "config.toml")
+    return subprocess.run(
+        [sys.executable, "-m", "mldropd", "run", "--config", config, "--date", day.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _runs(client: TestClient[Any], headers: dict[str, str], day: dt.date) -> dict[int, Any]:
+    """The day's model runs through the API, by model id."""
+    got = client.get("/api/v1/runs", headers=headers, params={"date": day.isoformat()})
+    return {r["model_id"]: r for r in got.json()}
