@@ -32,6 +32,7 @@ from mldropd.engines.local_io import PART_FILE
 from mldropd.sandbox.policy import Limits
 from mldropd.settings import FeatureSettings, Settings
 from tests.support import redteam as rt
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.redteam
 
@@ -223,6 +224,32 @@ def test_a_setsid_double_fork_dies_with_its_host(sandboxes: Any) -> None:
         while rt.processes_named(name) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not rt.processes_named(name), f"a setsid survivor outlived its host ({tag})"
+
+
+def test_a_hosts_child_dies_with_the_fork_server(tmp_path: Path) -> None:
+    """A model's child process, still its host's child when the fork server stops (the daemon
+    stops, or a job's own server ends): it comes back to the server, a subreaper, as the host
+    is killed, and the server ends it before it exits itself. Without a PID namespace (a
+    container that lacks one) nothing else would: it would outlive the daemon."""
+    from mldropd.sandbox.setup import Sandboxes
+
+    settings = Settings()
+    settings.server.work_dir = str(tmp_path)
+    settings.sandbox.preload = []  # its own server (this one is stopped), quick to start
+    own = Sandboxes.start(settings)
+    name = f"rt-{os.getpid() % 10000}-left"
+    try:
+        host, reply = rt.scored_host(own, rt.stays_behind(name, 30), set())
+        assert rt.succeeded(reply)
+        wait_for(lambda: rt.processes_named(name), timeout=10, interval=0.05, what="the child")
+    finally:
+        own.stop()
+    try:
+        assert not rt.processes_named(name), "a host's child outlived its fork server"
+    finally:
+        for pid in rt.processes_named(name):
+            os.kill(pid, 9)
+        host.close()
 
 
 def test_process_limit(sandboxes: Any) -> None:

@@ -125,6 +125,25 @@ def setsid_survivor(name: str, seconds: float = 30.0) -> Pipeline:
     return attack
 
 
+def stays_behind(name: str, seconds: float = 30.0) -> Pipeline:
+    """Fork a process named `name` that sleeps on as the host's own child (no new session)."""
+
+    def attack(frame: Any) -> Any:
+        import ctypes
+        import os
+        import time
+
+        import numpy as np
+
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+            time.sleep(seconds)
+            os._exit(0)
+        return np.full(len(frame), 1.0)
+
+    return attack
+
+
 def fork_many(n: int) -> Pipeline:
     """Start n processes; score = the share that could be started."""
 
@@ -240,6 +259,21 @@ def run_in_host(
     timeout_s: float = 60.0,
 ) -> Reply:
     """Load the payload into a host confined by exactly `layers` and score one row."""
+    host, reply = scored_host(sandboxes, pipeline, layers, limits=limits, timeout_s=timeout_s)
+    host.kill()
+    host.close()
+    return reply
+
+
+def scored_host(
+    sandboxes: Any,
+    pipeline: Pipeline,
+    layers: set[str],
+    *,
+    limits: Limits | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[ModelHost, Reply]:
+    """run_in_host, with the host left running (the caller ends it)."""
     policy = Policy(
         layers=frozenset(layers),
         limits=limits or Limits(memory_mb=2048, cpu_s=120),
@@ -252,10 +286,11 @@ def run_in_host(
         assert loaded.kind == "loaded", loaded
         batch = pa.record_batch({"x": pa.array([0.0])})
         assert host.send_batch([0], batch) is None
-        return host.reply(0, 1, time.monotonic(), timeout_s)
-    finally:
+        return host, host.reply(0, 1, time.monotonic(), timeout_s)
+    except BaseException:
         host.kill()
         host.close()
+        raise
 
 
 def succeeded(reply: Reply) -> bool:
