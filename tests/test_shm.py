@@ -67,3 +67,20 @@ def test_the_host_cannot_resize_a_buffer_under_the_trusted_mapping() -> None:
         ring.put(_batch(1000, 1), answers=1)  # the trusted side writes again, unharmed
     finally:
         ring.close()
+
+
+def test_a_buffer_is_written_again_only_after_every_model_has_answered() -> None:
+    """A host reads a batch once per model: until the last of them has answered, its buffer
+    holds that batch, and the next batch goes into another one."""
+    ring = BatchRing("test")
+    try:
+        first, _, _ = ring.put(_batch(100), answers=2)
+        ring.answered()  # one of its two models
+        second, _, _ = ring.put(_batch(100, 1), answers=1)
+        assert second != first, "a batch was written over one a model has still to read"
+        ring.answered()  # the first batch's other model
+        ring.answered()  # the second batch's one
+        assert ring.put(_batch(100, 2), answers=1)[0] == first  # free again: reused
+        assert len(ring.buffers) == 2
+    finally:
+        ring.close()
